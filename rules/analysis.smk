@@ -1,0 +1,24 @@
+rule aggregate:
+    input:
+        metrics=run_paths("results/runs/{run}/metrics.json"),
+        drift=run_paths("results/drift/{run}.csv"),
+    output:
+        runs=report("results/tables/runs.csv", category="Performance", labels={"table": "all runs"},
+                    caption="../report/runs.rst"),
+        drift="results/tables/drift.csv",
+        best="results/tables/best.csv",
+        summary="results/tables/summary.md",
+    params:
+        tasks=CONFIG["tasks"],
+        task_defs=CONFIG["task_defs"],
+        analysis=CONFIG["analysis"],
+        code_version=CODE_VERSIONS["aggregate"],
+    log:
+        "results/logs/aggregate.log",
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../envs/ftdrift.yaml"
+    script:
+        "../workflow/scripts/aggregate.py"

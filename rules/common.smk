@@ -1,0 +1,70 @@
+# Shared configuration and input functions. Config is validated (with defaults) at load:
+# a bad value stops the run here, naming the key, before any job starts.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # use this checkout's library
+
+from ftdrift import config as ftconfig
+from ftdrift import resources as ftresources
+from ftdrift.versions import CODE_VERSIONS
+
+try:
+    CONFIG = ftconfig.resolve(config, base_dir=workflow.basedir)
+except ftconfig.ConfigError as err:
+    raise WorkflowError(str(err)) from None
+config.update(CONFIG)  # scripts see the validated values, defaults filled in
+RUNS = ftconfig.grid(CONFIG)
+DATA_DIR = ftconfig.resolve_data_dir(CONFIG["data_dir"])
+RUN_PATTERN = "{task}/{method}/lr{lr}_bs{batch_size}_seed{seed}"
+
+
+wildcard_constraints:
+    task="|".join(CONFIG["tasks"]),
+    method="full|lora",
+    lr=r"[0-9.]+e-?[0-9]+",
+    batch_size=r"\d+",
+    seed=r"\d+",
+
+
+
+
+def task_def(wildcards):
+    return CONFIG["task_defs"][wildcards.task]
+
+
+def settings(wildcards, section):
+    return ftconfig.task_settings(CONFIG, wildcards.task)[section]
+
+
+def task_files(wildcards):
+    """The task's original files when read from a folder (so edits re-run prep); none for the hub."""
+    if DATA_DIR is None:
+        return []
+    return [str(DATA_DIR / path) for path in CONFIG["task_defs"][wildcards.task]["files"].values()]
+
+
+def run_params(wildcards):
+    return {"task": wildcards.task, "method": wildcards.method, "lr": wildcards.lr,
+            "batch_size": int(wildcards.batch_size), "seed": int(wildcards.seed)}
+
+
+def lora_params(wildcards):
+    # only LoRA jobs see LoRA settings, so changing the rank re-runs only them
+    return CONFIG["lora"] if wildcards.method == "lora" else None
+
+
+def finetune_resources(wildcards, attempt):
+    return ftresources.finetune_job(CONFIG, wildcards.task, wildcards.method, int(wildcards.batch_size), attempt)
+
+
+def run_paths(pattern):
+    return [pattern.format(run=run.path) for run in RUNS]
+
+
+def all_targets():
+    return [
+        "results/tables/runs.csv",
+        "results/tables/drift.csv",
+        "results/tables/summary.md",
+    ]

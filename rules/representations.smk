@@ -1,0 +1,22 @@
+rule base_representations:
+    input:
+        probe="results/data/{task}/probe.jsonl",
+    output:
+        store=directory("results/representations/base/{task}.zarr"),
+    params:
+        model=CONFIG["model"],
+        task_def=task_def,
+        data=lambda wc: settings(wc, "data"),
+        representations=lambda wc: settings(wc, "representations"),
+        code_version=CODE_VERSIONS["base_representations"],
+    log:
+        "results/logs/base_representations/{task}.log",
+    threads: 2
+    resources:
+        mem_mb=lambda wc: ftresources.light_gpu_job(CONFIG)["mem_mb"],
+        runtime=60,
+        gpu=lambda wc: ftresources.light_gpu_job(CONFIG)["gpu"],
+    conda:
+        "../envs/ftdrift.yaml"
+    script:
+        "../workflow/scripts/base_representations.py"

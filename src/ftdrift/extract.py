@@ -1,0 +1,31 @@
+"""Base-model representations of a task's probe set."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModel
+
+from ftdrift import io, models
+from ftdrift.config import task_kind
+from ftdrift.features import encode_probe
+from ftdrift.representations import extract, make_batches
+from ftdrift.store import write_base
+
+
+def base_representations(*, probe_path, store_path, model_cfg: dict, task_def: dict, data_settings: dict,
+                         rep_settings: dict) -> None:
+    kind = task_kind(task_def)
+    records = io.read_jsonl(probe_path)
+    tokenizer = models.load_tokenizer(model_cfg)
+    path = models.resolve_model_path(model_cfg["name_or_path"])
+    model = AutoModel.from_pretrained(path, revision=model_cfg.get("revision"), dtype=torch.float32)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    family = models.family(model_cfg["family"])
+    batches = make_batches(encode_probe(records, tokenizer, kind, data_settings["max_length"][kind]),
+                           tokenizer, rep_settings["batch_size"])
+    pooled = extract(model, batches, family.poolings, rep_settings["dtype"], progress="base representations")
+    with io.atomic_path(store_path) as tmp:
+        write_base(tmp, pooled, {
+            "model": model_cfg["name_or_path"], "poolings": list(family.poolings),
+            "probe_ids": [r["id"] for r in records],
+            "layer_names": models.layer_names(model.config.num_hidden_layers)})

@@ -1,0 +1,145 @@
+"""Trainer callbacks that watch a run: gradient statistics, NaN guard, memory, throughput,
+and the best-on-dev weights (kept between checkpoints, so early stopping never loses them)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import psutil
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class TrainingMonitor(TrainerCallback):
+    """Adds grad stats, memory and throughput to every log entry; aborts on a non-finite gradient.
+
+    Gradients are read in `on_pre_optimizer_step`, after the Trainer clipped them. Clipping
+    scales every gradient by one factor, so pre-clip per-parameter norms are recovered exactly
+    by rescaling with (pre-clip total norm, logged by the Trainer) / (post-clip total norm).
+    Per-step work stays on the device; it is read back only at logging steps.
+    """
+
+    def __init__(self, examples_per_step: int, checkpoint_dir: Path, check_finite: bool = True):
+        self.examples_per_step = examples_per_step
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.check_finite = check_finite
+        self._pending: dict | None = None
+        self._clipped = None
+        self._steps = 0
+        self._last_time = None
+        self._last_step = 0
+        self._last_tokens = 0
+
+    def _params(self, model):
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.grad is not None]
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_time, self._last_step = time.perf_counter(), state.global_step
+        self._last_tokens = state.num_input_tokens_seen
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        params = self._params(model)
+        if not params:
+            return
+        norms = torch.stack(torch._foreach_norm([p.grad for _, p in params])).float()
+        total = torch.linalg.vector_norm(norms)
+        step = state.global_step + 1
+        if self.check_finite and not bool(torch.isfinite(total)):
+            last = sorted(self.checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+            raise NonFiniteLossError(
+                f"non-finite loss/gradient at optimizer step {step}; last good checkpoint: "
+                f"{last[-1] if last else 'none (no checkpoint written yet)'}. No metrics were written.")
+        clipped = (total >= args.max_grad_norm * (1 - 1e-4)).float() if args.max_grad_norm > 0 else total * 0
+        self._clipped = clipped if self._clipped is None else self._clipped + clipped
+        self._steps += 1
+        if step % args.logging_steps == 0:
+            self._pending = {"norms": norms, "total": total}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs:
+            return  # evaluation and summary entries
+        extra = {}
+        if self._pending is not None:
+            norms, post = self._pending["norms"], float(self._pending["total"])
+            pre = float(logs.get("grad_norm", post))
+            scaled = norms * (pre / post if post > 0 else 1.0)
+            extra.update({"grad_norm_param_mean": float(scaled.mean()), "grad_norm_param_std": float(scaled.std()) if scaled.numel() > 1 else 0.0,
+                          "grad_norm_param_min": float(scaled.min()), "grad_norm_param_max": float(scaled.max())})
+            self._pending = None
+        if self._steps:
+            extra["grad_clipped_fraction"] = float(self._clipped) / self._steps
+            self._clipped, self._steps = None, 0
+        now = time.perf_counter()
+        steps = state.global_step - self._last_step
+        if steps > 0 and now > self._last_time:
+            extra["examples_per_second"] = steps * self.examples_per_step / (now - self._last_time)
+            tokens = state.num_input_tokens_seen - self._last_tokens
+            if tokens > 0:
+                extra["tokens_per_second"] = tokens / (now - self._last_time)
+        self._last_time, self._last_step, self._last_tokens = now, state.global_step, state.num_input_tokens_seen
+        extra["cpu_rss_mb"] = psutil.Process().memory_info().rss / 2**20
+        if torch.cuda.is_available():
+            for d in range(torch.cuda.device_count()):
+                extra[f"gpu{d}_allocated_mb"] = torch.cuda.memory_allocated(d) / 2**20
+                extra[f"gpu{d}_reserved_mb"] = torch.cuda.memory_reserved(d) / 2**20
+                extra[f"gpu{d}_peak_mb"] = torch.cuda.max_memory_allocated(d) / 2**20
+        logs.update(extra)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(extra)
+
+
+class BestModelCallback(TrainerCallback):
+    """Keeps the trainable weights of the best dev-loss evaluation on disk (atomically).
+
+    Checkpoints come every M steps but evaluations every N: the best evaluation may fall
+    between checkpoints, and early stopping may end the run before the next one.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def _trainable(self, model) -> dict:
+        return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        info = self.directory / "best.json"
+        if info.exists() and json.loads(info.read_text())["step"] > state.global_step:
+            shutil.rmtree(self.directory)  # written after the checkpoint we resume from: redone below
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None or not math.isfinite(loss):
+            return
+        if state.best_metric is not None and not loss < state.best_metric:
+            return  # state.best_metric still holds the previous best here
+        tmp = self.directory.with_name(self.directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(self._trainable(model), str(tmp / "weights.safetensors"))
+        (tmp / "best.json").write_text(json.dumps({"step": state.global_step, "eval_loss": loss}))
+        shutil.rmtree(self.directory, ignore_errors=True)
+        tmp.rename(self.directory)
+
+    def restore(self, model) -> dict | None:
+        """Load the best weights into `model`; return {step, eval_loss} or None if none were kept."""
+        info = self.directory / "best.json"
+        if not info.exists():
+            return None
+        weights = load_file(str(self.directory / "weights.safetensors"))
+        missing = set(weights) - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise RuntimeError(f"best weights in {self.directory} do not fit the model: {sorted(missing)[:5]}")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+        return json.loads(info.read_text())

@@ -1,0 +1,78 @@
+"""Layer representations of the probe set: pooling, extraction, and the snapshot callback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding, TrainerCallback
+
+from ftdrift.store import SnapshotStore
+
+POOLINGS = ("mean", "last")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """[batch, seq, dim] -> [batch, dim]: mean over real tokens, or the last real token (right padding)."""
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    if pooling == "mean":
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    if pooling == "last":
+        last = attention_mask.sum(1).long() - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling '{pooling}' (known: {POOLINGS})")
+
+
+def make_batches(features: list[dict], tokenizer, batch_size: int) -> list[dict]:
+    """Fixed, padded batches in probe order (no sampler, so no RNG is consumed)."""
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    return [collate(features[i:i + batch_size]) for i in range(0, len(features), batch_size)]
+
+
+@torch.no_grad()
+def extract(model, batches: list[dict], poolings: tuple[str, ...], dtype: str = "float16",
+            progress: str | None = None) -> dict[str, np.ndarray]:
+    """Pooled hidden states of every layer: {pooling: [layer, example, hidden]} in `dtype`."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: dict[str, list[torch.Tensor]] = {p: [] for p in poolings}
+    for batch in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        outputs = model(**batch, output_hidden_states=True)
+        hidden = torch.stack(outputs.hidden_states)  # [layer, batch, seq, dim]
+        layers, b, s, d = hidden.shape
+        mask = batch["attention_mask"].repeat(layers, 1)  # pool all layers in one call
+        for p in poolings:
+            out[p].append(pool(hidden.reshape(layers * b, s, d), mask, p).reshape(layers, b, d).float().cpu())
+    if was_training:
+        model.train()
+    return {p: torch.cat(chunks, dim=1).numpy().astype(dtype) for p, chunks in out.items()}
+
+
+class SnapshotCallback(TrainerCallback):
+    """Snapshots the probe-set representations at step 0, every N steps, and at the end."""
+
+    def __init__(self, store: SnapshotStore, batches: list[dict], poolings: tuple[str, ...],
+                 every: int, dtype: str):
+        self.store, self.batches, self.poolings = store, batches, poolings
+        self.every, self.dtype = every, dtype
+
+    def _snapshot(self, model, step: int) -> None:
+        if step in self.store.steps():
+            return  # taken before a restart: resume keeps it
+        self.store.append(step, extract(model, self.batches, self.poolings, self.dtype))
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # a resumed run redoes the steps after its checkpoint: drop the snapshots it will retake
+        self.store.truncate_after(state.global_step)
+        self._snapshot(model, state.global_step)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self._snapshot(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._snapshot(model, state.global_step)

@@ -1,0 +1,533 @@
+"""Representation similarity measures: linear CKA, cosine, Procrustes.
+
+Conventions used throughout
+---------------------------
+* A representation is a 2-D array ``[n_examples, n_features]``; numpy arrays and
+  torch tensors of any float dtype (float16 and bfloat16 included) are accepted.
+  Everything is computed in float64 *after* the conversion, because half
+  precision activations summed over thousands of examples lose most of their
+  digits, and CKA differences between fine-tuning runs are often < 1e-2.
+* Linear CKA (Kornblith et al. 2019, "Similarity of Neural Network
+  Representations Revisited"), with column-centred X, Y::
+
+      CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)
+          = <K, L> / (||K||_F ||L||_F),   K = X X^T, L = Y Y^T
+
+  The first (feature-space) form costs O(n d^2), the second (Gram) O(n^2 d);
+  we use whichever is cheaper.
+* Debiased CKA replaces each HSIC by the unbiased estimator of Song et al.
+  (2012), as in Kornblith's reference notebook and Nguyen et al. (2021)::
+
+      HSIC_1(K, L) = [tr(K~ L~) + (1'K~1)(1'L~1)/((n-1)(n-2))
+                      - 2/(n-2) 1'K~L~1] / (n(n-3))
+
+  where K~ is K with its diagonal zeroed. For centred features this reduces to
+  ``||Y^T X||^2 - n/(n-2) r_x.r_y + s_x s_y/((n-1)(n-2))`` (times 1/(n(n-3))),
+  with r the per-row squared norms and s their sums, which is what we compute.
+* Undefined values: CKA is a ratio whose denominator vanishes when a
+  representation has no variance (all rows equal), and, for the debiased
+  estimator, the *estimates* HSIC_1(X,X) or HSIC_1(Y,Y) can be <= 0 on small
+  samples. In all those cases we return **0.0** ("no measurable shared
+  structure") instead of NaN/inf, so downstream averages never silently turn
+  into NaN. A *negative numerator* of the debiased estimator is kept as is: a
+  slightly negative debiased CKA is the honest, unbiased answer for unrelated
+  representations, and clipping it to 0 would bias means upwards.
+* NaN or infinite inputs raise ValueError (float16 activations overflow easily;
+  a NaN similarity would otherwise poison averages far downstream).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "linear_cka",
+    "cka_matrix",
+    "cosine_matrix",
+    "minibatch_linear_cka",
+    "procrustes_distance",
+]
+
+# A centred representation whose norm is this small relative to the raw one is
+# "constant up to rounding": centring a constant column in float64 leaves ~1e-17
+# residue, which would otherwise produce a meaningless CKA from rounding noise.
+_DEGENERATE_RTOL = 1e-10
+
+# Debiased self-HSIC estimates below this fraction of (sum of squared row
+# norms)^2 are treated as <= 0. Genuine values are ~1/effective-dimension of
+# that scale (1e-2..1e-4 for real activations), rounding noise ~1e-16.
+_HSIC_RTOL = 1e-12
+
+# Default memory budget (bytes) for one chunk of snapshots in the batched functions.
+_DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+# --------------------------------------------------------------------------- #
+# input handling
+# --------------------------------------------------------------------------- #
+def _as_source(x: Any, name: str) -> np.ndarray | torch.Tensor:
+    """Numpy array or detached torch tensor, in the *stored* dtype (no copy)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor):
+        return torch.stack([t.detach() for t in x])
+    arr = np.asarray(x)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def _to_numpy64(a: np.ndarray | torch.Tensor) -> np.ndarray:
+    """float64 numpy copy/view of an array or tensor (any device, any float dtype)."""
+    if isinstance(a, torch.Tensor):
+        # bfloat16 has no numpy equivalent: convert inside torch first.
+        return a.to(device="cpu", dtype=torch.float64).numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _numpy_view(a: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Numpy view of ``a`` in its stored dtype where possible (no float64 copy yet)."""
+    if isinstance(a, torch.Tensor):
+        if a.dtype not in (torch.float16, torch.float32, torch.float64):
+            a = a.float()  # bfloat16 / integer types have no direct numpy view
+        return a.cpu().numpy()
+    return np.asarray(a)
+
+
+def _check_finite(a: np.ndarray, name: str) -> None:
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _rep_2d(x: Any, name: str) -> np.ndarray:
+    """Convert one representation to a float64 numpy array ``[n, d]``."""
+    a = _as_source(x, name)
+    if a.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D [n_examples, n_features], got shape {tuple(a.shape)}"
+        )
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(a.shape)})")
+    a = _to_numpy64(a)
+    _check_finite(a, name)
+    return a
+
+
+def _check_pair(x: np.ndarray, y: np.ndarray) -> int:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            "x and y must have the same number of examples (rows): "
+            f"got {x.shape[0]} and {y.shape[0]}"
+        )
+    return int(x.shape[0])
+
+
+def _check_n(n: int, debiased: bool) -> None:
+    if debiased and n < 4:
+        raise ValueError(f"debiased CKA needs at least 4 examples, got n={n}")
+    if n < 2:
+        raise ValueError(f"CKA needs at least 2 examples, got n={n}")
+
+
+def _resolve_device(device: Any) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# --------------------------------------------------------------------------- #
+# CKA core
+# --------------------------------------------------------------------------- #
+def _center(a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Column-centre ``[n, d]``; also say whether it is constant up to rounding."""
+    raw = np.linalg.norm(a)
+    c = a - a.mean(axis=0)
+    return c, bool(np.linalg.norm(c) <= _DEGENERATE_RTOL * raw)  # True if raw == 0
+
+
+def _self_terms(c: np.ndarray, gram: bool) -> tuple[float, np.ndarray]:
+    """(||X^T X||_F^2, per-row squared norms) of a centred representation."""
+    # ``a.T @ a`` / ``a @ a.T`` on the same buffer lets numpy use BLAS syrk.
+    g = c @ c.T if gram else c.T @ c
+    return float(np.vdot(g, g)), np.einsum("ij,ij->i", c, c)
+
+
+def _combine(
+    cross: np.ndarray,
+    xss: float | np.ndarray,
+    yss: np.ndarray,
+    rxry: np.ndarray,
+    rxrx: float | np.ndarray,
+    ryry: np.ndarray,
+    sx: float | np.ndarray,
+    sy: np.ndarray,
+    degenerate: np.ndarray,
+    n: int,
+    debiased: bool,
+) -> np.ndarray:
+    """Turn HSIC ingredients into CKA values (0.0 where undefined, see module doc).
+
+    ``cross = ||Y^T X||^2``, ``*ss = ||X^T X||^2``, ``r*r*`` dot products of the
+    per-row squared norms, ``s*`` their sums; all arrays broadcast together.
+    """
+    cross, yss, degenerate = np.asarray(cross), np.asarray(yss), np.asarray(degenerate)
+    if debiased:
+        a = n / (n - 2.0)
+        b = 1.0 / ((n - 1.0) * (n - 2.0))
+        # The common 1/(n(n-3)) factor cancels in the ratio and is omitted.
+        num = cross - a * rxry + b * sx * sy
+        dx = xss - a * rxrx + b * sx * sx
+        dy = yss - a * ryry + b * sy * sy
+    else:
+        num, dx, dy = cross, xss, yss
+    dx, dy = np.broadcast_arrays(np.asarray(dx, dtype=np.float64), dy)
+    if debiased:
+        # An estimate that is zero in exact arithmetic (e.g. all rows equal but
+        # one) comes out as +-1e-17 * s^2 after rounding; treat anything that
+        # small relative to its natural scale s^2 as non-positive, otherwise
+        # the ratio would be rounding noise divided by rounding noise.
+        ok = (dx > _HSIC_RTOL * np.square(sx)) & (dy > _HSIC_RTOL * np.square(sy))
+    else:
+        ok = (dx > 0) & (dy > 0)
+    valid = ok & ~degenerate
+    out = np.zeros(np.broadcast(num, valid).shape, dtype=np.float64)
+    num_b = np.broadcast_to(num, out.shape)
+    out[valid] = num_b[valid] / np.sqrt(dx[valid] * dy[valid])
+    return out
+
+
+def _use_gram(method: str, n: int, d1: int, d2: int) -> bool:
+    if method == "auto":
+        return max(d1, d2) >= n
+    if method == "gram":
+        return True
+    if method == "feature":
+        return False
+    raise ValueError(f"method must be 'auto', 'feature' or 'gram', got {method!r}")
+
+
+def linear_cka(x: Any, y: Any, debiased: bool = False, method: str = "auto") -> float:
+    """Centred linear CKA between ``x [n, d1]`` and ``y [n, d2]`` (float64).
+
+    ``debiased=True`` uses the unbiased HSIC estimator (needs n >= 4).
+    ``method``: 'feature' (||Y^T X||-form), 'gram' (<K, L>-form) or 'auto'
+    (feature form when max(d1, d2) < n). Returns 0.0 where CKA is undefined
+    (constant representation, non-positive debiased self-HSIC); see module doc.
+    """
+    xa, ya = _rep_2d(x, "x"), _rep_2d(y, "y")
+    n = _check_pair(xa, ya)
+    _check_n(n, debiased)
+    gram = _use_gram(method, n, xa.shape[1], ya.shape[1])
+    xc, xdeg = _center(xa)
+    yc, ydeg = _center(ya)
+    if gram:
+        cross = np.vdot(xc @ xc.T, yc @ yc.T)
+    else:
+        p = yc.T @ xc
+        cross = np.vdot(p, p)
+    xss, rx = _self_terms(xc, gram)
+    yss, ry = _self_terms(yc, gram)
+    out = _combine(
+        cross, xss, yss, rx @ ry, rx @ rx, ry @ ry, rx.sum(), ry.sum(),
+        np.asarray(xdeg or ydeg), n, debiased,
+    )
+    return float(out)
+
+
+# --------------------------------------------------------------------------- #
+# batched CKA / cosine over (snapshot, layer) pairs
+# --------------------------------------------------------------------------- #
+def _stack_view(base: Any, snapshots: Any) -> tuple[Any, Any, int, int]:
+    """Validate ``base [L, n, d]`` and ``snapshots [S, L, n, d']`` (stored dtype kept)."""
+    b = _as_source(base, "base")
+    s = _as_source(snapshots, "snapshots")
+    if b.ndim != 3:
+        raise ValueError(f"base must be 3-D [layers, n, d], got shape {tuple(b.shape)}")
+    if s.ndim != 4:
+        raise ValueError(
+            f"snapshots must be 4-D [snapshots, layers, n, d], got shape {tuple(s.shape)}"
+        )
+    if s.shape[1] != b.shape[0] or s.shape[2] != b.shape[1]:
+        raise ValueError(
+            "snapshots [S, L, n, d] must match base [L, n, d] in L and n: "
+            f"base {tuple(b.shape)}, snapshots {tuple(s.shape)}"
+        )
+    if min(b.shape) == 0 or s.shape[3] == 0:
+        raise ValueError(
+            f"empty representations: base {tuple(b.shape)}, snapshots {tuple(s.shape)}"
+        )
+    return b, s, int(s.shape[0]), int(s.shape[1])
+
+
+def _chunk_stats_numpy(src: Any, xc: np.ndarray, kx: np.ndarray | None):
+    """cross, ||Y^T Y||^2, row norms, degenerate-mask for a chunk ``[c, n, d']`` (CPU).
+
+    numpy on CPU because its OpenBLAS uses syrk for ``A^T A`` (half the flops)
+    and, on the machines we measured, beats torch's CPU float64 matmul; mixing
+    both libraries' thread pools in one loop made both slower.
+    """
+    c, n, d2 = src.shape
+    # Convert to float64 and lay out as [n, c, d'] in one pass, so that X^T Y of
+    # all c snapshots is a single large matmul.
+    y = np.empty((n, c, d2), dtype=np.float64)
+    y[...] = _numpy_view(src).transpose(1, 0, 2)
+    _check_finite(y, "snapshots")
+    raw = np.sqrt(np.einsum("icd,icd->c", y, y))
+    y -= y.mean(axis=0, keepdims=True)
+    r = np.einsum("icd,icd->ci", y, y)  # [c, n]
+    deg = np.sqrt(r.sum(axis=1)) <= _DEGENERATE_RTOL * raw
+    cross = np.empty(c)
+    yss = np.empty(c)
+    if kx is None:
+        prod = (xc.T @ y.reshape(n, c * d2)).reshape(-1, c, d2)
+        cross[:] = np.einsum("acd,acd->c", prod, prod)
+        del prod
+        for j in range(c):
+            ys = y[:, j]
+            g = ys.T @ ys
+            yss[j] = np.vdot(g, g)
+    else:
+        for j in range(c):
+            ys = y[:, j]
+            ky = ys @ ys.T
+            cross[j] = np.vdot(kx, ky)
+            yss[j] = np.vdot(ky, ky)
+    return cross, yss, r, deg
+
+
+def _chunk_stats_torch(src: Any, xc: torch.Tensor, kx: torch.Tensor | None):
+    """Same as ``_chunk_stats_numpy`` with torch on ``xc.device`` (GPU path)."""
+    dev = xc.device
+    t = src if isinstance(src, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(src))
+    t = t.to(dev)  # stored dtype: smaller host->device copy; convert on the device
+    c, n, d2 = t.shape
+    y = torch.empty((n, c, d2), dtype=torch.float64, device=dev)
+    y.copy_(t.permute(1, 0, 2))
+    raw = torch.linalg.vector_norm(y, dim=(0, 2))
+    y -= y.mean(dim=0, keepdim=True)
+    r = torch.linalg.vector_norm(y, dim=2).square().T  # [c, n]
+    deg = torch.sqrt(r.sum(dim=1)) <= _DEGENERATE_RTOL * raw
+    if kx is None:
+        prod = (xc.T @ y.reshape(n, c * d2)).reshape(-1, c, d2)
+        cross = prod.square().sum(dim=(0, 2))
+        del prod
+        g = y.permute(1, 2, 0) @ y.permute(1, 0, 2)  # [c, d', d']
+        yss = g.square().sum(dim=(1, 2))
+    else:
+        yb = y.permute(1, 0, 2)
+        ky = yb @ yb.transpose(1, 2)  # [c, n, n]
+        cross = (ky * kx).sum(dim=(1, 2))
+        yss = ky.square().sum(dim=(1, 2))
+    out = [v.cpu().numpy() for v in (cross, yss, r, deg)]
+    _check_finite(out[0], "snapshots")  # NaN/inf in Y always reaches these sums
+    _check_finite(out[2], "snapshots")
+    return tuple(out)
+
+
+def cka_matrix(
+    base: Any,
+    snapshots: Any,
+    debiased: bool = False,
+    device: Any = None,
+    max_chunk_bytes: int = _DEFAULT_CHUNK_BYTES,
+    backend: str = "auto",
+) -> np.ndarray:
+    """Linear CKA of every snapshot layer against the matching base layer.
+
+    ``base`` is ``[L, n, d]``, ``snapshots`` ``[S, L, n, d']`` (numpy or torch);
+    returns a float64 array ``[S, L]`` with
+    ``out[s, l] = linear_cka(base[l], snapshots[s, l], debiased)``.
+
+    Per layer, the base statistics are computed once; snapshots are processed
+    in chunks of at most ~``max_chunk_bytes`` of float64 working memory (at
+    least one snapshot at a time). Feature-space formula when max(d, d') < n
+    (the cross terms of a chunk are then one ``X^T [Y_1 ... Y_c]`` matmul),
+    Gram formula otherwise. ``device`` defaults to CUDA if available, else CPU.
+    ``backend``: 'auto' (numpy/OpenBLAS on CPU, torch elsewhere), 'torch'
+    (torch even on CPU) or 'numpy' (CPU only). Same 0.0-where-undefined
+    convention as ``linear_cka``.
+    """
+    dev = _resolve_device(device)
+    if backend == "auto":
+        backend = "numpy" if dev.type == "cpu" else "torch"
+    if backend not in ("numpy", "torch"):
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'torch', got {backend!r}")
+    if backend == "numpy" and dev.type != "cpu":
+        raise ValueError("backend='numpy' runs on the CPU only")
+    b, s, S, L = _stack_view(base, snapshots)
+    n, d1, d2 = int(b.shape[1]), int(b.shape[2]), int(s.shape[3])
+    _check_n(n, debiased)
+    out = np.zeros((S, L), dtype=np.float64)
+    if S == 0:
+        return out
+    gram = _use_gram("auto", n, d1, d2)
+    per_snap = 8 * (2 * n * d2 + (2 * n * n if gram else d1 * d2 + d2 * d2))
+    chunk = max(1, int(max_chunk_bytes) // per_snap)
+
+    for l in range(L):
+        # Base statistics once per layer (the naive loop recomputes them per pair).
+        xa = _to_numpy64(b[l])
+        _check_finite(xa, f"base (layer {l})")
+        xc, xdeg = _center(xa)
+        xss, rx = _self_terms(xc, gram)
+        sx = rx.sum()
+        if backend == "numpy":
+            xk = xc
+            kx = xc @ xc.T if gram else None
+        else:
+            xk = torch.from_numpy(xc).to(dev)
+            kx = xk @ xk.T if gram else None
+        for s0 in range(0, S, chunk):
+            s1 = min(s0 + chunk, S)
+            stats = _chunk_stats_numpy if backend == "numpy" else _chunk_stats_torch
+            cross, yss, ry, ydeg = stats(s[s0:s1, l], xk, kx)
+            out[s0:s1, l] = _combine(
+                cross, xss, yss, ry @ rx, rx @ rx, np.einsum("ci,ci->c", ry, ry),
+                sx, ry.sum(axis=1), ydeg | xdeg, n, debiased,
+            )
+    return out
+
+
+def cosine_matrix(
+    base: Any,
+    snapshots: Any,
+    device: Any = None,
+    max_chunk_bytes: int = _DEFAULT_CHUNK_BYTES,
+) -> np.ndarray:
+    """Mean over examples of the cosine similarity of matched rows, ``[S, L]``.
+
+    ``out[s, l] = mean_i cos(base[l, i], snapshots[s, l, i])`` in float64 (torch
+    on ``device``, default CUDA if available). A row with zero norm has cosine 0
+    with anything: there is no direction to compare.
+    """
+    dev = _resolve_device(device)
+    b, s, S, L = _stack_view(base, snapshots)
+    n, d = int(b.shape[1]), int(b.shape[2])
+    if s.shape[3] != d:
+        raise ValueError(
+            f"cosine needs equal feature sizes: base d={d}, snapshots d={s.shape[3]}"
+        )
+    out = np.zeros((S, L), dtype=np.float64)
+    chunk = max(1, int(max_chunk_bytes) // (8 * 2 * n * d))
+
+    def _t(a: Any) -> torch.Tensor:
+        a = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+        return a.to(dev).to(torch.float64)
+
+    for l in range(L):
+        x = _t(b[l])
+        xnorm = torch.linalg.vector_norm(x, dim=-1)  # [n]
+        for s0 in range(0, S, chunk):
+            s1 = min(s0 + chunk, S)
+            y = _t(s[s0:s1, l])  # [c, n, d]
+            dots = (y * x).sum(-1)  # [c, n]
+            norms = torch.linalg.vector_norm(y, dim=-1) * xnorm
+            ok = norms > 0
+            cos = torch.where(ok, dots / torch.where(ok, norms, torch.ones_like(norms)), 0.0)
+            vals = cos.mean(-1).cpu().numpy()
+            # NaN/inf anywhere in x or y propagates into dots or norms.
+            if not (np.isfinite(vals).all() and bool(torch.isfinite(xnorm).all())):
+                raise ValueError(f"base or snapshots (layer {l}) contain NaN or infinite values")
+            out[s0:s1, l] = vals
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# minibatch CKA and Procrustes
+# --------------------------------------------------------------------------- #
+def _unbiased_hsic_terms(xc: np.ndarray, yc: np.ndarray) -> np.ndarray:
+    """Unbiased HSIC_1 (Song et al. 2012) for (x,y), (x,x), (y,y), properly scaled.
+
+    Unlike in a single CKA the 1/(n(n-3)) factor matters here, because
+    minibatches of different sizes are averaged.
+    """
+    n = xc.shape[0]
+    gram = max(xc.shape[1], yc.shape[1]) >= n
+    if gram:
+        kx, ky = xc @ xc.T, yc @ yc.T
+        cxy = np.vdot(kx, ky)
+    else:
+        p = yc.T @ xc
+        cxy = np.vdot(p, p)
+    cxx, rx = _self_terms(xc, gram)
+    cyy, ry = _self_terms(yc, gram)
+    a = n / (n - 2.0)
+    b = 1.0 / ((n - 1.0) * (n - 2.0))
+    sx, sy = rx.sum(), ry.sum()
+    h = np.array(
+        [
+            cxy - a * (rx @ ry) + b * sx * sy,
+            cxx - a * (rx @ rx) + b * sx * sx,
+            cyy - a * (ry @ ry) + b * sy * sy,
+        ]
+    )
+    return h / (n * (n - 3.0))
+
+
+def minibatch_linear_cka(x: Any, y: Any, batch_size: int, seed: int = 0) -> float:
+    """Minibatch linear CKA (Nguyen et al. 2021, "Do Wide and Deep Networks...").
+
+    Examples are shuffled with ``np.random.default_rng(seed).permutation(n)``
+    and cut into consecutive batches of ``batch_size``; a final remainder of
+    fewer than 4 examples (too few for the unbiased estimator) is merged into
+    the previous batch. Unbiased HSIC_1 is averaged over batches and
+    ``CKA = mean HSIC(x,y) / sqrt(mean HSIC(x,x) * mean HSIC(y,y))``;
+    0.0 when that denominator is <= 0 or a representation is constant.
+    """
+    xa, ya = _rep_2d(x, "x"), _rep_2d(y, "y")
+    n = _check_pair(xa, ya)
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 4:
+        raise ValueError(f"batch_size must be an integer >= 4, got {batch_size!r}")
+    if n < 4:
+        raise ValueError(f"minibatch CKA needs at least 4 examples, got n={n}")
+    batch_size = int(batch_size)
+    if _center(xa)[1] or _center(ya)[1]:
+        return 0.0
+    perm = np.random.default_rng(seed).permutation(n)
+    bounds = list(range(0, n, batch_size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 4:
+        del bounds[-2]  # merge the short tail into the previous batch
+    sums = np.zeros(3)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        idx = perm[lo:hi]
+        xb, yb = xa[idx], ya[idx]
+        # Centring does not change HSIC_1; it only keeps the sums well scaled.
+        sums += _unbiased_hsic_terms(xb - xb.mean(0), yb - yb.mean(0))
+    hxy, hxx, hyy = sums / (len(bounds) - 1)
+    if hxx <= 0 or hyy <= 0:
+        return 0.0
+    return float(hxy / np.sqrt(hxx * hyy))
+
+
+def procrustes_distance(x: Any, y: Any) -> float:
+    """Orthogonal Procrustes distance between two representations, in [0, 2].
+
+    Both are column-centred and scaled to unit Frobenius norm; then
+    ``min_Q ||X Q - Y||_F^2 = 2 - 2 ||X^T Y||_*`` over orthogonal Q (nuclear
+    norm ``||.||_*``; for d1 != d2, Q is a partial isometry). This is the
+    *squared* Procrustes residual (0: identical up to rotation, translation and
+    isotropic scale). Raises ValueError if a representation is constant, since
+    it cannot be scaled to unit norm.
+    """
+    xa, ya = _rep_2d(x, "x"), _rep_2d(y, "y")
+    n = _check_pair(xa, ya)
+    xc, xdeg = _center(xa)
+    yc, ydeg = _center(ya)
+    if xdeg or ydeg:
+        raise ValueError("Procrustes distance is undefined for a constant representation")
+    xc /= np.linalg.norm(xc)
+    yc /= np.linalg.norm(yc)
+    if max(xc.shape[1], yc.shape[1]) <= n:
+        sv = np.linalg.svd(xc.T @ yc, compute_uv=False)
+    else:
+        # Wide case: X^T Y = Vx Sx Ux^T Uy Sy Vy^T has the singular values of the
+        # small matrix (Ux Sx)^T (Uy Sy), at O(n^2 d) instead of O(d1 d2 min(d)).
+        ux, sx, _ = np.linalg.svd(xc, full_matrices=False)
+        uy, sy, _ = np.linalg.svd(yc, full_matrices=False)
+        sv = np.linalg.svd((ux * sx).T @ (uy * sy), compute_uv=False)
+    dist = 2.0 - 2.0 * float(sv.sum())
+    # Rounding can push an exact match a hair outside [0, 2].
+    return float(min(max(dist, 0.0), 2.0))

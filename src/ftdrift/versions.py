@@ -1,0 +1,13 @@
+"""Per-stage code versions. Each reaches its rule as a `params:` value, so Snakemake re-runs
+a stage's jobs when its number changes. Bump a number when a change in the library alters
+that stage's results; leave it when a refactor does not (no spurious re-runs of GPU jobs)."""
+
+CODE_VERSIONS = {
+    "prepare_data": 1,
+    "base_representations": 1,
+    "finetune": 1,
+    "drift": 1,
+    "weight_analysis": 1,
+    "aggregate": 1,
+    "plots": 1,
+}

@@ -1,0 +1,159 @@
+"""Test fixtures: small task files in the original formats, a tiny random Llama, a tiny config."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+POSITIVE = ["good", "great", "lovely", "fine", "superb", "warm", "bright"]
+NEGATIVE = ["bad", "awful", "dull", "poor", "grim", "cold", "weak"]
+NOUNS = ["film", "story", "cast", "plot", "score", "ending", "scene", "script"]
+
+
+def _sentence(rng: random.Random, positive: bool) -> str:
+    words = POSITIVE if positive else NEGATIVE
+    return f"the {rng.choice(NOUNS)} is {rng.choice(words)} and {rng.choice(words)} "
+
+
+def write_glue(data_dir: Path, n_train: int = 48, n_dev: int = 24, seed: int = 0) -> None:
+    """SST-2 (trailing space, header), MRPC (UTF-8 BOM, five columns), RTE (index column)."""
+    rng = random.Random(seed)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        sst = data_dir / "glue" / "SST-2"
+        sst.mkdir(parents=True, exist_ok=True)
+        rows = ["sentence\tlabel"]
+        for _ in range(n):
+            label = rng.random() < 0.5
+            rows.append(f"{_sentence(rng, label)}\t{int(label)}")
+        (sst / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+
+        mrpc = data_dir / "glue" / "MRPC"
+        mrpc.mkdir(parents=True, exist_ok=True)
+        rows = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+        for i in range(n):
+            a = _sentence(rng, rng.random() < 0.5).strip()
+            same = rng.random() < 0.5
+            b = a if same else _sentence(rng, rng.random() < 0.5).strip()
+            rows.append(f"{int(same)}\t{1000 + i}\t{2000 + i}\t\"{a}\" he said\t{b}")  # unbalanced quotes as in GLUE
+        (mrpc / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+        rte = data_dir / "glue" / "RTE"
+        rte.mkdir(parents=True, exist_ok=True)
+        rows = ["index\tsentence1\tsentence2\tlabel"]
+        for i in range(n):
+            a = _sentence(rng, True).strip()
+            entail = rng.random() < 0.5
+            b = a.split(" and ")[0] if entail else _sentence(rng, False).strip()
+            rows.append(f"{i}\t{a}\t{b}\t{'entailment' if entail else 'not_entailment'}")
+        (rte / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+
+
+def squad_payload(n_paragraphs: int, seed: int, prefix: str) -> dict:
+    rng = random.Random(seed)
+    paragraphs = []
+    for p in range(n_paragraphs):
+        name = rng.choice(["Ada", "Brook", "Cyril", "Dana", "Ezra", "Faye"])
+        city = rng.choice(["Paris", "Lima", "Oslo", "Kyoto", "Quito", "Perth"])
+        year = str(rng.randint(1800, 2000))
+        context = f"{name} was born in {city} in {year}. Later {name} moved to the coast and wrote books."
+        qas = [
+            {"id": f"{prefix}{p}a", "question": f"Where was {name} born?", "is_impossible": False,
+             "answers": [{"text": city, "answer_start": context.index(city)}]},
+            {"id": f"{prefix}{p}b", "question": f"When was {name} born?", "is_impossible": False,
+             "answers": [{"text": year, "answer_start": context.index(year)},
+                         {"text": f"in {year}", "answer_start": context.index(f"in {year}")}]},
+            {"id": f"{prefix}{p}c", "question": f"Where did {name} die?", "is_impossible": True,
+             "answers": [], "plausible_answers": [{"text": city, "answer_start": context.index(city)}]},
+        ]
+        paragraphs.append({"context": context, "qas": qas})
+    return {"version": "v2.0", "data": [{"title": "People", "paragraphs": paragraphs}]}
+
+
+def write_squad(data_dir: Path) -> None:
+    folder = data_dir / "squad_v2"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train-v2.0.first-10-articles.json").write_text(json.dumps(squad_payload(16, 1, "t")))
+    (folder / "dev-v2.0.cs224n-dev-half.json").write_text(json.dumps(squad_payload(8, 2, "v")))
+
+
+def write_tiny_llama(model_dir: Path, texts: list[str]) -> Path:
+    """A randomly initialised 2-block Llama with a small BPE tokenizer trained on `texts`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+    import torch
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    from tokenizers import decoders
+
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A </s> $B:1", special_tokens=[("<s>", 1), ("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=512)
+    fast.save_pretrained(model_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    LlamaModel(config).save_pretrained(model_dir)
+    return model_dir
+
+
+TINY_CONFIG = {
+    "tasks": ["sst2", "mrpc", "rte", "squad_v2"],
+    "grid": {"seeds": [1], "batch_sizes": [4],
+             "learning_rates": {"full": {"classification": [1e-3], "extractive_qa": [1e-3]},
+                                "lora": {"classification": [5e-3], "extractive_qa": [5e-3]}}},
+    "data": {"dev_size": 8, "probe_size": 8, "max_length": {"classification": 64, "extractive_qa": 64},
+             "doc_stride": 16, "max_train_examples": None, "max_validation_examples": None},
+    "training": {"epochs": 1, "max_steps": 6, "eval_steps": 3, "save_steps": 3, "logging_steps": 2,
+                 "max_micro_batch": 2},
+    "representations": {"snapshot_steps": 2, "batch_size": 8},
+    "lora": {"r": 4, "alpha": 8},
+    "task_overrides": {},
+    "wandb": {"mode": "offline"},
+    "resources": {"finetune_threads": 1},
+}
+
+
+def make_tiny_workdir(tmp_path: Path, **overrides) -> Path:
+    """A working directory with data fixtures, a tiny Llama and `tiny.yaml`; returns it."""
+    workdir = Path(tmp_path)
+    data_dir = workdir / "data"
+    write_glue(data_dir)
+    write_squad(data_dir)
+    texts = []
+    for path in data_dir.rglob("*.tsv"):
+        texts.extend(path.read_text(encoding="utf-8-sig").splitlines())
+    for path in data_dir.rglob("*.json"):
+        texts.append(path.read_text())
+    model_dir = write_tiny_llama(workdir / "tiny-llama", texts)
+    config = json.loads(json.dumps(TINY_CONFIG))
+    config["data_dir"] = str(data_dir)
+    config["model"] = {"name_or_path": str(model_dir), "family": "llama"}
+    config["task_catalog"] = str(REPO / "config" / "tasks.yaml")
+    for key, value in overrides.items():
+        config[key] = value
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
+    return workdir
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real workflow on `workdir` with its tiny config."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "tiny.yaml"), "--cores", "2", *args]
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc

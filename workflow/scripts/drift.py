@@ -1,0 +1,7 @@
+from ftdrift import smk
+from ftdrift.drift import drift_table
+from ftdrift.io import write_csv
+
+smk.start(snakemake)
+write_csv(snakemake.output.table,
+          drift_table(snakemake.input.base, snakemake.input.run, snakemake.params.run, snakemake.params.metrics))

@@ -1,0 +1,14 @@
+from pathlib import Path
+
+from ftdrift import smk
+from ftdrift.config import resolve_data_dir
+from ftdrift.data import prepare_task
+
+smk.start(snakemake)
+prepare_task(
+    snakemake.wildcards.task,
+    snakemake.params.task_def,
+    resolve_data_dir(snakemake.config.get("data_dir")),
+    snakemake.params.data,
+    Path(snakemake.output.splits).parent,
+)
