@@ -323,22 +323,24 @@ def test_weight_figures_and_absence(frames, tmp_path):
     assert "weights.csv" in svg_text(tmp_path / "none.svg")
 
 
-def test_run_figures_mark_stopped_early(synthetic, frames, tmp_path):
+def test_run_diagnostics_mark_stopped_early(synthetic, frames, tmp_path):
     task, method, lr, bs, seed = EARLY
     log = plots.read_train_log(synthetic["root"] / "results/runs" / task / method / f"lr{lr}_bs{bs}_seed{seed}" /
                                "train_log.csv")
     run = dict(zip(plots.RUN_KEYS, EARLY))
     info = frames["runs"].set_index(plots.RUN_KEYS).loc[EARLY].to_dict() | {"status": "stopped_early"}
-    for func in (plots.plot_run_curves, plots.plot_run_gradients, plots.plot_run_throughput):
-        path = tmp_path / f"{func.__name__}.svg"
-        func(log, run, info, path)
-        svg_root(path)
-        assert "STOPPED EARLY after 100 steps" in svg_text(path)
-    text = svg_text(tmp_path / "plot_run_throughput.svg")
-    assert "memory (MB)" in text and "gpu0 allocated" in text
-    # an absent log still yields a figure that says what is missing
-    plots.plot_run_curves(pd.DataFrame(), run, {"status": "missing"}, tmp_path / "none.svg")
-    assert "no training log" in svg_text(tmp_path / "none.svg")
+    path = tmp_path / "run.svg"
+    plots.plot_run_diagnostics(log, run, info, path, "accuracy")
+    svg_root(path)
+    text = svg_text(path)
+    assert "STOPPED EARLY after 100 steps" in text and "stopped early here" in text
+    for expected in ("cross-entropy loss (nats)", "accuracy (main)", "gradient L2 norm", "learning rate",
+                     "examples / second", "tokens / second", "memory (MB)", "gpu0 allocated"):
+        assert expected in text, expected
+    # an absent log still yields a page that says what is missing
+    plots.plot_run_diagnostics(pd.DataFrame(), run, {"status": "missing"}, tmp_path / "none.svg")
+    text = svg_text(tmp_path / "none.svg")
+    assert "no training log" in text and "MISSING" in text
 
 
 def test_empty_inputs_do_not_crash(tmp_path):
@@ -383,13 +385,13 @@ def test_rule_outputs_write_everything(synthetic, tmp_path):
     assert len(list((out / "w/rank").glob("*.svg"))) == len(TASKS)
     plots.run("weights", {"weights": str(tmp_path / "absent.csv"), "best": tables["best"]}, w_out, {"tasks": ["sst2"]})
     assert (out / "w/rank/sst2.svg").exists()
-    runs = [r for r in planned_runs() if r["task"] == "mrpc"]
+    runs = [r for r in planned_runs() if r["task"] == "mrpc" and r["seed"] == 3 and r["batch_size"] == 32]
     logs = [str(synthetic["root"] / "results/runs" / r["task"] / r["method"] /
                 f"lr{r['lr']}_bs{r['batch_size']}_seed{r['seed']}" / "train_log.csv") for r in runs]
-    t_out = {k: out / "t" / k for k in ("curves", "gradients", "throughput")} | {"all_runs": out / "t/all.svg"}
+    t_out = {"runs": out / "t/runs", "all_runs": out / "t/all.svg"}
     plots.run("training", {"runs": tables["runs"], "logs": logs}, t_out, {"runs": runs, "main_metric": "f1"},
               {"task": "mrpc"})
-    assert len(list((out / "t/curves").rglob("*.svg"))) == len(runs)
-    missing = out / "t/curves/full/lr3e-5_bs32_seed3.svg"  # the run without a log still gets a page
+    assert len(list((out / "t/runs").rglob("*.svg"))) == len(runs)
+    missing = out / "t/runs/full/lr3e-5_bs32_seed3.svg"  # the run without a log still gets a page
     assert "MISSING" in svg_text(missing)
     svg_root(out / "t/all.svg")

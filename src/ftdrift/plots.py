@@ -917,126 +917,123 @@ def _finish_run_figure(fig, run, info, extra_handles=()) -> None:
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
 
 
-def plot_run_curves(log: pd.DataFrame, run: Mapping, info: Mapping | None, path, main_metric: str | None = None) -> None:
-    """Train and dev loss; dev metrics over steps."""
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9.6, 3.7), layout="constrained")
-    train, evals = _train_rows(log), _eval_rows(log)
+def _panel_loss(ax, train: pd.DataFrame, evals: pd.DataFrame, info) -> None:
+    ax.set_title("loss")
     if train.empty and evals.empty:
-        _empty(ax_loss, "no training log")
-        _empty(ax_metric, "no evaluations")
-    else:
-        if not train.empty:
-            ax_loss.plot(train.step, train["loss"], color=OKABE_ITO["black"], lw=1.4, label="train loss")
-        if not evals.empty:
-            ax_loss.plot(evals.step, evals["eval_loss"], "o-", color=OKABE_ITO["orange"], lw=1.4, ms=4,
-                         label="dev loss")
-        ax_loss.set_xlabel("optimizer step")
-        ax_loss.set_ylabel("cross-entropy loss (nats)")
-        ax_loss.legend(frameon=False)
-        ax_loss.set_title("loss")
-        _mark_steps(ax_loss, info)
-        metric_cols = [c for c in evals.columns if c.startswith("eval_") and c not in EVAL_SKIP
-                       and evals[c].notna().any() and pd.api.types.is_numeric_dtype(evals[c])] if not evals.empty else []
-        if metric_cols:
-            main_col = f"eval_{main_metric}" if main_metric else None
-            for i, col in enumerate(sorted(metric_cols, key=lambda c: c != main_col)):
-                is_main = col == main_col
-                ax_metric.plot(evals.step, evals[col], "o-", ms=4, lw=2.2 if is_main else 1.2,
-                               color=CYCLE[i % len(CYCLE)],
-                               label=col[5:] + (" (main)" if is_main else ""))
-            ax_metric.set_ylabel(f"dev score {scale_note(evals[metric_cols].to_numpy().ravel())}".strip())
-            ax_metric.legend(frameon=False, fontsize=8)
-            _mark_steps(ax_metric, info)
-        else:
-            _empty(ax_metric, "no dev metrics logged")
-        ax_metric.set_xlabel("optimizer step")
-        ax_metric.set_title("dev metrics")
-    _finish_run_figure(fig, run, info)
-    _save(fig, path)
+        return _empty(ax, "no training log")
+    if not train.empty:
+        ax.plot(train.step, train["loss"], color=OKABE_ITO["black"], lw=1.4, label="train loss")
+    if not evals.empty:
+        ax.plot(evals.step, evals["eval_loss"], "o-", color=OKABE_ITO["orange"], lw=1.4, ms=4, label="dev loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss (nats)")
+    ax.legend(frameon=False, fontsize=8)
+    _mark_steps(ax, info)
 
 
-def plot_run_gradients(log: pd.DataFrame, run: Mapping, info: Mapping | None, path) -> None:
-    """Global gradient norm with per-parameter spread, clipped fraction, learning rate."""
-    fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.6), layout="constrained")
-    train = _train_rows(log)
-    ax_norm, ax_clip, ax_lr = axes
-    if train.empty or "grad_norm" not in train:
-        for ax in axes:
-            _empty(ax, "no gradient log")
-    else:
-        ax_norm.plot(train.step, train.grad_norm, color=OKABE_ITO["black"], lw=1.6, label="global L2 norm")
-        if {"grad_norm_param_min", "grad_norm_param_max"} <= set(train.columns):
-            ax_norm.fill_between(train.step, train.grad_norm_param_min, train.grad_norm_param_max,
-                                 color=OKABE_ITO["sky_blue"], alpha=0.35, lw=0, label="per-parameter min–max")
-        if "grad_norm_param_mean" in train:
-            ax_norm.plot(train.step, train.grad_norm_param_mean, color=OKABE_ITO["blue"], lw=1.2,
-                         label="per-parameter mean")
-        positive = pd.concat([train[c] for c in ("grad_norm", "grad_norm_param_min") if c in train]).dropna()
-        if not positive.empty and (positive > 0).all():
-            ax_norm.set_yscale("log")
-        ax_norm.set_ylabel("gradient L2 norm (before clipping)")
-        ax_norm.set_title("gradient norm")
-        ax_norm.legend(frameon=False, fontsize=8)
-        _mark_steps(ax_norm, info)
-        if "grad_clipped_fraction" in train and train.grad_clipped_fraction.notna().any():
-            ax_clip.plot(train.step, train.grad_clipped_fraction, color=OKABE_ITO["reddish_purple"], lw=1.6)
-            ax_clip.set_ylim(-0.02, 1.02)
-            ax_clip.set_ylabel("fraction of steps clipped")
-            ax_clip.set_title("gradient clipping")
-        else:
-            _empty(ax_clip, "no clipping statistics")
-        if "learning_rate" in train and train.learning_rate.notna().any():
-            ax_lr.plot(train.step, train.learning_rate, color=OKABE_ITO["bluish_green"], lw=1.6)
-            ax_lr.set_ylabel("learning rate")
-            ax_lr.set_title("learning-rate schedule")
-            ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-        else:
-            _empty(ax_lr, "no learning rate logged")
-        for ax in axes:
-            if ax.axison:
-                ax.set_xlabel("optimizer step")
-    _finish_run_figure(fig, run, info)
-    _save(fig, path)
+def _panel_dev_metrics(ax, evals: pd.DataFrame, main_metric: str | None, info) -> None:
+    ax.set_title("dev metrics")
+    cols = [c for c in evals.columns if c.startswith("eval_") and c not in EVAL_SKIP and evals[c].notna().any()
+            and pd.api.types.is_numeric_dtype(evals[c])] if not evals.empty else []
+    if not cols:
+        return _empty(ax, "no dev metrics logged")
+    main_col = f"eval_{main_metric}" if main_metric else None
+    for i, col in enumerate(sorted(cols, key=lambda c: c != main_col)):
+        is_main = col == main_col
+        ax.plot(evals.step, evals[col], "o-", ms=4, lw=2.2 if is_main else 1.2, color=CYCLE[i % len(CYCLE)],
+                label=col[5:] + (" (main)" if is_main else ""))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"dev score {scale_note(evals[cols].to_numpy().ravel())}".strip())
+    ax.legend(frameon=False, fontsize=8)
+    _mark_steps(ax, info)
+
+
+def _panel_grad_norm(ax, train: pd.DataFrame, info) -> None:
+    ax.set_title("gradient norm")
+    if train.empty or "grad_norm" not in train or not train.grad_norm.notna().any():
+        return _empty(ax, "no gradient norms logged")
+    ax.plot(train.step, train.grad_norm, color=OKABE_ITO["black"], lw=1.6, label="global L2 norm")
+    if {"grad_norm_param_min", "grad_norm_param_max"} <= set(train.columns):
+        ax.fill_between(train.step, train.grad_norm_param_min, train.grad_norm_param_max, color=OKABE_ITO["sky_blue"],
+                        alpha=0.35, lw=0, label="per-parameter min–max")
+    if "grad_norm_param_mean" in train:
+        ax.plot(train.step, train.grad_norm_param_mean, color=OKABE_ITO["blue"], lw=1.2, label="per-parameter mean")
+    positive = pd.concat([train[c] for c in ("grad_norm", "grad_norm_param_min") if c in train]).dropna()
+    if not positive.empty and (positive > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("gradient L2 norm (before clipping)")
+    ax.legend(frameon=False, fontsize=8)
+    _mark_steps(ax, info)
+
+
+def _panel_schedule(ax, train: pd.DataFrame) -> None:
+    ax.set_title("learning rate and clipping")
+    has_lr = "learning_rate" in train and train.learning_rate.notna().any() if not train.empty else False
+    has_clip = "grad_clipped_fraction" in train and train.grad_clipped_fraction.notna().any() if not train.empty \
+        else False
+    if not (has_lr or has_clip):
+        return _empty(ax, "no learning rate or clipping logged")
+    if has_lr:
+        ax.plot(train.step, train.learning_rate, color=OKABE_ITO["bluish_green"], lw=1.6)
+        ax.set_ylabel("learning rate", color=OKABE_ITO["bluish_green"])
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    if has_clip:
+        twin = ax.twinx() if has_lr else ax
+        twin.plot(train.step, train.grad_clipped_fraction, color=OKABE_ITO["reddish_purple"], lw=1.4, ls="--")
+        twin.set_ylim(-0.02, 1.02)
+        twin.set_ylabel("fraction of steps clipped", color=OKABE_ITO["reddish_purple"])
+        twin.spines["right"].set_visible(True)
+        twin.grid(False)
+    ax.set_xlabel("optimizer step")
+
+
+def _panel_throughput(ax, train: pd.DataFrame) -> None:
+    ax.set_title("throughput")
+    cols = [c for c in ("examples_per_second", "tokens_per_second") if c in train and train[c].notna().any()] \
+        if not train.empty else []
+    if not cols:
+        return _empty(ax, "no throughput logged")
+    for i, (col, color) in enumerate(zip(cols, (OKABE_ITO["blue"], OKABE_ITO["orange"]))):
+        target = ax if i == 0 else ax.twinx()
+        s = train[["step", col]].dropna()
+        target.plot(s.step, s[col], color=color, lw=1.5, ls="-" if i == 0 else "--")
+        target.set_ylabel(col.replace("_per_second", " / second"), color=color)
+        if i:
+            target.spines["right"].set_visible(True)
+            target.grid(False)
+    ax.set_xlabel("optimizer step")
+
+
+def _panel_memory(ax, rows: pd.DataFrame) -> None:
+    ax.set_title("memory")
+    cols = [c for c in rows.columns if MEMORY_COL.match(c) and rows[c].notna().any()] if not rows.empty else []
+    if not cols:
+        return _empty(ax, "no memory logged")
+    for i, col in enumerate(cols):
+        s = rows[["step", col]].dropna()
+        ax.plot(s.step, s[col], lw=1.5, color=CYCLE[i % len(CYCLE)], label=col.replace("_mb", "").replace("_", " "))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("memory (MB)")
+    ax.set_ylim(bottom=0)
+    ax.legend(frameon=False, fontsize=8)
 
 
 MEMORY_COL = re.compile(r"^(cpu_rss_mb|gpu\d+_.*_mb)$")
 
 
-def plot_run_throughput(log: pd.DataFrame, run: Mapping, info: Mapping | None, path) -> None:
-    """Examples/s and tokens/s; host and GPU memory (MB)."""
-    fig, (ax_tp, ax_mem) = plt.subplots(1, 2, figsize=(10.0, 3.6), layout="constrained")
-    train = _train_rows(log) if not log.empty else log
+def plot_run_diagnostics(log: pd.DataFrame, run: Mapping, info: Mapping | None, path,
+                         main_metric: str | None = None) -> None:
+    """One run's health: loss, dev metrics, gradient norm, lr / clipping, throughput, memory."""
+    fig, axes = plt.subplots(2, 3, figsize=(13.5, 7.0), layout="constrained")
+    train, evals = _train_rows(log), _eval_rows(log)
     rows = log.sort_values("step") if not log.empty and "step" in log else pd.DataFrame()
-    tp_cols = [c for c in ("examples_per_second", "tokens_per_second") if c in train and train[c].notna().any()]
-    if tp_cols:
-        ax = ax_tp
-        first = True
-        for col, color in zip(tp_cols, (OKABE_ITO["blue"], OKABE_ITO["orange"])):
-            target = ax if first else ax_tp.twinx()
-            target.plot(train.step, train[col], color=color, lw=1.6, label=col.replace("_", " "))
-            target.set_ylabel(col.replace("_per_second", "s per second").replace("_", " "), color=color)
-            target.tick_params(axis="y", colors=color)
-            if not first:
-                target.spines["right"].set_visible(True)
-                target.grid(False)
-            first = False
-        ax_tp.set_xlabel("optimizer step")
-        ax_tp.set_title("training throughput")
-    else:
-        _empty(ax_tp, "no throughput logged")
-    mem_cols = [c for c in rows.columns if MEMORY_COL.match(c) and rows[c].notna().any()] if not rows.empty else []
-    if mem_cols:
-        for i, col in enumerate(mem_cols):
-            s = rows[["step", col]].dropna()
-            ax_mem.plot(s.step, s[col], lw=1.5, color=CYCLE[i % len(CYCLE)],
-                        label=col.replace("_mb", "").replace("_", " "))
-        ax_mem.set_ylabel("memory (MB)")
-        ax_mem.set_xlabel("optimizer step")
-        ax_mem.set_title("memory")
-        ax_mem.legend(frameon=False, fontsize=8)
-        ax_mem.set_ylim(bottom=0)
-    else:
-        _empty(ax_mem, "no memory logged")
+    _panel_loss(axes[0][0], train, evals, info)
+    _panel_dev_metrics(axes[0][1], evals, main_metric, info)
+    _panel_grad_norm(axes[0][2], train, info)
+    _panel_schedule(axes[1][0], train)
+    _panel_throughput(axes[1][1], train)
+    _panel_memory(axes[1][2], rows)
     _finish_run_figure(fig, run, info)
     _save(fig, path)
 
@@ -1475,7 +1472,7 @@ def training_outputs(inputs: Mapping, outputs: Mapping, params: Mapping, wildcar
     if runs is not None and not runs.empty:
         for _, r in runs[runs.task == task].iterrows():
             info[_run_key(r)] = r.to_dict()
-    dirs = {k: _out_dir(outputs[k]) for k in ("curves", "gradients", "throughput")}
+    out_dir = _out_dir(outputs["runs"])
     logs = {}
     for run, log_path in zip(params["runs"], inputs["logs"]):
         run = {**run, "lr": norm_lr(run["lr"]), "batch_size": int(run["batch_size"]), "seed": int(run["seed"])}
@@ -1484,11 +1481,8 @@ def training_outputs(inputs: Mapping, outputs: Mapping, params: Mapping, wildcar
         logs[key] = log
         run_info = info.get(key, {"status": "missing"})
         name = Path(run["method"]) / f"lr{run['lr']}_bs{run['batch_size']}_seed{run['seed']}.svg"
-        for d in dirs.values():
-            (d / run["method"]).mkdir(exist_ok=True)
-        plot_run_curves(log, run, run_info, dirs["curves"] / name, main_metric)
-        plot_run_gradients(log, run, run_info, dirs["gradients"] / name)
-        plot_run_throughput(log, run, run_info, dirs["throughput"] / name)
+        (out_dir / run["method"]).mkdir(exist_ok=True)
+        plot_run_diagnostics(log, run, run_info, out_dir / name, main_metric)
     plot_task_training(logs, runs, task, outputs["all_runs"], main_metric)
 
 

@@ -27,6 +27,7 @@ from transformers import (
     set_seed,
 )
 from transformers.integrations import WandbCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ftdrift import io, metrics, models, qa
 from ftdrift.config import task_kind
@@ -46,6 +47,38 @@ class RunOutputs:
     predictions: Path
     representations: Path
     model: Path
+
+
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """Length-grouped batches whose order is a pure function of (seed, epoch).
+
+    transformers' own group_by_length sampler draws from the global RNG when an epoch's
+    iterator is created, which on resume happens before the checkpoint's RNG state is
+    restored: the resumed epoch would see another order. Seeding per epoch makes resume exact.
+    """
+
+    def __init__(self, *args, seed: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return super().__iter__()
+
+
+class StudyTrainer(Trainer):
+    """Trainer whose training order survives a restart bit for bit (see EpochSeededLengthSampler)."""
+
+    def __init__(self, *args, train_lengths: list[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_lengths = train_lengths
+
+    def _get_train_sampler(self, train_dataset=None):
+        return EpochSeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=self.train_lengths, seed=self.args.data_seed)
 
 
 def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
@@ -211,9 +244,8 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
         full_determinism=training["full_determinism"],
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=training["gradient_checkpointing"] or plan["gradient_checkpointing"],
-        train_sampling_strategy="group_by_length",
-        length_column_name="length",
+        activation_checkpointing=training["gradient_checkpointing"] or plan["gradient_checkpointing"],
+        train_sampling_strategy="group_by_length",  # with our seeded sampler, see StudyTrainer
         include_num_input_tokens_seen="non_padding",
         optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -232,9 +264,9 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
         def compute_metrics(prediction):
             return metrics.classification_metrics(prediction.label_ids, prediction.predictions.argmax(-1),
                                                   task_def["metrics"])
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
+    trainer = StudyTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-                      compute_metrics=compute_metrics, callbacks=callbacks)
+                      compute_metrics=compute_metrics, callbacks=callbacks, train_lengths=train_ds["length"])
     if report_to:
         # our monitor must enrich the log entries before W&B sends them
         trainer.pop_callback(WandbCallback)
@@ -244,7 +276,7 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
     if last:
         log.info("resuming %s from %s", run_name, last)
     started = time.time()
-    train_result = trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=last)
     train_seconds = time.time() - started
 
     # -- best dev weights back in, then the final evaluations
@@ -262,7 +294,6 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
         "trainable_params": trainable_params, "total_params": total_params,
         "trainable_fraction": trainable_params / total_params,
         "train_seconds": train_seconds, "resumed_from": last,
-        "train_loss": train_result.training_loss,
         "snapshot_steps": store.steps(),
     }
 
