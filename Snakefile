@@ -1,11 +1,17 @@
 # ftdrift: how full fine-tuning and LoRA change a language model's representations.
 # Rules are declarative; the logic lives in the ftdrift package (src/ftdrift).
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless config files are given with --configfile: those then stand
+# alone (e.g. config/study.yaml), so nothing of the default leaks into the study.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
 include: "rules/common.smk"

@@ -7,7 +7,10 @@ rule aggregate:
                     caption="../report/runs.rst"),
         drift="results/tables/drift.csv",
         best="results/tables/best.csv",
+        verdicts="results/tables/verdicts.csv",
+        drift_by_layer="results/tables/drift_by_layer.csv",
         summary="results/tables/summary.md",
+        latex="results/tables/tables.tex",
     params:
         tasks=CONFIG["tasks"],
         task_defs=CONFIG["task_defs"],

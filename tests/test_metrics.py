@@ -71,7 +71,8 @@ def test_classification_metrics_unknown_name():
 # SQuAD v2
 # ----------------------------------------------------------------------------
 def _qa(qid, answers):
-    return {"id": qid, "question": "?", "answers": [{"text": a, "answer_start": 0} for a in answers],
+    return {"id": qid, "question": "?",
+            "answers": [{"text": a, "answer_start": 0} for a in answers],
             "is_impossible": not answers}
 
 
@@ -82,7 +83,8 @@ SQUAD = {
             {"context": "...", "qas": [
                 _qa("q1", ["Denver Broncos", "The Denver Broncos!"]),
                 _qa("q2", ["Santa Clara, California", "Levi's Stadium",
-                           "Levi's Stadium in the San Francisco Bay Area at Santa Clara, California."]),
+                           "Levi's Stadium in the San Francisco Bay Area at Santa Clara, "
+                           "California."]),
                 _qa("q3", []),
             ]},
             {"context": "...", "qas": [

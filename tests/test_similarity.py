@@ -210,7 +210,8 @@ def test_cka_matrix_matches_naive_loop(n, d, debiased, backend):
     rng = np.random.default_rng(11)
     S, L = 3, 4
     base = rng.standard_normal((L, n, d)) + 1.0
-    snaps = base[None] + rng.standard_normal((S, L, n, d)) * np.linspace(0.1, 2, S)[:, None, None, None]
+    noise = np.linspace(0.1, 2, S)[:, None, None, None]  # from similar to unrelated
+    snaps = base[None] + rng.standard_normal((S, L, n, d)) * noise
     expected = naive_cka_matrix(base, snaps, debiased)
     for chunk_bytes in (1, 10**9):  # one snapshot per chunk, and everything at once
         out = cka_matrix(base, snaps, debiased=debiased, device="cpu",
@@ -227,7 +228,8 @@ def test_cka_matrix_torch_float16_and_different_widths():
     expected = naive_cka_matrix(base.astype(np.float64), snaps.astype(np.float64), False)
     out = cka_matrix(torch.from_numpy(base), torch.from_numpy(snaps), device="cpu")
     np.testing.assert_allclose(out, expected, atol=1e-9)
-    out_t = cka_matrix(torch.from_numpy(base), torch.from_numpy(snaps), device="cpu", backend="torch")
+    out_t = cka_matrix(torch.from_numpy(base), torch.from_numpy(snaps), device="cpu",
+                       backend="torch")
     np.testing.assert_allclose(out_t, expected, atol=1e-9)
 
 

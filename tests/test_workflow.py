@@ -12,12 +12,15 @@ import zarr
 from helpers import REPO, make_tiny_workdir, run_snakemake
 
 RUNS = 8  # 4 tasks x (full, lora) x 1 lr x 1 batch size x 1 seed
+# dummy secrets in the environment of the run: none may appear in any output, log or report
+SECRETS = {"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567",
+           "HF_TOKEN": "hf_ftdriftDummySecretTokenXyz123"}
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     workdir = make_tiny_workdir(tmp_path_factory.mktemp("e2e"))
-    run_snakemake(workdir)
+    run_snakemake(workdir, env=SECRETS)
     return workdir
 
 
@@ -51,6 +54,16 @@ def test_step0_drift_is_identity_and_later_steps_move(finished):
     assert np.allclose(step0.value, 1.0, atol=1e-3)
     full_last = cka[(cka.method == "full") & (cka.step == cka.step.max()) & (cka.layer > 0)]
     assert (full_last.value < 0.999).any()  # full fine-tuning moved the blocks
+
+
+def test_secrets_never_written(finished):
+    run_snakemake(finished, "--report", str(finished / "results/report.html"), env=SECRETS)
+    files = [p for p in finished.rglob("*") if p.is_file()]
+    assert any("wandb" in p.parts for p in files)  # W&B did log (offline)
+    for path in files:
+        data = path.read_bytes()
+        for name, secret in SECRETS.items():
+            assert secret.encode() not in data, f"{name} leaked into {path}"
 
 
 def test_second_call_has_nothing_to_do(finished):

@@ -445,10 +445,9 @@ def plot_grid(runs: pd.DataFrame, best: pd.DataFrame, task: str, path) -> None:
     _save(fig, path)
 
 
-QA_BREAKDOWN = [("f1", "F1 (all)"), ("exact", "exact match (all)"), ("HasAns_f1", "F1, answerable (HasAns)"),
-                ("HasAns_exact", "EM, answerable (HasAns)"), ("NoAns_f1", "F1, unanswerable (NoAns)"),
-                ("NoAns_exact", "EM, unanswerable (NoAns)"), ("best_f1", "best-threshold F1"),
-                ("best_exact", "best-threshold EM")]
+QA_BREAKDOWN = [("f1", "F1\nall"), ("exact", "EM\nall"), ("HasAns_f1", "F1\nHasAns"), ("HasAns_exact", "EM\nHasAns"),
+                ("NoAns_f1", "F1\nNoAns"), ("NoAns_exact", "EM\nNoAns"), ("best_f1", "F1\nbest threshold"),
+                ("best_exact", "EM\nbest threshold")]
 
 
 def qa_breakdown_table(runs: pd.DataFrame, best: pd.DataFrame, task: str) -> pd.DataFrame:
@@ -461,7 +460,7 @@ def qa_breakdown_table(runs: pd.DataFrame, best: pd.DataFrame, task: str) -> pd.
             col = f"val_{key}"
             if col in chosen and pd.notna(r[col]):
                 rows.append({"task": task, "method": r.method, "lr": r.lr, "batch_size": r.batch_size, "seed": r.seed,
-                             "status": r.get("status", "completed"), "score": key, "score_name": label,
+                             "status": r.get("status", "completed"), "score": key, "score_name": label.replace("\n", ", "),
                              "value": float(r[col])})
     return pd.DataFrame(rows, columns=["task", "method", "lr", "batch_size", "seed", "status", "score", "score_name",
                                        "value"])
@@ -494,11 +493,12 @@ def plot_qa_breakdown(runs: pd.DataFrame, best: pd.DataFrame, task: str, path) -
                 kw = _marker_kw(method, r.status, size=4)
                 kw.update(mec="black")
                 ax.plot([x + off], [r.value], **kw, zorder=4)
-    ax.set_xticks(np.arange(len(scores)), [names[s].replace(", ", ",\n") for s in scores], fontsize=8)
+    ax.set_xticks(np.arange(len(scores)), [names[s] for s in scores], fontsize=8.5)
     ax.set_ylabel(f"validation score {scale_note(table.value)}".strip())
     ax.legend(handles=ax.get_legend_handles_labels()[0] + status_legend_handles(statuses), loc="upper left",
               bbox_to_anchor=(1.0, 1.0), frameon=False)
-    ax.set_title(f"{task}: answerable vs unanswerable questions (chosen settings; dots = seeds)")
+    ax.set_title(f"{task}: validation scores, chosen settings (dots = seeds)\n"
+                 "HasAns = answerable questions, NoAns = unanswerable, EM = exact match")
     _save(fig, path)
     return table
 
@@ -1025,7 +1025,7 @@ MEMORY_COL = re.compile(r"^(cpu_rss_mb|gpu\d+_.*_mb)$")
 def plot_run_diagnostics(log: pd.DataFrame, run: Mapping, info: Mapping | None, path,
                          main_metric: str | None = None) -> None:
     """One run's health: loss, dev metrics, gradient norm, lr / clipping, throughput, memory."""
-    fig, axes = plt.subplots(2, 3, figsize=(13.5, 7.0), layout="constrained")
+    fig, axes = plt.subplots(2, 3, figsize=(14.5, 7.0), layout="constrained")
     train, evals = _train_rows(log), _eval_rows(log)
     rows = log.sort_values("step") if not log.empty and "step" in log else pd.DataFrame()
     _panel_loss(axes[0][0], train, evals, info)
@@ -1474,7 +1474,8 @@ def training_outputs(inputs: Mapping, outputs: Mapping, params: Mapping, wildcar
             info[_run_key(r)] = r.to_dict()
     out_dir = _out_dir(outputs["runs"])
     logs = {}
-    for run, log_path in zip(params["runs"], inputs["logs"]):
+    log_paths = [inputs["logs"]] if isinstance(inputs["logs"], (str, os.PathLike)) else list(inputs["logs"])
+    for run, log_path in zip(params["runs"], log_paths):
         run = {**run, "lr": norm_lr(run["lr"]), "batch_size": int(run["batch_size"]), "seed": int(run["seed"])}
         key = tuple(run[k] for k in RUN_KEYS)
         log = read_train_log(log_path)

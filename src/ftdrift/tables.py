@@ -67,7 +67,11 @@ def aggregate(*, metrics_paths, drift_paths, task_defs: dict, analysis: dict, ou
                           "val_mean": val["mean"], "val_std": val["std"], "val_ci_low": val["ci_low"],
                           "val_ci_high": val["ci_high"], "dev_mean": float(group.dev_main.mean()),
                           "drift_mean": dft["mean"], "drift_ci_low": dft["ci_low"], "drift_ci_high": dft["ci_high"],
-                          "trainable_fraction": float(group.trainable_fraction.mean())})
+                          "trainable_fraction": float(group.trainable_fraction.mean()),
+                          # SQuAD v2's answerable / unanswerable breakdown (NaN for other tasks)
+                          **{f"val_{part}_{m}": float(group[f"val_{part}_{m}"].mean())
+                             if f"val_{part}_{m}" in group and group[f"val_{part}_{m}"].notna().any() else np.nan
+                             for part in ("HasAns", "NoAns") for m in ("exact", "f1")}})
     for (task, method, layer, name), group in final.groupby(["task", "method", "layer", "layer_name"], sort=False):
         ci = stats.mean_ci(group.value.to_numpy(float), confidence)
         layer_rows.append({"task": task, "method": method, "layer": layer, "layer_name": name,
@@ -89,12 +93,36 @@ def aggregate(*, metrics_paths, drift_paths, task_defs: dict, analysis: dict, ou
                              "diff_ci_high": diff.get("ci_high"),
                              "h1_relative_drop": h1.get("relative_drop"), "h1_verdict": h1["verdict"],
                              "h2_drift_reduction": h2.get("relative_reduction"), "h2_verdict": h2["verdict"]})
-    best_table = pd.DataFrame(best_rows)
+    order = {task: i for i, task in enumerate(task_defs)}
+    best_table = pd.DataFrame(best_rows).sort_values("task", key=lambda t: t.map(order), kind="stable")
     verdicts = pd.DataFrame(verdict_rows)
+    layers = pd.DataFrame(layer_rows)
     io.write_csv(outputs["runs"], runs)
     io.write_csv(outputs["drift"], drift)
     io.write_csv(outputs["best"], best_table)
-    io.write_text(outputs["summary"], summary_markdown(best_table, verdicts, pd.DataFrame(layer_rows), confidence))
+    io.write_csv(outputs["verdicts"], verdicts)
+    io.write_csv(outputs["drift_by_layer"], layers)
+    io.write_text(outputs["summary"], summary_markdown(best_table, verdicts, layers, confidence))
+    io.write_text(outputs["latex"], latex_tables(best_table, verdicts, confidence))
+
+
+def latex_tables(best: pd.DataFrame, verdicts: pd.DataFrame, confidence: float) -> str:
+    """The paper's two tables: best settings with validation CIs, and the H1/H2 verdicts."""
+    pct = int(round(confidence * 100))
+    main = best[["task", "method", "lr", "batch_size", "main_metric", "n_seeds", "val_mean", "val_std",
+                 "val_ci_low", "val_ci_high", "drift_mean"]].rename(columns={
+        "batch_size": "batch", "main_metric": "metric", "n_seeds": "seeds", "val_mean": "mean", "val_std": "std",
+        "val_ci_low": f"{pct}\\% CI low", "val_ci_high": f"{pct}\\% CI high", "drift_mean": "drift"})
+    parts = [main.to_latex(index=False, float_format="%.3f", na_rep="--",
+                           caption="Validation metric at the dev-selected setting (mean, std and CI over seeds) "
+                                   "and mean drift (1 - linear CKA over layers, last snapshot).",
+                           label="tab:ftdrift-performance")]
+    if not verdicts.empty:
+        parts.append(verdicts.to_latex(index=False, float_format="%.3f", na_rep="--",
+                                       caption="LoRA vs full fine-tuning: H1 (relative accuracy drop within "
+                                               "tolerance) and H2 (relative drift reduction).",
+                                       label="tab:ftdrift-hypotheses"))
+    return "\n".join(parts)
 
 
 def _fmt(value, digits=3) -> str:
@@ -114,6 +142,13 @@ def summary_markdown(best: pd.DataFrame, verdicts: pd.DataFrame, layers: pd.Data
         lines.append(f"| {r.task} | {r.method} | {r.lr} | {r.batch_size} | {r.main_metric} | {r.n_seeds} | "
                      f"{_fmt(r.val_mean)} ± {_fmt(r.val_std)} | [{_fmt(r.val_ci_low)}, {_fmt(r.val_ci_high)}] | "
                      f"{_fmt(r.drift_mean)} |")
+    qa = best[best.val_HasAns_f1.notna()] if "val_HasAns_f1" in best else best.iloc[:0]
+    if not qa.empty:
+        lines += ["", "## SQuAD v2: answerable vs unanswerable questions (validation, mean over seeds)", "",
+                  "| task | method | HasAns EM | HasAns F1 | NoAns EM | NoAns F1 |", "|---|---|---|---|---|---|"]
+        for r in qa.itertuples():
+            lines.append(f"| {r.task} | {r.method} | {_fmt(r.val_HasAns_exact, 1)} | {_fmt(r.val_HasAns_f1, 1)} | "
+                         f"{_fmt(r.val_NoAns_exact, 1)} | {_fmt(r.val_NoAns_f1, 1)} |")
     if not verdicts.empty:
         lines += ["", "## LoRA vs full fine-tuning", "",
                   "| task | metric | LoRA − full | CI | H1 (accuracy within tolerance) | H2 (drifts less) |",

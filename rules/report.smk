@@ -1,0 +1,222 @@
+# The report: `snakemake --report report.html` after a run (also `report.zip`).
+# Rules here only read the aggregate tables and the runs' training logs and write SVG / HTML /
+# CSV files flagged with report(); all plotting lives in src/ftdrift/plots.py.
+#
+# Categories (left menu): Overview, Performance, Drift, Weight space, Training. Every entry has
+# labels (the columns a reader picks from: task, method, seed, metric, pooling, ...) and a
+# caption in report/*.rst. Weight-space figures appear once a rule produces
+# results/tables/weights.csv; a verdicts table (results/tables/verdicts.csv) is used when one
+# is produced, else the verdicts are read from summary.md.
+import os
+
+from ftdrift import plots as ftplots
+
+
+report: "../report/workflow.rst"
+
+
+REPORT_DIR = "results/report"
+TABLES = "results/tables"
+QA_TASKS = [t for t in CONFIG["tasks"] if CONFIG["task_defs"][t]["type"] == "extractive_qa"]
+
+
+def produced_by_a_rule(path):
+    """Whether some rule of this workflow writes `path` (optional tables appear without edits here)."""
+    return any(str(out) == path for rule in workflow.rules for out in rule.output)
+
+
+def optional_tables(*names):
+    return {name: f"{TABLES}/{name}.csv" for name in names if produced_by_a_rule(f"{TABLES}/{name}.csv")}
+
+
+def task_runs(task):
+    return [run for run in RUNS if run.task == task]
+
+
+_RUN_LABELS = {}
+
+
+def run_entry_labels(wildcards, input):
+    """Labels of one run's report entry (task, method, lr, batch size, seed, status)."""
+    path = str(input.runs)
+    stamp = (path, os.path.getmtime(path))
+    if stamp not in _RUN_LABELS:
+        _RUN_LABELS[stamp] = ftplots.run_labels([run.wildcards for run in RUNS], ftplots.read_table(path))
+    key = f"{wildcards.task}/{wildcards.method}/lr{wildcards.lr}_bs{wildcards.batch_size}_seed{wildcards.seed}"
+    return _RUN_LABELS[stamp].get(key, {"task": wildcards.task, "method": wildcards.method, "lr": wildcards.lr,
+                                        "batch size": wildcards.batch_size, "seed": wildcards.seed,
+                                        "status": "not in the current grid"})
+
+
+def report_targets():
+    """Every report file; add to the default target so `snakemake --report` finds them built."""
+    targets = [
+        f"{REPORT_DIR}/overview/overview.html",
+        f"{REPORT_DIR}/performance/validation.svg",
+    ]
+    targets += expand(f"{REPORT_DIR}/drift/{{task}}/final_drift_by_layer.csv", task=CONFIG["tasks"])
+    targets += expand(f"{REPORT_DIR}/training/{{task}}/all_runs.svg", task=CONFIG["tasks"])
+    if produced_by_a_rule(f"{TABLES}/weights.csv"):
+        targets.append(f"{REPORT_DIR}/weights/weights_by_layer.csv")
+    return targets
+
+
+rule report_overview:
+    input:
+        runs=f"{TABLES}/runs.csv",
+        best=f"{TABLES}/best.csv",
+        summary=f"{TABLES}/summary.md",
+        **optional_tables("verdicts"),
+    output:
+        page=report(f"{REPORT_DIR}/overview/overview.html", category="Overview", subcategory="Study",
+                    labels=lambda wildcards, output: ftplots.read_headline(output.headline),
+                    caption="../report/overview.rst"),
+        headline=f"{REPORT_DIR}/overview/headline.json",
+    params:
+        kind="overview",
+        study={key: CONFIG[key] for key in ("model", "tasks", "task_defs", "grid", "lora", "analysis")},
+        planned=[run.wildcards for run in RUNS],
+        code_version=CODE_VERSIONS["plots"],
+    log:
+        "results/logs/report/overview.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/ftdrift.yaml"
+    script:
+        "../workflow/scripts/plots.py"
+
+
+_QA_OUTPUTS = {
+    "qa": report(directory(f"{REPORT_DIR}/performance/qa"), patterns=["{task}.svg"], category="Performance",
+                 subcategory="SQuAD v2: answerable vs unanswerable", labels={"task": "{task}"},
+                 caption="../report/qa_breakdown.rst"),
+    "qa_csv": report(f"{REPORT_DIR}/performance/qa_breakdown.csv", category="Performance", subcategory="Tables",
+                     labels={"table": "QA scores by seed (CSV)"}, caption="../report/tables_performance.rst"),
+} if QA_TASKS else {}
+
+
+rule report_performance:
+    input:
+        runs=f"{TABLES}/runs.csv",
+        best=f"{TABLES}/best.csv",
+    output:
+        validation=report(f"{REPORT_DIR}/performance/validation.svg", category="Performance",
+                          subcategory="Validation metric", labels={"figure": "chosen settings, all tasks"},
+                          caption="../report/validation.rst"),
+        table_html=report(f"{REPORT_DIR}/performance/chosen_settings.html", category="Performance",
+                          subcategory="Tables", labels={"table": "chosen settings (view)"},
+                          caption="../report/tables_performance.rst"),
+        table_csv=report(f"{REPORT_DIR}/performance/chosen_settings.csv", category="Performance",
+                         subcategory="Tables", labels={"table": "chosen settings (CSV)"},
+                         caption="../report/tables_performance.rst"),
+        grid_csv=report(f"{REPORT_DIR}/performance/grid.csv", category="Performance", subcategory="Tables",
+                        labels={"table": "hyperparameter grid (CSV)"}, caption="../report/tables_performance.rst"),
+        grid=report(directory(f"{REPORT_DIR}/performance/grid"), patterns=["{task}.svg"], category="Performance",
+                    subcategory="Hyperparameter grid", labels={"task": "{task}"}, caption="../report/grid.rst"),
+        **_QA_OUTPUTS,
+    params:
+        kind="performance",
+        tasks=CONFIG["tasks"],
+        qa_tasks=QA_TASKS,
+        confidence=CONFIG["analysis"]["confidence"],
+        code_version=CODE_VERSIONS["plots"],
+    log:
+        "results/logs/report/performance.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/ftdrift.yaml"
+    script:
+        "../workflow/scripts/plots.py"
+
+
+def drift_figures(name, subcategory, caption):
+    return report(directory(f"{REPORT_DIR}/drift/{{task}}/{name}"), patterns=["{metric}/{pooling}.svg"],
+                  category="Drift", subcategory=subcategory,
+                  labels={"task": "{task}", "metric": "{metric}", "pooling": "{pooling}"}, caption=caption)
+
+
+rule report_drift:
+    input:
+        drift=f"{TABLES}/drift.csv",
+        runs=f"{TABLES}/runs.csv",
+        best=f"{TABLES}/best.csv",
+    output:
+        heatmaps=drift_figures("heatmaps", "Layer × step heatmaps", "../report/drift_heatmaps.rst"),
+        by_layer=drift_figures("by_layer", "Final-step drift by layer", "../report/drift_by_layer.rst"),
+        over_training=drift_figures("over_training", "Drift over training", "../report/drift_over_training.rst"),
+        vs_metric=drift_figures("vs_metric", "Validation metric vs drift", "../report/metric_vs_drift.rst"),
+        table=report(f"{REPORT_DIR}/drift/{{task}}/final_drift_by_layer.csv", category="Drift", subcategory="Tables",
+                     labels={"task": "{task}", "table": "final-step drift by layer (CSV)"},
+                     caption="../report/drift_table.rst"),
+    params:
+        kind="drift",
+        code_version=CODE_VERSIONS["plots"],
+    log:
+        "results/logs/report/drift/{task}.log",
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../envs/ftdrift.yaml"
+    script:
+        "../workflow/scripts/plots.py"
+
+
+rule report_weights:
+    input:
+        weights=f"{TABLES}/weights.csv",
+        best=f"{TABLES}/best.csv",
+    output:
+        effective_rank=report(directory(f"{REPORT_DIR}/weights/effective_rank"), patterns=["{task}.svg"],
+                              category="Weight space", subcategory="Effective rank of ΔW", labels={"task": "{task}"},
+                              caption="../report/weights_rank.rst"),
+        intruders=report(directory(f"{REPORT_DIR}/weights/intruders"), patterns=["{task}.svg"],
+                         category="Weight space", subcategory="Intruder dimensions", labels={"task": "{task}"},
+                         caption="../report/weights_intruders.rst"),
+        table=report(f"{REPORT_DIR}/weights/weights_by_layer.csv", category="Weight space", subcategory="Tables",
+                     labels={"table": "ΔW diagnostics by layer (CSV)"}, caption="../report/weights_table.rst"),
+    params:
+        kind="weights",
+        tasks=CONFIG["tasks"],
+        lora_rank=CONFIG["lora"]["r"],
+        code_version=CODE_VERSIONS["plots"],
+    log:
+        "results/logs/report/weights.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/ftdrift.yaml"
+    script:
+        "../workflow/scripts/plots.py"
+
+
+rule report_training:
+    input:
+        runs=f"{TABLES}/runs.csv",
+        logs=lambda wc: [f"results/runs/{run.path}/train_log.csv" for run in task_runs(wc.task)],
+    output:
+        runs=report(directory(f"{REPORT_DIR}/training/{{task}}/runs"),
+                    patterns=["{method}/lr{lr}_bs{batch_size}_seed{seed}.svg"], category="Training",
+                    subcategory="Per-run diagnostics", labels=run_entry_labels, caption="../report/training_run.rst"),
+        all_runs=report(f"{REPORT_DIR}/training/{{task}}/all_runs.svg", category="Training",
+                        subcategory="All runs of a task", labels={"task": "{task}"},
+                        caption="../report/training_all.rst"),
+    params:
+        kind="training",
+        runs=lambda wc: [run.wildcards for run in task_runs(wc.task)],
+        main_metric=lambda wc: CONFIG["task_defs"][wc.task]["main_metric"],
+        code_version=CODE_VERSIONS["plots"],
+    log:
+        "results/logs/report/training/{task}.log",
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../envs/ftdrift.yaml"
+    script:
+        "../workflow/scripts/plots.py"
