@@ -13,5 +13,7 @@ rule prepare_data:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../envs/ftdrift.yaml"
     script:
         "../workflow/scripts/prepare_data.py"

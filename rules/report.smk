@@ -7,9 +7,10 @@
 # caption in report/*.rst. Weight-space figures appear once a rule produces
 # results/tables/weights.csv; a verdicts table (results/tables/verdicts.csv) is used when one
 # is produced, else the verdicts are read from summary.md.
-import os
-
-from ftdrift import plots as ftplots
+#
+# ftdrift.plots (matplotlib, pandas) is imported only when a label is computed at report time,
+# never while the workflow is parsed: every job parses this file.
+import importlib
 
 
 report: "../report/workflow.rst"
@@ -18,47 +19,10 @@ report: "../report/workflow.rst"
 REPORT_DIR = "results/report"
 TABLES = "results/tables"
 QA_TASKS = [t for t in CONFIG["tasks"] if CONFIG["task_defs"][t]["type"] == "extractive_qa"]
-
-
-def produced_by_a_rule(path):
-    """Whether some rule of this workflow writes `path` (optional tables appear without edits here)."""
-    return any(str(out) == path for rule in workflow.rules for out in rule.output)
-
-
-def optional_tables(*names):
-    return {name: f"{TABLES}/{name}.csv" for name in names if produced_by_a_rule(f"{TABLES}/{name}.csv")}
-
-
-def task_runs(task):
-    return [run for run in RUNS if run.task == task]
-
-
-_RUN_LABELS = {}
-
-
-def run_entry_labels(wildcards, input):
-    """Labels of one run's report entry (task, method, lr, batch size, seed, status)."""
-    path = str(input.runs)
-    stamp = (path, os.path.getmtime(path))
-    if stamp not in _RUN_LABELS:
-        _RUN_LABELS[stamp] = ftplots.run_labels([run.wildcards for run in RUNS], ftplots.read_table(path))
-    key = f"{wildcards.task}/{wildcards.method}/lr{wildcards.lr}_bs{wildcards.batch_size}_seed{wildcards.seed}"
-    return _RUN_LABELS[stamp].get(key, {"task": wildcards.task, "method": wildcards.method, "lr": wildcards.lr,
-                                        "batch size": wildcards.batch_size, "seed": wildcards.seed,
-                                        "status": "not in the current grid"})
-
-
-def report_targets():
-    """Every report file; add to the default target so `snakemake --report` finds them built."""
-    targets = [
-        f"{REPORT_DIR}/overview/overview.html",
-        f"{REPORT_DIR}/performance/validation.svg",
-    ]
-    targets += expand(f"{REPORT_DIR}/drift/{{task}}/final_drift_by_layer.csv", task=CONFIG["tasks"])
-    targets += expand(f"{REPORT_DIR}/training/{{task}}/all_runs.svg", task=CONFIG["tasks"])
-    if produced_by_a_rule(f"{TABLES}/weights.csv"):
-        targets.append(f"{REPORT_DIR}/weights/weights_by_layer.csv")
-    return targets
+PLANNED_RUNS = [run.wildcards for run in RUNS]
+# optional inputs: used when some rule included before this file writes them
+_KNOWN_OUTPUTS = {str(out) for rule in workflow.rules for out in rule.output}
+_VERDICTS = {"verdicts": f"{TABLES}/verdicts.csv"} if f"{TABLES}/verdicts.csv" in _KNOWN_OUTPUTS else {}
 
 
 rule report_overview:
@@ -66,16 +30,16 @@ rule report_overview:
         runs=f"{TABLES}/runs.csv",
         best=f"{TABLES}/best.csv",
         summary=f"{TABLES}/summary.md",
-        **optional_tables("verdicts"),
+        **_VERDICTS,
     output:
         page=report(f"{REPORT_DIR}/overview/overview.html", category="Overview", subcategory="Study",
-                    labels=lambda wildcards, output: ftplots.read_headline(output.headline),
+                    labels=lambda wildcards, output: importlib.import_module("ftdrift.plots").read_headline(output.headline),
                     caption="../report/overview.rst"),
         headline=f"{REPORT_DIR}/overview/headline.json",
     params:
         kind="overview",
         study={key: CONFIG[key] for key in ("model", "tasks", "task_defs", "grid", "lora", "analysis")},
-        planned=[run.wildcards for run in RUNS],
+        planned=PLANNED_RUNS,
         code_version=CODE_VERSIONS["plots"],
     log:
         "results/logs/report/overview.log",
@@ -133,10 +97,8 @@ rule report_performance:
         "../workflow/scripts/plots.py"
 
 
-def drift_figures(name, subcategory, caption):
-    return report(directory(f"{REPORT_DIR}/drift/{{task}}/{name}"), patterns=["{metric}/{pooling}.svg"],
-                  category="Drift", subcategory=subcategory,
-                  labels={"task": "{task}", "metric": "{metric}", "pooling": "{pooling}"}, caption=caption)
+_DRIFT_FIGURES = dict(patterns=["{metric}/{pooling}.svg"], category="Drift",
+                      labels={"task": "{task}", "metric": "{metric}", "pooling": "{pooling}"})
 
 
 rule report_drift:
@@ -145,10 +107,14 @@ rule report_drift:
         runs=f"{TABLES}/runs.csv",
         best=f"{TABLES}/best.csv",
     output:
-        heatmaps=drift_figures("heatmaps", "Layer × step heatmaps", "../report/drift_heatmaps.rst"),
-        by_layer=drift_figures("by_layer", "Final-step drift by layer", "../report/drift_by_layer.rst"),
-        over_training=drift_figures("over_training", "Drift over training", "../report/drift_over_training.rst"),
-        vs_metric=drift_figures("vs_metric", "Validation metric vs drift", "../report/metric_vs_drift.rst"),
+        heatmaps=report(directory(f"{REPORT_DIR}/drift/{{task}}/heatmaps"), subcategory="Layer × step heatmaps",
+                    caption="../report/drift_heatmaps.rst", **_DRIFT_FIGURES),
+        by_layer=report(directory(f"{REPORT_DIR}/drift/{{task}}/by_layer"), subcategory="Final-step drift by layer",
+                    caption="../report/drift_by_layer.rst", **_DRIFT_FIGURES),
+        over_training=report(directory(f"{REPORT_DIR}/drift/{{task}}/over_training"), subcategory="Drift over training",
+                    caption="../report/drift_over_training.rst", **_DRIFT_FIGURES),
+        vs_metric=report(directory(f"{REPORT_DIR}/drift/{{task}}/vs_metric"), subcategory="Validation metric vs drift",
+                    caption="../report/metric_vs_drift.rst", **_DRIFT_FIGURES),
         table=report(f"{REPORT_DIR}/drift/{{task}}/final_drift_by_layer.csv", category="Drift", subcategory="Tables",
                      labels={"task": "{task}", "table": "final-step drift by layer (CSV)"},
                      caption="../report/drift_table.rst"),
@@ -198,17 +164,19 @@ rule report_weights:
 rule report_training:
     input:
         runs=f"{TABLES}/runs.csv",
-        logs=lambda wc: [f"results/runs/{run.path}/train_log.csv" for run in task_runs(wc.task)],
+        logs=lambda wc: [f"results/runs/{run.path}/train_log.csv" for run in RUNS if run.task == wc.task],
     output:
         runs=report(directory(f"{REPORT_DIR}/training/{{task}}/runs"),
                     patterns=["{method}/lr{lr}_bs{batch_size}_seed{seed}.svg"], category="Training",
-                    subcategory="Per-run diagnostics", labels=run_entry_labels, caption="../report/training_run.rst"),
+                    subcategory="Per-run diagnostics", caption="../report/training_run.rst",
+                    labels=lambda wildcards, input: importlib.import_module("ftdrift.plots").run_entry_labels(
+                        PLANNED_RUNS, input.runs, wildcards)),
         all_runs=report(f"{REPORT_DIR}/training/{{task}}/all_runs.svg", category="Training",
                         subcategory="All runs of a task", labels={"task": "{task}"},
                         caption="../report/training_all.rst"),
     params:
         kind="training",
-        runs=lambda wc: [run.wildcards for run in task_runs(wc.task)],
+        runs=lambda wc: [run.wildcards for run in RUNS if run.task == wc.task],
         main_metric=lambda wc: CONFIG["task_defs"][wc.task]["main_metric"],
         code_version=CODE_VERSIONS["plots"],
     log:
@@ -220,3 +188,18 @@ rule report_training:
         "../envs/ftdrift.yaml"
     script:
         "../workflow/scripts/plots.py"
+
+
+# Everything `rule all` must build for the report: one output of every report job. Include this
+# file after the rules that write the tables; the weight-space figures join once a rule writes
+# results/tables/weights.csv.
+REPORT_TARGETS = (
+    [f"{REPORT_DIR}/overview/overview.html", f"{REPORT_DIR}/performance/validation.svg"]
+    + expand(f"{REPORT_DIR}/drift/{{task}}/final_drift_by_layer.csv", task=CONFIG["tasks"])
+    + expand(f"{REPORT_DIR}/training/{{task}}/all_runs.svg", task=CONFIG["tasks"])
+    + (
+        [f"{REPORT_DIR}/weights/weights_by_layer.csv"]
+        if f"{TABLES}/weights.csv" in {str(out) for rule in workflow.rules for out in rule.output}
+        else []
+    )
+)

@@ -104,7 +104,7 @@ def synthetic_results(root: Path, missing: tuple | None = None) -> dict[str, Pat
         "\n## LoRA vs full fine-tuning\n\n"
         "| task | metric | LoRA − full | CI | H1 (accuracy within tolerance) | H2 (drifts less) |\n"
         "|---|---|---|---|---|---|\n"
-        "| sst2 | accuracy | -0.030 | [-0.05, -0.01] | rejected (drop 0.036) | supported (reduction 0.660) |\n"
+        "| sst2 | accuracy | -0.030 | [-0.05, -0.01] | not supported (drop 0.036) | supported (reduction 0.660) |\n"
         "| mrpc | f1 | -0.010 | [-0.03, 0.01] | supported (drop 0.012) | supported (reduction 0.650) |\n"
         "| squad_v2 | f1 | -1.000 | [-3.0, 1.0] | inconclusive (drop 0.020) | supported (reduction 0.600) |\n")
     return {name: tables / f"{name}.csv" for name in ("runs", "drift", "best", "weights")} | \
@@ -148,8 +148,10 @@ def svg_root(path: Path) -> ET.Element:
 
 
 def svg_text(path: Path) -> str:
-    """Text drawn in the figure: matplotlib keeps each string as a comment next to its glyph paths."""
-    return " ".join(re.findall(r"<!-- (.*?) -->", path.read_text(), flags=re.S))
+    """Every string drawn in the figure (<text> elements; comments when text is drawn as paths)."""
+    root = svg_root(path)
+    texts = ["".join(el.itertext()) for el in root.iter(f"{SVG_NS}text")]
+    return " ".join(texts + re.findall(r"<!-- (.*?) -->", path.read_text(), flags=re.S))
 
 
 # ---------------------------------------------------------------------------- tables
@@ -190,12 +192,13 @@ def test_performance_and_grid_tables(frames):
 def test_parse_verdicts_and_headline(synthetic, frames):
     verdicts = plots.parse_verdicts(synthetic["summary"].read_text())
     assert list(verdicts.task) == ["sst2", "mrpc", "squad_v2"]
-    assert list(verdicts.h1_verdict) == ["rejected", "supported", "inconclusive"]
+    assert list(verdicts.h1_verdict) == ["not supported", "supported", "inconclusive"]
     assert set(verdicts.h2_verdict) == {"supported"}
     head = plots.headline(plots.run_status(frames["runs"], planned_runs()), verdicts)
-    assert head["runs"].startswith(f"{len(planned_runs()) - 1} of {len(planned_runs())} runs finished (1 stopped early)")
+    assert head["runs"].startswith(f"{len(planned_runs()) - 1} of {len(planned_runs())} finished (1 stopped early)")
     assert "1 failed or missing" in head["runs"]
-    assert head["H2"] == "supported on 3/3 tasks"
+    assert head["H1"] == "1 supported, 1 not supported, 1 inconclusive (3 tasks)"
+    assert head["H2"] == "3 supported (3 tasks)"
     assert all(isinstance(v, str) for v in head.values())
     assert plots.parse_verdicts(None).empty and plots.parse_verdicts("# nothing\n").empty
 
@@ -208,18 +211,25 @@ def test_markdown_to_html_tables():
 # ---------------------------------------------------------------------------- report labels
 
 
-def test_safe_labels_string_values_and_no_dangling_toggle():
-    # method has two values on exactly half the runs, but full and LoRA use different lrs:
-    # as a toggle the report would look up a LoRA run with a full lr and crash
-    records = [{"task": "sst2", "method": m, "lr": lr, "seed": 1} for m, lr in (("full", "1e-5"), ("lora", "1e-4"))]
-    labels = plots.safe_labels(records)
-    assert all(isinstance(v, str) for r in labels for v in r.values())
+def renders(labels: list[dict]) -> bool:
+    """The report's rule: no toggle, several (then all are dropped), or one every row can flip."""
     keys = list(labels[0])
-    assert not plots._toggle_candidates(labels, keys) or plots._toggle_safe(labels, keys, plots._toggle_candidates(
-        labels, keys)[0]) or len(plots._toggle_candidates(labels, keys)) > 1
+    candidates = plots._toggle_candidates(labels, keys)
+    return len(candidates) != 1 or plots._toggle_safe(labels, keys, candidates[0])
+
+
+def test_safe_labels_string_values_and_no_dangling_toggle():
+    # method has two values on exactly half the entries, but full and LoRA use different lrs:
+    # as a toggle the report would look up "LoRA at a full-fine-tuning lr" and crash the page
+    records = [{"task": "sst2", "method": m, "lr": lr, "seed": 1} for m in ("full", "lora") for lr in LRS[m]]
+    assert not renders([{k: str(v) for k, v in r.items()} for r in records])
+    labels = plots.safe_labels(records)
+    assert renders(labels)
+    assert list(labels[0]) == ["method", "task", "lr", "seed"]  # moved first: the first label never toggles
+    assert all(isinstance(v, str) for r in labels for v in r.values())
     # a complete product (pooling for every task x metric) keeps its toggle and its order
     product = [{"task": t, "metric": "linear_cka", "pooling": p} for t in ("a", "b", "c") for p in ("mean", "last")]
-    assert plots.safe_labels(product) == [{k: str(v) for k, v in r.items()} for r in product]
+    assert plots.safe_labels(product) == product and renders(product)
 
 
 def test_run_labels_cover_every_planned_run(frames):
@@ -229,6 +239,18 @@ def test_run_labels_cover_every_planned_run(frames):
     assert labels["mrpc/full/lr3e-5_bs32_seed3"]["status"] == "missing (failed or not run)"
     rows = {tuple(v.values()) for v in labels.values()}
     assert len(rows) == len(labels)  # unique rows: no entry hides another
+    assert renders(list(labels.values()))
+
+
+def test_run_entry_labels_reads_runs_csv_once(synthetic):
+    from types import SimpleNamespace
+
+    wildcards = SimpleNamespace(task="sst2", method="lora", lr="3e-4", batch_size="16", seed="2")
+    labels = plots.run_entry_labels(planned_runs(), synthetic["runs"], wildcards)
+    assert labels == {"task": "sst2", "method": "lora", "lr": "3e-4", "batch size": "16", "seed": "2",
+                      "status": "stopped early"}
+    stranger = SimpleNamespace(task="sst2", method="lora", lr="9e-9", batch_size="16", seed="2")
+    assert plots.run_entry_labels(planned_runs(), synthetic["runs"], stranger)["status"] == "not in the current grid"
 
 
 # ---------------------------------------------------------------------------- figures
@@ -367,8 +389,10 @@ def test_rule_outputs_write_everything(synthetic, tmp_path):
     plots.run("overview", tables, {"page": out / "overview.html", "headline": out / "headline.json"},
               {"study": study, "planned": planned_runs()})
     page = (out / "overview.html").read_text()
-    assert "stopped early" in page and "missing" in page and "rejected" in page and "http" not in page
-    assert plots.read_headline(out / "headline.json")["H1"].startswith("rejected on 1/3")
+    assert "stopped early" in page and "missing" in page and "not supported" in page and "http" not in page
+    head = plots.read_headline(out / "headline.json")
+    assert list(head) == ["page", "runs", "H1", "H2"]  # the report's label columns, in this order
+    assert "1 not supported" in head["H1"]
     perf = {"validation": out / "p/validation.svg", "table_csv": out / "p/table.csv", "table_html": out / "p/table.html",
             "grid_csv": out / "p/grid.csv", "grid": out / "p/grid", "qa": out / "p/qa", "qa_csv": out / "p/qa.csv"}
     plots.run("performance", tables, perf, {"tasks": list(TASKS), "qa_tasks": ["squad_v2"], "confidence": 0.95})

@@ -301,14 +301,12 @@ def test_study_plans_the_expected_rules(planned):
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
-def test_set_resources_name_existing_rules(planned, name):
-    for env in ({**SLURM_ENV, **GCP_ENV},):
-        rendered = render(name, clean_env(env))
-        for key in ("set-resources",):
-            unknown = set(rendered.get(key, {})) - planned.rules
-            assert not unknown, f"{name}: set-resources for rules that do not exist: {unknown}"
-        unknown = set(rendered.get("preemptible-rules", [])) - planned.rules
-        assert not unknown, f"{name}: preemptible-rules that do not exist: {unknown}"
+def test_profiles_name_existing_rules(planned, name):
+    """A misspelt rule name in set-resources would silently do nothing."""
+    rendered = render(name, clean_env({**SLURM_ENV, **GCP_ENV}))
+    named = set(rendered.get("set-resources", {})) | set(rendered.get("preemptible-rules", []))
+    assert named, f"{name}: expected per-rule settings"
+    assert not named - planned.rules, f"{name}: rules that do not exist: {named - planned.rules}"
 
 
 class Res(dict):
@@ -411,12 +409,8 @@ def test_gcp_finetune_gpu_fits_the_memory_estimate(planned):
     if not (hasattr(resources, "finetune_job") and hasattr(config, "resolve")):
         pytest.skip("ftdrift.resources.finetune_job / ftdrift.config.resolve not available")
     accel = planned.gcp_rendered["set-resources"]["finetune"]["nvidia_gpu"]
-    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    study = yaml.safe_load(STUDY_CONFIG.read_text())
-    from snakemake.utils import update_config
-
-    update_config(raw, study)
-    cfg = config.resolve(raw, base_dir=str(REPO))
+    # the profiles pass --configfile config/study.yaml, which then stands alone
+    cfg = config.resolve(yaml.safe_load(STUDY_CONFIG.read_text()), base_dir=str(REPO))
     worst = max(
         resources.finetune_job(cfg, j.wildcards["task"], j.wildcards["method"],
                                int(j.wildcards["batch_size"]), 1)["gpu_mem_gb"]

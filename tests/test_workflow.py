@@ -11,17 +11,14 @@ import zarr
 
 from helpers import REPO, make_tiny_workdir, run_snakemake
 
+from conftest import SECRETS
+
 RUNS = 8  # 4 tasks x (full, lora) x 1 lr x 1 batch size x 1 seed
-# dummy secrets in the environment of the run: none may appear in any output, log or report
-SECRETS = {"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567",
-           "HF_TOKEN": "hf_ftdriftDummySecretTokenXyz123"}
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    workdir = make_tiny_workdir(tmp_path_factory.mktemp("e2e"))
-    run_snakemake(workdir, env=SECRETS)
-    return workdir
+@pytest.fixture()
+def finished(tiny_run):
+    return tiny_run
 
 
 def test_tables_have_one_row_per_run(finished):

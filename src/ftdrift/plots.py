@@ -86,7 +86,9 @@ plt.rcParams.update({
     "ytick.labelsize": 9, "legend.fontsize": 8.5, "figure.titlesize": 11.5,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
     "axes.prop_cycle": matplotlib.cycler(color=CYCLE), "image.cmap": HEATMAP_CMAP,
-    "svg.hashsalt": "ftdrift", "svg.fonttype": "path", "figure.dpi": 100,
+    # text stays text: a third of the size of glyph paths, and searchable in the browser
+    "svg.hashsalt": "ftdrift", "svg.fonttype": "none", "figure.dpi": 100,
+    "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica"],
 })
 
 
@@ -176,14 +178,19 @@ def run_status(runs: pd.DataFrame | None, planned: Sequence[Mapping] | None = No
     have["status"] = have["status"].fillna("failed")
     if planned:
         plan = normalise(pd.DataFrame([{k: p[k] for k in RUN_KEYS} for p in planned]))
+        plan["_order"] = range(len(plan))
         merged = plan.merge(have, on=RUN_KEYS, how="outer", indicator=True)
         merged.loc[merged["_merge"] == "left_only", "status"] = "missing"
         merged["planned"] = merged["_merge"] != "right_only"
         have = merged.drop(columns="_merge")
     else:
         have["planned"] = True
+        have["_order"] = 0
     have = normalise(have)
-    return have.sort_values(RUN_KEYS, key=_sort_key).reset_index(drop=True)
+    # the grid's order (tasks as configured); runs the grid no longer plans go last
+    have = have.sort_values(RUN_KEYS, key=_sort_key, kind="stable")
+    have["_order"] = have["_order"].fillna(len(have))
+    return have.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
 def _sort_key(col: pd.Series):
@@ -460,8 +467,8 @@ def qa_breakdown_table(runs: pd.DataFrame, best: pd.DataFrame, task: str) -> pd.
             col = f"val_{key}"
             if col in chosen and pd.notna(r[col]):
                 rows.append({"task": task, "method": r.method, "lr": r.lr, "batch_size": r.batch_size, "seed": r.seed,
-                             "status": r.get("status", "completed"), "score": key, "score_name": label.replace("\n", ", "),
-                             "value": float(r[col])})
+                             "status": r.get("status", "completed"), "score": key,
+                             "score_name": label.replace("\n", ", "), "value": float(r[col])})
     return pd.DataFrame(rows, columns=["task", "method", "lr", "batch_size", "seed", "status", "score", "score_name",
                                        "value"])
 
@@ -1146,7 +1153,7 @@ th{background:#f3f4f6} td.num{text-align:right;font-variant-numeric:tabular-nums
 .badge{display:inline-block;padding:0 .45rem;border-radius:.6rem;font-size:.8rem;font-weight:600}
 .completed{background:#d8efe6;color:#00593f} .stopped_early{background:#fde7d3;color:#8a3b00}
 .failed,.missing{background:#f8d7da;color:#842029}
-.supported{background:#d8efe6;color:#00593f} .rejected{background:#f8d7da;color:#842029}
+.supported{background:#d8efe6;color:#00593f} .not_supported{background:#f8d7da;color:#842029}
 .inconclusive,.unknown{background:#eceff3;color:#444}
 .kpi{display:inline-block;margin:0 1.2rem .6rem 0;padding:.5rem .8rem;border:1px solid #d0d7de;border-radius:.5rem}
 .kpi b{font-size:1.3rem;display:block} .muted{color:#57606a;font-size:.85rem} code{font-size:.85rem}
@@ -1279,11 +1286,17 @@ def parse_verdicts(summary_md: str | None) -> pd.DataFrame:
 
 
 def _verdict_counts(values: Iterable[str]) -> str:
+    """'1 supported, 2 inconclusive (3 tasks)'."""
     values = [str(v) for v in values if isinstance(v, str) and v]
     if not values:
         return "no verdict yet"
     counts = pd.Series(values).value_counts()
-    return ", ".join(f"{v} on {n}/{len(values)} task{'s' if len(values) != 1 else ''}" for v, n in counts.items())
+    order = ["supported", "not supported", "inconclusive"]
+    names = sorted(counts.index, key=lambda v: order.index(v) if v in order else len(order))
+    return ", ".join(f"{counts[v]} {v}" for v in names) + f" ({len(values)} task{'s' if len(values) != 1 else ''})"
+
+
+HEADLINE_KEYS = ("page", "runs", "H1", "H2")
 
 
 def headline(status: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str, str]:
@@ -1293,10 +1306,34 @@ def headline(status: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str, str]:
     counts = planned.status.value_counts()
     done = int(counts.get("completed", 0) + counts.get("stopped_early", 0))
     bad = int(counts.get("failed", 0) + counts.get("missing", 0))
-    runs = f"{done} of {n} runs finished ({int(counts.get('stopped_early', 0))} stopped early), {bad} failed or missing"
+    runs = f"{done} of {n} finished ({int(counts.get('stopped_early', 0))} stopped early), {bad} failed or missing"
     return {"page": "study overview", "runs": runs,
             "H1": _verdict_counts(verdicts.h1_verdict) if not verdicts.empty else "no verdict yet",
             "H2": _verdict_counts(verdicts.h2_verdict) if not verdicts.empty else "no verdict yet"}
+
+
+def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Compact per-task verdicts: difference with CI, H1 and H2 with the number they rest on."""
+    def ci(r, mean, lo, hi):
+        if mean not in r or (not isinstance(r[mean], str) and pd.isna(r[mean])):
+            return "n/a"
+        text = r[mean] if isinstance(r[mean], str) else fmt(r[mean])
+        if lo in r and hi in r and pd.notna(r[lo]) and pd.notna(r[hi]):
+            text += f" [{fmt(r[lo])}, {fmt(r[hi])}]"
+        return text
+
+    rows = []
+    for _, r in verdicts.iterrows():
+        row = {"task": r.get("task"), "metric": r.get("metric"),
+               "LoRA − full (CI)": ci(r, "lora_minus_full", "diff_ci_low", "diff_ci_high"),
+               "H1": r.get("h1_verdict")}
+        if "h1_relative_drop" in r:
+            row["relative drop"] = r.get("h1_relative_drop")
+        row["H2"] = r.get("h2_verdict")
+        if "h2_drift_reduction" in r:
+            row["drift reduction"] = r.get("h2_drift_reduction")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _setup_html(study: Mapping) -> str:
@@ -1348,14 +1385,13 @@ def overview_page(runs: pd.DataFrame | None, best: pd.DataFrame | None, summary_
             f'<div class="kpi">H1 (LoRA within tolerance)<b>{_e(head["H1"])}</b></div>',
             f'<div class="kpi">H2 (LoRA drifts less)<b>{_e(head["H2"])}</b></div>']
     if verdicts is not None and not verdicts.empty:
-        body.append(html_table(verdicts.rename(columns={"h1_verdict": "H1", "h2_verdict": "H2",
-                                                        "lora_minus_full": "LoRA − full"}), badges=("H1", "H2")))
+        body.append(html_table(verdict_table(verdicts), badges=("H1", "H2")))
     body += ["<h2>Setup</h2>", _setup_html(study)]
     planned_only = status[status.planned]
     body.append("<h2>Runs</h2>")
     if not planned_only.empty:
         pivot = planned_only.assign(n=1).pivot_table(index=["task", "method"], columns="status", values="n",
-                                                     aggfunc="sum", fill_value=0).reset_index()
+                                                     aggfunc="sum", fill_value=0, sort=False).reset_index()
         for s in ("completed", "stopped_early", "failed", "missing"):
             if s not in pivot:
                 pivot[s] = 0
@@ -1500,11 +1536,35 @@ def run(kind: str, inputs: Mapping, outputs: Mapping, params: Mapping, wildcards
         func(inputs, outputs, params)
 
 
+# --------------------------------------------------------------------------- glue for rules/report.smk
+
+REPORT_DIR = "results/report"
+_RUN_LABEL_CACHE: dict[tuple, dict] = {}
+
+
+def run_entry_labels(planned: Sequence[Mapping], runs_csv, wildcards) -> dict[str, str]:
+    """Labels of one run's report entry (task, method, lr, batch size, seed, status).
+
+    Computed for all runs at once (labels are only safe as a set, see `safe_labels`), once per
+    version of runs.csv.
+    """
+    path = str(runs_csv)
+    stamp = (path, os.path.getmtime(path), len(planned))
+    if stamp not in _RUN_LABEL_CACHE:
+        _RUN_LABEL_CACHE[stamp] = run_labels(planned, read_table(path))
+    w = {k: str(getattr(wildcards, k)) for k in ("task", "method", "lr", "batch_size", "seed")}
+    key = f"{w['task']}/{w['method']}/lr{w['lr']}_bs{w['batch_size']}_seed{w['seed']}"
+    fallback = {"task": w["task"], "method": w["method"], "lr": w["lr"], "batch size": w["batch_size"],
+                "seed": w["seed"], "status": "not in the current grid"}
+    return _RUN_LABEL_CACHE[stamp].get(key, fallback)
+
+
 def read_headline(path) -> dict[str, str]:
     """Labels of the Overview entry (read by the report at render time)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {"page": "study overview"}
-    return {str(k): str(v) for k, v in data.items()}
+    keys = [k for k in HEADLINE_KEYS if k in data] + sorted(k for k in data if k not in HEADLINE_KEYS)
+    return {str(k): str(data[k]) for k in keys}  # label columns in this order
 

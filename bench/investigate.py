@@ -1,0 +1,176 @@
+"""Evidence for the library changes proposed in docs/performance.md (not part of run_all).
+
+    python bench/investigate.py monitor        # TrainingMonitor's per-step cost vs a training step
+    python bench/investigate.py snapshot-sort  # probe batches in probe order vs sorted by length
+    python bench/investigate.py blas-threads   # cka_matrix with 1 vs 2 BLAS threads
+    python bench/investigate.py monitor-fix    # benchmark 1 with the proposed TrainingMonitor change
+
+Each prints JSON. Nothing in the library is modified; proposed variants are re-implemented
+here in a few lines, next to the current code path they are compared with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import MINILM, data_dir, load, median, prepare, threads as limit_threads  # noqa: E402
+
+
+def _timeit(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return median(times)
+
+
+def monitor(n_threads: int = 1, batch: int = 16, seq: int = 24, repeats: int = 15) -> dict:
+    """Per-step work of TrainingMonitor.on_pre_optimizer_step (a second pass over all gradients:
+    per-parameter norms, total, finiteness) next to the Trainer's own clip_grad_norm_ pass and a
+    whole training step of MiniLM at SST-2-like length."""
+    import torch
+
+    from ftdrift import models
+    from ftdrift.monitor import TrainingMonitor
+
+    with limit_threads(n_threads):
+        tokenizer = models.load_tokenizer(MINILM)
+        model = models.load_model(MINILM, "classification", 2, tokenizer)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        inputs = {"input_ids": torch.randint(1000, 2000, (batch, seq)),
+                  "attention_mask": torch.ones(batch, seq, dtype=torch.long),
+                  "labels": torch.zeros(batch, dtype=torch.long)}
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def step():
+            model(**inputs).loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+
+        step()
+        step_s = _timeit(step, repeats)
+        model(**inputs).loss.backward()
+        mon = TrainingMonitor(batch, Path(tempfile.gettempdir()) / "no-checkpoints")
+        args = SimpleNamespace(max_grad_norm=1.0, logging_steps=10)
+        state = SimpleNamespace(global_step=0)
+
+        def monitor_call():
+            state.global_step += 10  # +1 below: never a logging step
+            mon.on_pre_optimizer_step(args, SimpleNamespace(global_step=state.global_step), None, model=model)
+
+        monitor_s = _timeit(monitor_call, repeats * 2)
+        clip_s = _timeit(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0), repeats * 2)
+    return {"threads": n_threads, "batch": batch, "seq": seq, "grad_elements": sum(p.numel() for p in params),
+            "train_step_s": step_s, "monitor_per_step_s": monitor_s, "clip_grad_norm_s": clip_s,
+            "monitor_share_of_step": monitor_s / step_s, "load_avg": load()}
+
+
+def snapshot_sort(data: str | None = None, n_threads: int = 1, repeats: int = 2) -> dict:
+    """ftdrift's snapshot (extract on make_batches in probe order) vs the same probe examples
+    batched in length order and put back in probe order afterwards."""
+    import numpy as np
+
+    from ftdrift import io, models
+    from ftdrift.features import encode_probe
+    from ftdrift.representations import extract, make_batches
+
+    scratch = Path(tempfile.mkdtemp(prefix="ftdrift-bench-"))
+    try:
+        folder, settings = prepare("sst2", data_dir(data), scratch)
+        with limit_threads(n_threads):
+            tokenizer = models.load_tokenizer(MINILM)
+            model = models.load_model(MINILM, "classification", 2, tokenizer)
+            probe = io.read_jsonl(folder / "probe.jsonl")
+            features = encode_probe(probe, tokenizer, "classification", 512)
+            bs = settings["representations"]["batch_size"]
+            lengths = np.array([len(f["input_ids"]) for f in features])
+            order = np.argsort(lengths, kind="stable")
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            current = make_batches(features, tokenizer, bs)
+            sorted_batches = make_batches([features[i] for i in order], tokenizer, bs)
+            extract(model, current[:1], ("mean",), "float16")  # warm-up
+            cur_s = _timeit(lambda: extract(model, current, ("mean",), "float16"), repeats)
+            srt_s = _timeit(lambda: extract(model, sorted_batches, ("mean",), "float16"), repeats)
+            a = extract(model, current, ("mean",), "float16")["mean"].astype(np.float32)
+            b = extract(model, sorted_batches, ("mean",), "float16")["mean"][:, inverse].astype(np.float32)
+        return {"probe_examples": len(features), "batch_size": bs, "threads": n_threads,
+                "real_tokens": int(lengths.sum()),
+                "tokens_processed_probe_order": int(sum(x["input_ids"].numel() for x in current)),
+                "tokens_processed_length_sorted": int(sum(x["input_ids"].numel() for x in sorted_batches)),
+                "snapshot_s_probe_order": cur_s, "snapshot_s_length_sorted": srt_s, "speedup": cur_s / srt_s,
+                "max_abs_diff_float16": float(np.max(np.abs(a - b))),
+                "max_diff_in_float16_ulps": float(np.max(np.abs(a - b) / np.spacing(
+                    np.maximum(np.abs(a), np.abs(b)).astype(np.float16)).astype(np.float32))),
+                "load_avg": load()}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def monitor_fix(data: str | None = None, n_threads: int = 1, steps: int = 24, batch: int = 16) -> dict:
+    """Benchmark 1's runs, A-B-C-A: plain Trainer, ftdrift as is, ftdrift with the proposed
+    TrainingMonitor change (bench/finetune_throughput.py:_monitor_fix), plain Trainer again."""
+    import finetune_throughput as ft
+
+    scratch = Path(tempfile.mkdtemp(prefix="ftdrift-bench-"))
+    try:
+        folder, settings = prepare("sst2", data_dir(data), scratch, probe_size=32, max_validation=32)
+        args = (folder, settings, scratch, steps, batch, 1e-4, 42, n_threads)
+        with limit_threads(n_threads):
+            runs = {"baseline_a": ft.run_baseline(*args),
+                    "ftdrift": ft.run_ftdrift(*args, 100, 32),
+                    "ftdrift_monitor_fix": ft.run_ftdrift(*args, 100, 32, monitor_fix=True),
+                    "baseline_b": ft.run_baseline(*args)}
+        base = (runs["baseline_a"]["examples_per_s"] + runs["baseline_b"]["examples_per_s"]) / 2
+        keep = ("steps", "step_s_mean", "step_s_median", "examples_per_s", "tokens")
+        return {"steps": steps, "batch": batch, "threads": n_threads,
+                "runs": {k: {x: v[x] for x in keep} for k, v in runs.items()},
+                "ratio_ftdrift": runs["ftdrift"]["examples_per_s"] / base,
+                "ratio_ftdrift_monitor_fix": runs["ftdrift_monitor_fix"]["examples_per_s"] / base,
+                "load_avg": load()}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def blas_threads(repeats: int = 2) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    import cka
+    from ftdrift.similarity import cka_matrix
+
+    base, snaps = cka.make_inputs(7, 10, 1000, 384)
+    out = {"load_avg_before": load()}
+    for n in (1, 2):
+        with threadpool_limits(n):
+            out[f"cka_matrix_s_{n}_threads"] = min(
+                _timeit(lambda: cka_matrix(base, snaps, device="cpu"), 1) for _ in range(repeats))
+    out["load_avg_after"] = load()
+    return out
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["monitor", "snapshot-sort", "blas-threads", "monitor-fix"])
+    p.add_argument("--data-dir")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    if a.what == "monitor":
+        res = monitor(a.threads)
+    elif a.what == "snapshot-sort":
+        res = snapshot_sort(a.data_dir, a.threads)
+    elif a.what == "monitor-fix":
+        res = monitor_fix(a.data_dir, a.threads)
+    else:
+        res = blas_threads()
+    print(json.dumps(res, indent=2))

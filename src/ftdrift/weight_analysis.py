@@ -1,0 +1,288 @@
+"""Weight-space analysis of one fine-tuning run: what the update did to the adapted matrices.
+
+For every matrix the family adapts with LoRA (e.g. q_proj/v_proj for Llama, query/value for
+BERT) and for both methods, the weight update ΔW is
+
+    LoRA:  ΔW = scale · B·A   (scale = α/r, or α/√r with rsLoRA; read from the saved adapter)
+    full:  ΔW = W_ft − W_base
+
+and each row records ΔW's spectrum (effective rank, stable rank, Frobenius norm, top singular
+value) and the intruder dimensions of W_ft = W_base + ΔW against W_base (Shuttleworth et al.
+2024). All of it runs in float64 on the CPU through `ftdrift.weights`.
+
+For LoRA the adapter is also merged into the base weights (`merge_and_unload`) and the merged
+and unmerged models are run on the probe set: their logits must agree to MERGE_TOLERANCE in
+float32, otherwise merged deployment would not reproduce the trained model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+from ftdrift import io, models
+from ftdrift.config import task_kind
+from ftdrift.features import encode_probe
+from ftdrift.representations import make_batches
+from ftdrift.weights import intruder_dimensions, lora_delta, spectrum_summary
+
+log = logging.getLogger("ftdrift.weight_analysis")
+
+RUN_KEYS = ["task", "method", "lr", "batch_size", "seed"]
+ROW_KEYS = ["module", "layer", "matrix", "effective_rank", "stable_rank", "frobenius_norm",
+            "top_singular_value", "intruder_dims"]
+MERGE_TOLERANCE = 1e-4  # largest |logit difference| merged vs unmerged, float32
+ADAPTER = "default"  # peft's adapter name (train.py saves the one adapter under it)
+
+
+def _task_model(model):
+    """The transformers task model inside a peft wrapper (itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def analysed_modules(model, family_name: str, targets, lora: bool = False) -> list[tuple[str, int, str, torch.nn.Module]]:
+    """(dotted name in the task model, block index, matrix name, module) of every analysed matrix.
+
+    Without `lora`, the linear layers whose last name part is in `targets`; with it, the LoRA
+    layers (whatever the adapter targeted). Names are those of the transformers task model
+    (e.g. 'model.layers.3.self_attn.q_proj'), the same for both methods.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    names = {id(m): n for n, m in _task_model(model).named_modules()}
+    found = []
+    for layer, block in enumerate(models.blocks(model, family_name)):
+        for sub, module in block.named_modules():
+            leaf = sub.rsplit(".", 1)[-1]
+            if lora:
+                wanted = isinstance(module, LoraLayer)
+            else:
+                wanted = leaf in targets and isinstance(module, torch.nn.Linear)
+            if wanted:
+                found.append((names[id(module)], layer, leaf, module))
+    if not found:
+        what = "LoRA layers" if lora else f"modules named {list(targets)}"
+        raise ValueError(f"config key 'lora.target_modules': no {what} found in the blocks of the "
+                         f"{family_name} model")
+    return found
+
+
+def matrix_row(w_base: np.ndarray, delta: np.ndarray, top_k: int, epsilon: float,
+               same_spectrum: np.ndarray | None = None) -> dict:
+    """Spectrum of ΔW and intruder dimensions of W_base + ΔW (float64 arrays).
+
+    `same_spectrum`, when given, is a (smaller) matrix with ΔW's non-zero singular values,
+    whose decomposition replaces ΔW's own (see `lora_core`).
+    """
+    return {**spectrum_summary(delta if same_spectrum is None else same_spectrum),
+            "intruder_dims": intruder_dimensions(w_base, w_base + delta, k=top_k, epsilon=epsilon)}
+
+
+def lora_core(lora_A: torch.Tensor, lora_B: torch.Tensor, alpha: float, r: int, use_rslora: bool) -> torch.Tensor:
+    """An r x r matrix with the singular values of scale·B·A (float64).
+
+    With B = Q_b R_b and Aᵀ = Q_a R_a (thin QR, orthonormal Q), scale·B·A = Q_b (scale·R_b R_aᵀ) Q_aᵀ,
+    so its singular values are those of the core scale·R_b·R_aᵀ: an r x r SVD instead of an
+    out x in one, and no round-off tail of spurious tiny values beyond rank r.
+    """
+    r_b = torch.linalg.qr(lora_B.to(torch.float64))[1]
+    r_a = torch.linalg.qr(lora_A.to(torch.float64).T)[1]
+    return lora_delta(r_a.T, r_b, alpha, r, use_rslora=use_rslora)
+
+
+def _as64(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+def _lora_scale_args(module, peft_config) -> tuple[float, int, bool]:
+    """alpha, r, rsLoRA of one LoRA layer, checked against the scale peft itself applies."""
+    if module.use_dora.get(ADAPTER, False):
+        raise ValueError("weight analysis: DoRA adapters are not plain B·A updates (not supported)")
+    if getattr(module, "fan_in_fan_out", False):
+        raise ValueError("weight analysis: fan_in_fan_out LoRA layers (Conv1D models) are not supported")
+    if getattr(module.lora_B[ADAPTER], "bias", None) is not None:
+        raise ValueError("weight analysis: LoRA adapters with a bias (lora_bias) are not supported")
+    alpha, r = module.lora_alpha[ADAPTER], module.r[ADAPTER]
+    rslora = bool(getattr(peft_config, "use_rslora", False))
+    scale = alpha / (math.sqrt(r) if rslora else r)
+    if not math.isclose(scale, float(module.scaling[ADAPTER]), rel_tol=1e-9):
+        raise ValueError(f"weight analysis: LoRA scale {module.scaling[ADAPTER]} is not alpha/r = {scale}")
+    return alpha, r, rslora
+
+
+def _check_lora_config(lora_cfg: dict | None, peft_config, model_dir) -> None:
+    """The adapter on disk must be the one the configuration describes (else rows are mislabelled)."""
+    if not lora_cfg:
+        return
+    for key, saved in (("r", peft_config.r), ("alpha", peft_config.lora_alpha)):
+        if key in lora_cfg and float(lora_cfg[key]) != float(saved):
+            raise ValueError(f"config key 'lora.{key}' is {lora_cfg[key]} but the adapter in {model_dir} "
+                             f"was trained with {saved}: re-run its fine-tuning")
+
+
+@torch.no_grad()
+def probe_logits(model, batches: list[dict]) -> list[torch.Tensor]:
+    """Float32 logits of each probe batch, on the CPU: classification [b, labels]; extractive QA
+    [b, seq, 2] (start, end) with padding positions zeroed (they are not predictions)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        outputs = model(**batch)
+        if getattr(outputs, "logits", None) is not None:
+            logits = outputs.logits
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(outputs.start_logits.dtype)
+            logits = torch.stack([outputs.start_logits, outputs.end_logits], dim=-1) * mask
+        out.append(logits.float().cpu())
+    return out
+
+
+def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def merge_check(peft_model, batches: list[dict]) -> float:
+    """Largest |logit| difference between the adapter model and its merge (float32, no TF32).
+
+    Merges in place: afterwards `peft_model` is spent.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # TF32 alone exceeds 1e-4
+    try:
+        peft_model.to(device)
+        unmerged = probe_logits(peft_model, batches)
+        merged_model = peft_model.merge_and_unload()
+        merged = probe_logits(merged_model, batches)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return max_abs_diff(unmerged, merged)
+
+
+def _auto_class(kind: str):
+    return AutoModelForSequenceClassification if kind == "classification" else AutoModelForQuestionAnswering
+
+
+def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora_cfg: dict | None, run: dict,
+                probe_path, data_settings: dict, rep_settings: dict, top_k: int = 10, epsilon: float = 0.5,
+                target_modules: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Per-matrix weight-update rows and a run summary for one saved run (see the module doc).
+
+    `model_dir` is the run's saved model: a peft adapter folder (LoRA) or a full task model.
+    The analysed matrices are the family's LoRA targets (`target_modules`, else
+    `lora_cfg['target_modules']`, else the family default) for full fine-tuning, and the layers
+    the adapter itself adapts for LoRA.
+
+    Summary: trainable_params and total_params as train.py counts them (total = the base task
+    model's parameters); merge_max_abs_logit_diff (LoRA; None for full) and merge_ok (its
+    value within MERGE_TOLERANCE; True for full, which has nothing to merge).
+    """
+    if method not in ("full", "lora"):
+        raise ValueError(f"unknown method '{method}' (known: full, lora)")
+    started = time.time()
+    model_dir = Path(model_dir)
+    family = models.family(model_cfg["family"])
+    kind = task_kind(task_def)
+    num_labels = len(task_def["labels"]) if kind == "classification" else None
+    targets = list(target_modules or (lora_cfg or {}).get("target_modules") or family.lora_target_modules)
+    tokenizer = models.load_tokenizer(model_cfg)
+    # the base task model: its new head is random, but only the adapted matrices are compared
+    base = models.load_model(model_cfg, kind, num_labels, tokenizer, dtype=torch.float32)
+    total_params = sum(p.numel() for p in base.parameters())
+
+    rows, merge_diff, lora_info = [], None, None
+    with torch.no_grad():
+        if method == "lora":
+            from peft import PeftModel
+
+            # is_trainable marks the parameters training updated, so they can be counted as train.py does
+            model = PeftModel.from_pretrained(base, str(model_dir), is_trainable=True)
+            model.eval()
+            peft_config = model.peft_config[ADAPTER]
+            _check_lora_config(lora_cfg, peft_config, model_dir)
+            trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            found = analysed_modules(model, family.name, targets, lora=True)
+            for name, layer, matrix, module in found:
+                alpha, r, rslora = _lora_scale_args(module, peft_config)
+                lora_a, lora_b = module.lora_A[ADAPTER].weight, module.lora_B[ADAPTER].weight
+                delta = lora_delta(lora_a.to(torch.float64), lora_b.to(torch.float64), alpha, r, use_rslora=rslora)
+                core = lora_core(lora_a, lora_b, alpha, r, rslora)
+                rows.append({"module": name, "layer": layer, "matrix": matrix,
+                             **matrix_row(_as64(module.base_layer.weight), _as64(delta), top_k, epsilon,
+                                          same_spectrum=_as64(core))})
+                log.info("%s: %s", name, rows[-1])
+            lora_info = {"r": peft_config.r, "alpha": peft_config.lora_alpha,
+                         "use_rslora": bool(getattr(peft_config, "use_rslora", False)),
+                         "target_modules": sorted({m for _, _, m, _ in found})}
+            records = io.read_jsonl(probe_path)
+            max_length = data_settings["max_length"][kind]
+            batches = make_batches(encode_probe(records, tokenizer, kind, max_length), tokenizer,
+                                   rep_settings["batch_size"])
+            merge_diff = merge_check(model, batches)  # last: it merges the adapter in place
+            log.info("merge check: max |logit diff| %.3g on %d probe examples", merge_diff, len(records))
+        else:
+            base_weights = {name: module.weight.detach().clone()
+                            for name, _, _, module in analysed_modules(base, family.name, targets)}
+            del base  # one model in memory at a time
+            model = _auto_class(kind).from_pretrained(str(model_dir), dtype=torch.float32)
+            trainable_params = sum(p.numel() for p in model.parameters())  # full fine-tuning trains them all
+            for name, layer, matrix, module in analysed_modules(model, family.name, targets):
+                if name not in base_weights:
+                    raise ValueError(f"{model_dir}: module {name} has no counterpart in the base model")
+                w_base, w_ft = _as64(base_weights[name]), _as64(module.weight)
+                rows.append({"module": name, "layer": layer, "matrix": matrix,
+                             **matrix_row(w_base, w_ft - w_base, top_k, epsilon)})
+                log.info("%s: %s", name, rows[-1])
+
+    table = pd.DataFrame(rows, columns=ROW_KEYS)
+    for i, key in enumerate(RUN_KEYS):
+        table.insert(i, key, run[key])
+    summary = {
+        "run": {k: run[k] for k in RUN_KEYS},
+        "trainable_params": int(trainable_params),
+        "total_params": int(total_params),
+        "trainable_fraction": trainable_params / total_params,
+        "n_matrices": len(rows),
+        "intruder_top_k": int(top_k),
+        "intruder_epsilon": float(epsilon),
+        "lora": lora_info,
+        "merge_max_abs_logit_diff": merge_diff,
+        "merge_tolerance": MERGE_TOLERANCE if method == "lora" else None,
+        "merge_ok": True if merge_diff is None else bool(merge_diff <= MERGE_TOLERANCE),
+        "seconds": time.time() - started,
+    }
+    if not summary["merge_ok"]:
+        log.warning("merge check failed: merged and unmerged logits differ by %.3g (> %g)",
+                    merge_diff, MERGE_TOLERANCE)
+    return table, summary
+
+
+def aggregate_weights(paths) -> pd.DataFrame:
+    """All runs' per-matrix rows in one table (lr kept as its path string, e.g. '5e-3')."""
+    frames = [pd.read_csv(p, dtype={"lr": str}) for p in paths]
+    if not frames:
+        return pd.DataFrame(columns=RUN_KEYS + ROW_KEYS)
+    return pd.concat(frames, ignore_index=True)
+
+
+def weight_summaries(paths) -> pd.DataFrame:
+    """One row per run from the summary JSONs: run keys, parameter counts, merge check."""
+    rows = []
+    for path in paths:
+        summary = io.read_json(path)
+        rows.append({**{k: summary["run"][k] for k in RUN_KEYS},
+                     **{k: summary[k] for k in ("trainable_params", "total_params", "trainable_fraction",
+                                                "n_matrices", "merge_max_abs_logit_diff", "merge_ok")}})
+    frame = pd.DataFrame(rows, columns=RUN_KEYS + ["trainable_params", "total_params", "trainable_fraction",
+                                                   "n_matrices", "merge_max_abs_logit_diff", "merge_ok"])
+    frame["lr"] = frame["lr"].astype(str)
+    return frame

@@ -1,0 +1,65 @@
+"""Stale-only re-runs on the finished tiny workflow, counted job by job (dry runs only)."""
+
+import re
+import shutil
+from pathlib import Path
+
+from helpers import REPO, run_snakemake
+
+
+def planned(workdir, *args, snakefile=None) -> dict[str, int]:
+    """Jobs per rule that a dry run would execute."""
+    extra = ("-s", str(snakefile)) if snakefile else ()
+    proc = run_snakemake(workdir, "-n", *args, *extra)
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def test_complete_run_plans_nothing(tiny_run):
+    assert planned(tiny_run) == {}
+
+
+def test_lora_rank_reruns_only_lora_jobs_and_downstream(tiny_run):
+    jobs = planned(tiny_run, "--config", "lora={'r': 2, 'alpha': 8}")
+    assert jobs["finetune"] == 4 and jobs["drift"] == 4
+    assert "prepare_data" not in jobs and "base_representations" not in jobs
+    proc = run_snakemake(tiny_run, "-n", "--config", "lora={'r': 2, 'alpha': 8}")
+    assert "method=full" not in proc.stdout  # no full fine-tuning job (nor its drift) re-runs
+
+
+def test_new_seed_adds_only_its_jobs_and_aggregates(tiny_run):
+    grid = "grid={'seeds': [1, 2], 'batch_sizes': [4], 'learning_rates': {'full': {'classification': [1e-3], " \
+           "'extractive_qa': [1e-3]}, 'lora': {'classification': [5e-3], 'extractive_qa': [5e-3]}}}"
+    proc = run_snakemake(tiny_run, "-n", "--config", grid)
+    jobs = planned(tiny_run, "--config", grid)
+    assert jobs["finetune"] == 8 and jobs["drift"] == 8 and jobs["aggregate"] == 1
+    assert "seed=1" not in proc.stdout  # nothing of the existing seed re-runs
+    assert "prepare_data" not in jobs and "base_representations" not in jobs
+
+
+def test_drift_settings_rerun_only_drift_and_downstream(tiny_run):
+    jobs = planned(tiny_run, "--config", "drift={'metrics': ['linear_cka', 'debiased_cka']}")
+    assert jobs["drift"] == 8 and jobs["aggregate"] == 1
+    assert not {"finetune", "prepare_data", "base_representations"} & set(jobs)
+
+
+def test_wandb_settings_rerun_nothing(tiny_run):
+    assert planned(tiny_run, "--config", "wandb={'mode': 'disabled'}") == {}
+
+
+def test_report_caption_edit_reruns_nothing(tiny_run, tmp_path):
+    # a copy of the workflow with an edited caption: captions are read by --report only
+    copy = tmp_path / "workflow"
+    for part in ("Snakefile", "rules", "workflow", "config", "report", "profiles"):
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, copy / part)
+        elif src.exists():
+            shutil.copy(src, copy / part)
+    (copy / "src").symlink_to(REPO / "src")
+    for caption in (copy / "report").glob("*.rst"):
+        caption.write_text(caption.read_text() + "\\nEdited caption.\\n")
+    assert planned(tiny_run, snakefile=copy / "Snakefile") == {}

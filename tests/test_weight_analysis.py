@@ -1,0 +1,242 @@
+"""ftdrift.weight_analysis against computations done here by hand: the saved safetensors files
+are read directly and every spectrum and intruder count is recomputed with numpy."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from ftdrift import io, models
+from ftdrift.config import load_catalog
+from ftdrift.weight_analysis import MERGE_TOLERANCE, aggregate_weights, analyse_run, lora_core, weight_summaries
+from helpers import REPO, write_tiny_llama
+
+TASK = load_catalog(REPO / "config" / "tasks.yaml")["sst2"]
+DATA = {"max_length": {"classification": 32, "extractive_qa": 32}}
+REPS = {"batch_size": 4}
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}
+TARGETS = [(layer, m) for layer in range(2) for m in ("q_proj", "v_proj")]
+TEXTS = ["the film is good and warm", "the plot is dull and weak", "a superb cast", "grim ending",
+         "the score is bright", "cold script and poor scene"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    model_dir = write_tiny_llama(root / "tiny-llama", TEXTS * 5)
+    probe = root / "probe.jsonl"
+    io.write_jsonl(probe, [{"id": f"p{i}", "text": t, "label": i % 2} for i, t in enumerate(TEXTS)])
+    return {"root": root, "model_cfg": {"name_or_path": str(model_dir), "family": "llama"}, "probe": probe,
+            "weights": load_file(str(model_dir / "model.safetensors"))}
+
+
+def run_fields(method):
+    return {"task": "sst2", "method": method, "lr": "5e-3", "batch_size": 4, "seed": 1}
+
+
+def analyse(base, model_dir, method, **kwargs):
+    args = dict(model_dir=model_dir, model_cfg=base["model_cfg"], task_def=TASK, method=method,
+                lora_cfg=LORA if method == "lora" else None, run=run_fields(method), probe_path=base["probe"],
+                data_settings=DATA, rep_settings=REPS, top_k=10, epsilon=0.5)
+    return analyse_run(**{**args, **kwargs})
+
+
+def base_task_model(base):
+    tokenizer = models.load_tokenizer(base["model_cfg"])
+    return models.load_model(base["model_cfg"], "classification", 2, tokenizer)
+
+
+# -- independent reference computations (numpy only)
+
+def hand_spectrum(delta):
+    s = np.linalg.svd(delta, compute_uv=False)
+    p = s[s > 0] / s[s > 0].sum()
+    return {"effective_rank": math.exp(-(p * np.log(p)).sum()) if s[0] > 0 else 0.0,
+            "stable_rank": (s ** 2).sum() / s[0] ** 2 if s[0] > 0 else 0.0,
+            "frobenius_norm": math.sqrt((delta ** 2).sum()), "top_singular_value": s[0]}
+
+
+def hand_intruders(w_base, w_ft, k, epsilon):
+    u_base = np.linalg.svd(w_base)[0]
+    u_ft = np.linalg.svd(w_ft)[0][:, :k]
+    return int(sum(np.abs(u_base.T @ u_ft[:, j]).max() < epsilon for j in range(u_ft.shape[1])))
+
+
+def check_rows(rows, expected_deltas, w_bases):
+    assert len(rows) == len(expected_deltas)
+    for (layer, matrix), delta in expected_deltas.items():
+        row = rows[(rows.layer == layer) & (rows.matrix == matrix)]
+        assert len(row) == 1
+        row = row.iloc[0]
+        assert row.module == f"model.layers.{layer}.self_attn.{matrix}"
+        for key, value in hand_spectrum(delta).items():
+            assert row[key] == pytest.approx(value, rel=1e-6, abs=1e-12), (layer, matrix, key)
+        w_base = w_bases[(layer, matrix)]
+        assert row.intruder_dims == hand_intruders(w_base, w_base + delta, 10, 0.5)
+
+
+# -- LoRA
+
+@pytest.fixture(scope="module")
+def lora_dir(base):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    torch.manual_seed(3)
+    model = get_peft_model(base_task_model(base), LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero: give the adapter a real update
+                param.copy_(torch.randn_like(param) * 0.3)
+    path = base["root"] / "lora-model"
+    model.save_pretrained(path)
+    return path
+
+
+def test_lora_rows_match_hand_computed_delta(base, lora_dir):
+    rows, summary = analyse(base, lora_dir, "lora")
+    adapter = load_file(str(lora_dir / "adapter_model.safetensors"))
+    scale = LORA["alpha"] / LORA["r"]
+    deltas, w_bases = {}, {}
+    for layer, matrix in TARGETS:
+        prefix = f"base_model.model.model.layers.{layer}.self_attn.{matrix}"
+        a = adapter[f"{prefix}.lora_A.weight"].astype(np.float64)
+        b = adapter[f"{prefix}.lora_B.weight"].astype(np.float64)
+        deltas[(layer, matrix)] = scale * b @ a
+        w_bases[(layer, matrix)] = base["weights"][f"layers.{layer}.self_attn.{matrix}.weight"].astype(np.float64)
+    check_rows(rows, deltas, w_bases)
+    assert (rows.effective_rank <= LORA["r"] + 1e-6).all() and (rows.effective_rank > 1).all()
+    assert list(rows.columns[:5]) == ["task", "method", "lr", "batch_size", "seed"]
+    assert (rows.method == "lora").all() and (rows.lr == "5e-3").all()
+
+    # trainable = everything the adapter file holds (LoRA matrices + the trained head);
+    # total = the base task model (the Llama's tensors + a hidden x 2 score head, no bias)
+    trainable = sum(t.size for t in adapter.values())
+    assert any("score" in k for k in adapter)
+    hidden = base["weights"]["layers.0.self_attn.q_proj.weight"].shape[1]
+    assert summary["trainable_params"] == trainable
+    assert summary["total_params"] == sum(t.size for t in base["weights"].values()) + hidden * 2
+    assert summary["lora"] == {"r": 4, "alpha": 8, "use_rslora": False, "target_modules": ["q_proj", "v_proj"]}
+    assert summary["merge_max_abs_logit_diff"] is not None
+    assert summary["merge_max_abs_logit_diff"] <= MERGE_TOLERANCE and summary["merge_ok"] is True
+    json.dumps(summary)  # serialisable as is
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_lora_core_has_the_dense_update_s_singular_values(rslora):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 20)), rng.normal(size=(12, 3))
+    scale = 6.0 / (math.sqrt(3) if rslora else 3)
+    dense = np.linalg.svd(scale * b @ a, compute_uv=False)
+    core = lora_core(torch.from_numpy(a).float(), torch.from_numpy(b).float(), 6.0, 3, rslora).numpy()
+    assert core.shape == (3, 3)
+    assert np.linalg.svd(core, compute_uv=False) == pytest.approx(dense[:3], rel=1e-5)
+    assert np.abs(lora_core(torch.from_numpy(a).float(), torch.zeros(12, 3), 6.0, 3, rslora).numpy()).max() == 0
+
+
+def test_merge_check_notices_a_merge_that_drops_the_update(base, lora_dir, monkeypatch):
+    from peft.tuners.lora import LoraModel
+
+    # unload() removes the adapter without merging it: the logits must then differ clearly
+    monkeypatch.setattr(LoraModel, "merge_and_unload", lambda self, *a, **kw: self.unload())
+    _, summary = analyse(base, lora_dir, "lora")
+    assert summary["merge_max_abs_logit_diff"] > 1e-3 and summary["merge_ok"] is False
+
+
+def test_adapter_that_disagrees_with_the_config_is_refused(base, lora_dir):
+    with pytest.raises(ValueError, match="lora.r"):
+        analyse(base, lora_dir, "lora", lora_cfg={**LORA, "r": 8})
+
+
+# -- full fine-tuning
+
+def intruder_perturbation(w_base: np.ndarray, n: int, strength: float) -> np.ndarray:
+    """n rank-1 updates that each become an intruder dimension by construction.
+
+    Their left (right) vectors lie in the span of the base's bottom 16 left (right) singular
+    vectors, as Hadamard (±1/4) combinations of them: orthogonal to the base's top singular
+    vectors, cosine at most sqrt(n)/4 < 0.5 with any base singular vector, and the update is
+    block-diagonal in the base's singular bases, so the base's top directions stay exact.
+    """
+    u, s, vt = np.linalg.svd(w_base)
+    hadamard = np.array([[1.0]])
+    while hadamard.shape[0] < 16:
+        hadamard = np.block([[hadamard, hadamard], [hadamard, -hadamard]])
+    u_bottom, v_bottom = u[:, -16:], vt[-16:].T
+    delta = np.zeros_like(w_base)
+    for j in range(n):
+        h = hadamard[j + 1] / 4.0  # unit vector, entries ±1/4
+        delta += strength * s[0] * (n - j) * np.outer(u_bottom @ h, v_bottom @ h)
+    return delta
+
+
+@pytest.fixture(scope="module")
+def full_dir(base):
+    model = base_task_model(base)
+    rng = np.random.default_rng(5)
+    with torch.no_grad():
+        q = model.model.layers[0].self_attn.q_proj.weight
+        q += torch.from_numpy(intruder_perturbation(q.double().numpy(), 3, 20.0)).float()
+        v = model.model.layers[1].self_attn.v_proj.weight
+        v += torch.from_numpy(rng.normal(0, 1e-4, v.shape)).float()  # base entries ~0.02
+        model.score.weight.normal_()  # the head changes too: not analysed
+        model.model.layers[0].mlp.up_proj.weight.mul_(2)  # not a LoRA target: not analysed
+    path = base["root"] / "full-model"
+    model.save_pretrained(path)
+    return path
+
+
+def test_full_rows_match_hand_computed_delta(base, full_dir):
+    rows, summary = analyse(base, full_dir, "full")
+    tuned = load_file(str(full_dir / "model.safetensors"))
+    deltas, w_bases = {}, {}
+    for layer, matrix in TARGETS:
+        w_base = base["weights"][f"layers.{layer}.self_attn.{matrix}.weight"].astype(np.float64)
+        w_ft = tuned[f"model.layers.{layer}.self_attn.{matrix}.weight"].astype(np.float64)
+        deltas[(layer, matrix)], w_bases[(layer, matrix)] = w_ft - w_base, w_base
+    check_rows(rows, deltas, w_bases)
+    by_matrix = rows.set_index(["layer", "matrix"])
+    assert by_matrix.loc[(0, "q_proj"), "intruder_dims"] == 3  # as constructed
+    assert by_matrix.loc[(0, "q_proj"), "effective_rank"] == pytest.approx(
+        hand_spectrum(deltas[(0, "q_proj")])["effective_rank"])
+    assert by_matrix.loc[(1, "v_proj"), "intruder_dims"] == 0  # small noise keeps the directions
+    unchanged = by_matrix.loc[[(0, "v_proj"), (1, "q_proj")]]
+    assert (unchanged[["effective_rank", "stable_rank", "frobenius_norm", "top_singular_value",
+                       "intruder_dims"]] == 0).all().all()
+    assert summary["trainable_params"] == summary["total_params"] == sum(t.size for t in tuned.values())
+    assert summary["merge_max_abs_logit_diff"] is None and summary["merge_ok"] is True
+    assert summary["lora"] is None
+
+
+def test_intruder_settings_reach_the_count(base, full_dir):
+    rows, _ = analyse(base, full_dir, "full", top_k=2)
+    assert rows.set_index(["layer", "matrix"]).loc[(0, "q_proj"), "intruder_dims"] == 2
+    rows, _ = analyse(base, full_dir, "full", epsilon=0.05)  # nothing is that far from every base vector
+    assert (rows.intruder_dims == 0).all()
+
+
+def test_unknown_target_modules_name_the_config_key(base, full_dir):
+    with pytest.raises(ValueError, match="lora.target_modules"):
+        analyse(base, full_dir, "full", target_modules=["no_such_proj"])
+
+
+def test_aggregate_keeps_runs_and_lr_strings(base, tmp_path):
+    frames = []
+    for i, lr in enumerate(["1e-3", "5e-3"]):
+        frame = pd.DataFrame([{**run_fields("lora"), "lr": lr, "module": "m", "layer": 0, "matrix": "q_proj",
+                               "effective_rank": 1.0, "stable_rank": 1.0, "frobenius_norm": 1.0,
+                               "top_singular_value": 1.0, "intruder_dims": i}])
+        io.write_csv(tmp_path / f"{i}.csv", frame)
+        io.write_json(tmp_path / f"{i}.json", {"run": {**run_fields("lora"), "lr": lr}, "trainable_params": 10,
+                                              "total_params": 100, "trainable_fraction": 0.1, "n_matrices": 1,
+                                              "merge_max_abs_logit_diff": 1e-6, "merge_ok": True})
+        frames.append(frame)
+    table = aggregate_weights([tmp_path / "0.csv", tmp_path / "1.csv"])
+    assert list(table.lr) == ["1e-3", "5e-3"] and list(table.intruder_dims) == [0, 1]
+    summaries = weight_summaries([tmp_path / "0.json", tmp_path / "1.json"])
+    assert list(summaries.lr) == ["1e-3", "5e-3"] and summaries.merge_ok.all()

@@ -1,0 +1,22 @@
+from ftdrift import io, smk
+
+smk.start(snakemake)  # before transformers is imported, so its log handler writes to the rule's log
+
+from ftdrift.weight_analysis import analyse_run  # noqa: E402
+
+rows, summary = analyse_run(
+    model_dir=snakemake.input.model,
+    model_cfg=snakemake.params.model,
+    task_def=snakemake.params.task_def,
+    method=snakemake.params.run["method"],
+    lora_cfg=snakemake.params.lora,
+    run=snakemake.params.run,
+    probe_path=snakemake.input.probe,
+    data_settings=snakemake.params.data,
+    rep_settings=snakemake.params.representations,
+    top_k=snakemake.params.analysis["intruder_top_k"],
+    epsilon=snakemake.params.analysis["intruder_epsilon"],
+    target_modules=snakemake.params.target_modules,
+)
+io.write_csv(snakemake.output.table, rows)
+io.write_json(snakemake.output.summary, summary)
