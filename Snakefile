@@ -19,10 +19,13 @@ include: "rules/data.smk"
 include: "rules/representations.smk"
 include: "rules/finetune.smk"
 include: "rules/drift.smk"
+include: "rules/weights.smk"
 include: "rules/analysis.smk"
+include: "rules/report.smk"  # after every rule that writes results/tables/*
 
 
 rule all:
     input:
         all_targets(),
+        REPORT_TARGETS,
     default_target: True

@@ -1,7 +1,6 @@
 """Evidence for the library changes proposed in docs/performance.md (not part of run_all).
 
     python bench/investigate.py monitor        # TrainingMonitor's per-step cost vs a training step
-    python bench/investigate.py snapshot-sort  # probe batches in probe order vs sorted by length
     python bench/investigate.py blas-threads   # cka_matrix with 1 vs 2 BLAS threads
     python bench/investigate.py monitor-fix    # benchmark 1 with the proposed TrainingMonitor change
 
@@ -76,48 +75,6 @@ def monitor(n_threads: int = 1, batch: int = 16, seq: int = 24, repeats: int = 1
             "monitor_share_of_step": monitor_s / step_s, "load_avg": load()}
 
 
-def snapshot_sort(data: str | None = None, n_threads: int = 1, repeats: int = 2) -> dict:
-    """ftdrift's snapshot (extract on make_batches in probe order) vs the same probe examples
-    batched in length order and put back in probe order afterwards."""
-    import numpy as np
-
-    from ftdrift import io, models
-    from ftdrift.features import encode_probe
-    from ftdrift.representations import extract, make_batches
-
-    scratch = Path(tempfile.mkdtemp(prefix="ftdrift-bench-"))
-    try:
-        folder, settings = prepare("sst2", data_dir(data), scratch)
-        with limit_threads(n_threads):
-            tokenizer = models.load_tokenizer(MINILM)
-            model = models.load_model(MINILM, "classification", 2, tokenizer)
-            probe = io.read_jsonl(folder / "probe.jsonl")
-            features = encode_probe(probe, tokenizer, "classification", 512)
-            bs = settings["representations"]["batch_size"]
-            lengths = np.array([len(f["input_ids"]) for f in features])
-            order = np.argsort(lengths, kind="stable")
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(len(order))
-            current = make_batches(features, tokenizer, bs)
-            sorted_batches = make_batches([features[i] for i in order], tokenizer, bs)
-            extract(model, current[:1], ("mean",), "float16")  # warm-up
-            cur_s = _timeit(lambda: extract(model, current, ("mean",), "float16"), repeats)
-            srt_s = _timeit(lambda: extract(model, sorted_batches, ("mean",), "float16"), repeats)
-            a = extract(model, current, ("mean",), "float16")["mean"].astype(np.float32)
-            b = extract(model, sorted_batches, ("mean",), "float16")["mean"][:, inverse].astype(np.float32)
-        return {"probe_examples": len(features), "batch_size": bs, "threads": n_threads,
-                "real_tokens": int(lengths.sum()),
-                "tokens_processed_probe_order": int(sum(x["input_ids"].numel() for x in current)),
-                "tokens_processed_length_sorted": int(sum(x["input_ids"].numel() for x in sorted_batches)),
-                "snapshot_s_probe_order": cur_s, "snapshot_s_length_sorted": srt_s, "speedup": cur_s / srt_s,
-                "max_abs_diff_float16": float(np.max(np.abs(a - b))),
-                "max_diff_in_float16_ulps": float(np.max(np.abs(a - b) / np.spacing(
-                    np.maximum(np.abs(a), np.abs(b)).astype(np.float16)).astype(np.float32))),
-                "load_avg": load()}
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def monitor_fix(data: str | None = None, n_threads: int = 1, steps: int = 24, batch: int = 16) -> dict:
     """Benchmark 1's runs, A-B-C-A: plain Trainer, ftdrift as is, ftdrift with the proposed
     TrainingMonitor change (bench/finetune_throughput.py:_monitor_fix), plain Trainer again."""
@@ -161,14 +118,12 @@ def blas_threads(repeats: int = 2) -> dict:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["monitor", "snapshot-sort", "blas-threads", "monitor-fix"])
+    p.add_argument("what", choices=["monitor", "blas-threads", "monitor-fix"])
     p.add_argument("--data-dir")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     if a.what == "monitor":
         res = monitor(a.threads)
-    elif a.what == "snapshot-sort":
-        res = snapshot_sort(a.data_dir, a.threads)
     elif a.what == "monitor-fix":
         res = monitor_fix(a.data_dir, a.threads)
     else:

@@ -2,8 +2,10 @@ rule aggregate:
     input:
         metrics=run_paths("results/runs/{run}/metrics.json"),
         drift=run_paths("results/drift/{run}.csv"),
+        weights=run_paths("results/weights/{run}.csv"),
+        weight_summaries=run_paths("results/weights/{run}.json"),
     output:
-        runs=report("results/tables/runs.csv", category="Performance", labels={"table": "all runs"},
+        runs=report("results/tables/runs.csv", category="Performance", subcategory="Tables", labels={"table": "all runs"},
                     caption="../report/runs.rst"),
         drift="results/tables/drift.csv",
         best="results/tables/best.csv",
@@ -11,6 +13,7 @@ rule aggregate:
         drift_by_layer="results/tables/drift_by_layer.csv",
         summary="results/tables/summary.md",
         latex="results/tables/tables.tex",
+        weights="results/tables/weights.csv",
     params:
         tasks=CONFIG["tasks"],
         task_defs=CONFIG["task_defs"],

@@ -148,10 +148,11 @@ def make_tiny_workdir(tmp_path: Path, **overrides) -> Path:
     return workdir
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the real workflow on `workdir` with its tiny config."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "tiny.yaml"), "--cores", "2", *args]
+def run_snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None,
+                  configfile: Path | None = None, snakefile: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real workflow on `workdir` with its tiny config (or `configfile`)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile or REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile or workdir / "tiny.yaml"), "--cores", "2", *args]
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env)
     if check and proc.returncode != 0:

@@ -4,13 +4,28 @@ import re
 import shutil
 from pathlib import Path
 
+import yaml
+
 from helpers import REPO, run_snakemake
 
 
-def planned(workdir, *args, snakefile=None) -> dict[str, int]:
+def changed_config(workdir, **changes) -> Path:
+    """A copy of the tiny config with some top-level keys replaced."""
+    config = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    config.update(changes)
+    path = workdir / f"changed-{'-'.join(changes)}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def dry_run(workdir, snakefile=None, **changes):
+    configfile = changed_config(workdir, **changes) if changes else None
+    return run_snakemake(workdir, "-n", configfile=configfile, snakefile=snakefile)
+
+
+def planned(workdir, snakefile=None, **changes) -> dict[str, int]:
     """Jobs per rule that a dry run would execute."""
-    extra = ("-s", str(snakefile)) if snakefile else ()
-    proc = run_snakemake(workdir, "-n", *args, *extra)
+    proc = dry_run(workdir, snakefile, **changes)
     text = proc.stdout + proc.stderr
     if "Nothing to be done" in text:
         return {}
@@ -23,31 +38,33 @@ def test_complete_run_plans_nothing(tiny_run):
 
 
 def test_lora_rank_reruns_only_lora_jobs_and_downstream(tiny_run):
-    jobs = planned(tiny_run, "--config", "lora={'r': 2, 'alpha': 8}")
-    assert jobs["finetune"] == 4 and jobs["drift"] == 4
+    lora = {"r": 2, "alpha": 8}
+    jobs = planned(tiny_run, lora=lora)
+    assert jobs["finetune"] == 4 and jobs["drift"] == 4 and jobs["weight_analysis"] == 4
     assert "prepare_data" not in jobs and "base_representations" not in jobs
-    proc = run_snakemake(tiny_run, "-n", "--config", "lora={'r': 2, 'alpha': 8}")
+    proc = dry_run(tiny_run, lora=lora)
     assert "method=full" not in proc.stdout  # no full fine-tuning job (nor its drift) re-runs
 
 
 def test_new_seed_adds_only_its_jobs_and_aggregates(tiny_run):
-    grid = "grid={'seeds': [1, 2], 'batch_sizes': [4], 'learning_rates': {'full': {'classification': [1e-3], " \
-           "'extractive_qa': [1e-3]}, 'lora': {'classification': [5e-3], 'extractive_qa': [5e-3]}}}"
-    proc = run_snakemake(tiny_run, "-n", "--config", grid)
-    jobs = planned(tiny_run, "--config", grid)
+    grid = {"seeds": [1, 2], "batch_sizes": [4],
+            "learning_rates": {"full": {"classification": [1e-3], "extractive_qa": [1e-3]},
+                               "lora": {"classification": [5e-3], "extractive_qa": [5e-3]}}}
+    proc = dry_run(tiny_run, grid=grid)
+    jobs = planned(tiny_run, grid=grid)
     assert jobs["finetune"] == 8 and jobs["drift"] == 8 and jobs["aggregate"] == 1
     assert "seed=1" not in proc.stdout  # nothing of the existing seed re-runs
     assert "prepare_data" not in jobs and "base_representations" not in jobs
 
 
 def test_drift_settings_rerun_only_drift_and_downstream(tiny_run):
-    jobs = planned(tiny_run, "--config", "drift={'metrics': ['linear_cka', 'debiased_cka']}")
+    jobs = planned(tiny_run, drift={"metrics": ["linear_cka", "debiased_cka"]})
     assert jobs["drift"] == 8 and jobs["aggregate"] == 1
     assert not {"finetune", "prepare_data", "base_representations"} & set(jobs)
 
 
 def test_wandb_settings_rerun_nothing(tiny_run):
-    assert planned(tiny_run, "--config", "wandb={'mode': 'disabled'}") == {}
+    assert planned(tiny_run, wandb={"mode": "disabled"}) == {}
 
 
 def test_report_caption_edit_reruns_nothing(tiny_run, tmp_path):

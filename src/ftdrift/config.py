@@ -7,6 +7,7 @@ dict, so a bad value stops the run before any job starts, naming the offending k
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,16 @@ def load_yaml(path: str | os.PathLike) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
 
 
+@functools.lru_cache(maxsize=None)
+def _schema_text(name: str) -> str:
+    return (CONFIG_DIR / name).read_text()
+
+
+def load_schema(name: str) -> dict:
+    """A schema from config/, parsed afresh (callers may modify it); the file is read once."""
+    return yaml.safe_load(_schema_text(name))
+
+
 def task_kind(task_def: dict) -> str:
     """'classification' or 'extractive_qa': the axis learning rates and lengths depend on."""
     return "extractive_qa" if task_def["type"] in QA_TYPES else "classification"
@@ -96,7 +107,7 @@ def load_catalog(path: str | os.PathLike) -> dict:
     catalog = load_yaml(path)
     if not isinstance(catalog, dict):
         raise ConfigError(f"{path}: the task catalog must be a mapping of task name to definition")
-    validate(catalog, load_yaml(CONFIG_DIR / "tasks.schema.yaml"), f"task catalog {path}:")
+    validate(catalog, load_schema("tasks.schema.yaml"), f"task catalog {path}:")
     _check_catalog(catalog)
     return catalog
 
@@ -107,7 +118,7 @@ def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
     Returns a new dict; the input is left unchanged.
     """
     config = copy.deepcopy(dict(config))
-    validate(config, load_yaml(CONFIG_DIR / "schema.yaml"), "config")
+    validate(config, load_schema("schema.yaml"), "config")
     base = Path(base_dir) if base_dir else PACKAGE_ROOT
     catalog_path = Path(config["task_catalog"])
     if not catalog_path.is_absolute():
@@ -132,9 +143,14 @@ def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
     return config
 
 
+@functools.lru_cache(maxsize=None)
+def _parsed_schema() -> dict:
+    return load_schema("schema.yaml")
+
+
 def task_settings(config: dict, task: str) -> dict:
     """The data / training / representations sections for one task, overrides applied."""
-    schema = load_yaml(CONFIG_DIR / "schema.yaml")
+    schema = _parsed_schema()
     override = config.get("task_overrides", {}).get(task, {})
     merged = {}
     for section, definition in (("data", "data_settings"), ("training", "training_settings"),

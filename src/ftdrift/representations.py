@@ -25,21 +25,29 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     raise ValueError(f"unknown pooling '{pooling}' (known: {POOLINGS})")
 
 
-def make_batches(features: list[dict], tokenizer, batch_size: int) -> list[dict]:
-    """Fixed, padded batches in probe order (no sampler, so no RNG is consumed)."""
+def make_batches(features: list[dict], tokenizer, batch_size: int) -> list[tuple[dict, list[int]]]:
+    """Fixed, padded batches of similar length, each with the probe positions it holds.
+
+    Sorting by length roughly halves the padded tokens of a probe pass; `extract` puts the
+    results back in probe order. No sampler is involved, so no RNG is consumed.
+    """
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    return [collate(features[i:i + batch_size]) for i in range(0, len(features), batch_size)]
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [(collate([features[i] for i in chunk]), chunk) for chunk in chunks]
 
 
 @torch.no_grad()
-def extract(model, batches: list[dict], poolings: tuple[str, ...], dtype: str = "float16",
+def extract(model, batches: list[tuple[dict, list[int]]], poolings: tuple[str, ...], dtype: str = "float16",
             progress: str | None = None) -> dict[str, np.ndarray]:
     """Pooled hidden states of every layer: {pooling: [layer, example, hidden]} in `dtype`."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out: dict[str, list[torch.Tensor]] = {p: [] for p in poolings}
-    for batch in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+    positions: list[int] = []
+    for batch, chunk in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+        positions.extend(chunk)
         batch = {k: v.to(device) for k, v in batch.items()}
         outputs = model(**batch, output_hidden_states=True)
         hidden = torch.stack(outputs.hidden_states)  # [layer, batch, seq, dim]
@@ -49,7 +57,9 @@ def extract(model, batches: list[dict], poolings: tuple[str, ...], dtype: str = 
             out[p].append(pool(hidden.reshape(layers * b, s, d), mask, p).reshape(layers, b, d).float().cpu())
     if was_training:
         model.train()
-    return {p: torch.cat(chunks, dim=1).numpy().astype(dtype) for p, chunks in out.items()}
+    inverse = torch.empty(len(positions), dtype=torch.long)
+    inverse[torch.tensor(positions)] = torch.arange(len(positions))
+    return {p: torch.cat(chunks, dim=1)[:, inverse].numpy().astype(dtype) for p, chunks in out.items()}
 
 
 class SnapshotCallback(TrainerCallback):

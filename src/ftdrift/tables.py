@@ -44,9 +44,14 @@ def best_settings(runs: pd.DataFrame) -> pd.DataFrame:
     return dev.loc[idx, SETTING_KEYS].reset_index(drop=True)
 
 
-def aggregate(*, metrics_paths, drift_paths, task_defs: dict, analysis: dict, outputs: dict) -> None:
+def aggregate(*, metrics_paths, drift_paths, weights_paths, weight_summary_paths, task_defs: dict, analysis: dict,
+              outputs: dict) -> None:
+    from ftdrift.weight_analysis import aggregate_weights, weight_summaries
+
     confidence = analysis["confidence"]
     runs = runs_frame(metrics_paths)
+    merge = weight_summaries(weight_summary_paths)
+    runs = runs.merge(merge[RUN_KEYS + ["merge_max_abs_logit_diff", "merge_ok"]], on=RUN_KEYS, how="left")
     drift = pd.concat([pd.read_csv(p, dtype={"lr": str}) for p in drift_paths], ignore_index=True)
     for frame in (runs, drift):
         frame["lr"] = frame["lr"].astype(str)
@@ -99,6 +104,7 @@ def aggregate(*, metrics_paths, drift_paths, task_defs: dict, analysis: dict, ou
     layers = pd.DataFrame(layer_rows)
     io.write_csv(outputs["runs"], runs)
     io.write_csv(outputs["drift"], drift)
+    io.write_csv(outputs["weights"], aggregate_weights(weights_paths))
     io.write_csv(outputs["best"], best_table)
     io.write_csv(outputs["verdicts"], verdicts)
     io.write_csv(outputs["drift_by_layer"], layers)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
@@ -70,7 +71,8 @@ class EpochSeededLengthSampler(LengthGroupedSampler):
 
 
 class StudyTrainer(Trainer):
-    """Trainer whose training order survives a restart bit for bit (see EpochSeededLengthSampler)."""
+    """Trainer whose training order survives a restart bit for bit (see EpochSeededLengthSampler)
+    and whose predictions come back in dataset order."""
 
     def __init__(self, *args, train_lengths: list[int], **kwargs):
         super().__init__(*args, **kwargs)
@@ -79,6 +81,11 @@ class StudyTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         return EpochSeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                         lengths=self.train_lengths, seed=self.args.data_seed)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers also length-groups evaluation batches under group_by_length, which returns
+        # predictions in a shuffled order; ours are matched to examples by position
+        return SequentialSampler(eval_dataset)
 
 
 def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:

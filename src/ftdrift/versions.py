@@ -4,8 +4,8 @@ that stage's results; leave it when a refactor does not (no spurious re-runs of 
 
 CODE_VERSIONS = {
     "prepare_data": 1,
-    "base_representations": 1,
-    "finetune": 1,
+    "base_representations": 2,
+    "finetune": 2,
     "drift": 1,
     "weight_analysis": 1,
     "aggregate": 1,

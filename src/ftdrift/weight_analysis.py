@@ -128,13 +128,13 @@ def _check_lora_config(lora_cfg: dict | None, peft_config, model_dir) -> None:
 
 
 @torch.no_grad()
-def probe_logits(model, batches: list[dict]) -> list[torch.Tensor]:
+def probe_logits(model, batches: list[tuple[dict, list[int]]]) -> list[torch.Tensor]:
     """Float32 logits of each probe batch, on the CPU: classification [b, labels]; extractive QA
     [b, seq, 2] (start, end) with padding positions zeroed (they are not predictions)."""
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for batch in batches:
+    for batch, _ in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         outputs = model(**batch)
         if getattr(outputs, "logits", None) is not None:
@@ -150,7 +150,7 @@ def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
-def merge_check(peft_model, batches: list[dict]) -> float:
+def merge_check(peft_model, batches: list[tuple[dict, list[int]]]) -> float:
     """Largest |logit| difference between the adapter model and its merge (float32, no TF32).
 
     Merges in place: afterwards `peft_model` is spent.
