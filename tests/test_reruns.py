@@ -70,7 +70,8 @@ def test_wandb_settings_rerun_nothing(tiny_run):
 def test_report_caption_edit_reruns_nothing(tiny_run, tmp_path):
     # a copy of the workflow with an edited caption: captions are read by --report only
     copy = tmp_path / "workflow"
-    for part in ("Snakefile", "rules", "workflow", "config", "report", "profiles"):
+    copy.mkdir()
+    for part in ("Snakefile", "rules", "workflow", "config", "report", "profiles", "envs"):
         src = REPO / part
         if src.is_dir():
             shutil.copytree(src, copy / part)
