@@ -6,8 +6,8 @@ with the same micro-batch, optimizer, schedule, number of optimizer steps and th
 what padding itself is worth is benchmark 2). W&B is disabled.
 
 * baseline -- `transformers.Trainer`, no callbacks of ours, no evaluation, no checkpoints.
-* ftdrift  -- `ftdrift.train.finetune(...)`, the real job: TrainingMonitor (per-step gradient
-  norms + NaN guard), logging, SnapshotCallback, BestModelCallback, evaluation and a checkpoint
+* ftdrift  -- `ftdrift.train.finetune(...)`, the real job: TrainingMonitor (NaN guard on the
+  Trainer's own gradient norm, per-parameter norms at logging steps), logging, SnapshotCallback, BestModelCallback, evaluation and a checkpoint
   at the last step, then the final evaluations and the atomic outputs.
 
 Timing: a callback records every optimizer step's start (on_step_begin) and end (on_step_end) on
@@ -132,39 +132,9 @@ def run_baseline(folder: Path, settings: dict, work: Path, steps: int, batch: in
     return out
 
 
-def _monitor_fix(grad_norm: dict):
-    """TrainingMonitor.on_pre_optimizer_step as proposed (bench/investigate.py monitor-fix):
-    the per-step NaN guard and clip counter read the total norm the Trainer already computed
-    (stashed by the trainer's _get_grad_norm into `grad_norm`); the extra pass over all
-    gradients for per-parameter norms runs only at logging steps, where they are logged."""
-    import torch
-
-    from ftdrift.monitor import NonFiniteLossError
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        total = grad_norm.get("value")
-        if total is None:
-            return
-        total = torch.as_tensor(total).float()
-        step = state.global_step + 1
-        if self.check_finite and not bool(torch.isfinite(total)):
-            raise NonFiniteLossError(f"non-finite loss/gradient at optimizer step {step}")
-        clipped = (total > args.max_grad_norm).float() if args.max_grad_norm > 0 else total * 0
-        self._clipped = clipped if self._clipped is None else self._clipped + clipped
-        self._steps += 1
-        if step % args.logging_steps == 0:
-            params = self._params(model)
-            norms = torch.stack(torch._foreach_norm([p.grad for _, p in params])).float()
-            self._pending = {"norms": norms, "total": torch.linalg.vector_norm(norms)}
-
-    return on_pre_optimizer_step
-
-
 def run_ftdrift(folder: Path, settings: dict, work: Path, steps: int, batch: int, lr: float, seed: int,
-                n_threads: int, snapshot_steps: int, snapshot_batch: int, monitor_fix: bool = False) -> dict:
-    """ftdrift's real fine-tuning job, instrumented from the outside.
-
-    `monitor_fix` swaps in the proposed TrainingMonitor change (see _monitor_fix) for this run."""
+                n_threads: int, snapshot_steps: int, snapshot_batch: int) -> dict:
+    """ftdrift's real fine-tuning job, instrumented from the outside."""
     import pandas as pd
 
     import ftdrift.train as ftrain
@@ -174,7 +144,6 @@ def run_ftdrift(folder: Path, settings: dict, work: Path, steps: int, batch: int
 
     timings = {"snapshot": [], "evaluate": [], "save_checkpoint": [], "callbacks_in_loop": []}
     timer = StepTimer()
-    norm_stash: dict = {}
 
     original_snapshot = SnapshotCallback._snapshot
 
@@ -199,11 +168,6 @@ def run_ftdrift(folder: Path, settings: dict, work: Path, steps: int, batch: int
             finally:
                 timings["evaluate"].append(time.perf_counter() - t)
 
-        def _get_grad_norm(self, model, grad_norm=None):
-            value = super()._get_grad_norm(model, grad_norm=grad_norm)
-            norm_stash["value"] = value
-            return value
-
         def _save_checkpoint(self, *a, **kw):
             t = time.perf_counter()
             try:
@@ -226,7 +190,6 @@ def run_ftdrift(folder: Path, settings: dict, work: Path, steps: int, batch: int
                            predictions=out_dir / "predictions.json", representations=out_dir / "reps.zarr",
                            model=out_dir / "model"),
         threads=n_threads, bootstrap_resamples=200)
-    original_monitor = TrainingMonitor.on_pre_optimizer_step
     # ftdrift's own per-step callback work inside the loop (snapshots themselves excluded)
     hooks = [(TrainingMonitor, "on_pre_optimizer_step"), (TrainingMonitor, "on_log"),
              (SnapshotCallback, "on_step_end")]
@@ -247,8 +210,6 @@ def run_ftdrift(folder: Path, settings: dict, work: Path, steps: int, batch: int
 
     SnapshotCallback._snapshot = timed_snapshot
     ftrain.StudyTrainer = TimedTrainer
-    if monitor_fix:
-        TrainingMonitor.on_pre_optimizer_step = _monitor_fix(norm_stash)
     for cls, name in hooks:
         setattr(cls, name, account(getattr(cls, name)))
     try:
@@ -263,7 +224,6 @@ def run_ftdrift(folder: Path, settings: dict, work: Path, steps: int, batch: int
                 delattr(cls, name)
             else:
                 setattr(cls, name, fn)
-        TrainingMonitor.on_pre_optimizer_step = original_monitor
     meta = result["meta"]
     log = pd.read_csv(out_dir / "train_log.csv")
     tokens = int(log["num_input_tokens_seen"].dropna().max()) if "num_input_tokens_seen" in log else 0

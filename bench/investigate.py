@@ -1,11 +1,9 @@
-"""Evidence for the library changes proposed in docs/performance.md (not part of run_all).
+"""Evidence behind the findings in docs/performance.md (not part of run_all).
 
     python bench/investigate.py monitor        # TrainingMonitor's per-step cost vs a training step
     python bench/investigate.py blas-threads   # cka_matrix with 1 vs 2 BLAS threads
-    python bench/investigate.py monitor-fix    # benchmark 1 with the proposed TrainingMonitor change
 
-Each prints JSON. Nothing in the library is modified; proposed variants are re-implemented
-here in a few lines, next to the current code path they are compared with.
+Each prints JSON.
 """
 
 from __future__ import annotations
@@ -34,9 +32,9 @@ def _timeit(fn, repeats: int) -> float:
 
 
 def monitor(n_threads: int = 1, batch: int = 16, seq: int = 24, repeats: int = 15) -> dict:
-    """Per-step work of TrainingMonitor.on_pre_optimizer_step (a second pass over all gradients:
-    per-parameter norms, total, finiteness) next to the Trainer's own clip_grad_norm_ pass and a
-    whole training step of MiniLM at SST-2-like length."""
+    """Per-step work of TrainingMonitor.on_pre_optimizer_step on a non-logging step (finiteness
+    of the Trainer's pre-clip norm, clip counter) next to the Trainer's own clip_grad_norm_ pass
+    and a whole training step of MiniLM at SST-2-like length."""
     import torch
 
     from ftdrift import models
@@ -64,8 +62,11 @@ def monitor(n_threads: int = 1, batch: int = 16, seq: int = 24, repeats: int = 1
         args = SimpleNamespace(max_grad_norm=1.0, logging_steps=10)
         state = SimpleNamespace(global_step=0)
 
+        total = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+
         def monitor_call():
             state.global_step += 10  # +1 below: never a logging step
+            mon.observe_grad_norm(total)
             mon.on_pre_optimizer_step(args, SimpleNamespace(global_step=state.global_step), None, model=model)
 
         monitor_s = _timeit(monitor_call, repeats * 2)
@@ -73,31 +74,6 @@ def monitor(n_threads: int = 1, batch: int = 16, seq: int = 24, repeats: int = 1
     return {"threads": n_threads, "batch": batch, "seq": seq, "grad_elements": sum(p.numel() for p in params),
             "train_step_s": step_s, "monitor_per_step_s": monitor_s, "clip_grad_norm_s": clip_s,
             "monitor_share_of_step": monitor_s / step_s, "load_avg": load()}
-
-
-def monitor_fix(data: str | None = None, n_threads: int = 1, steps: int = 24, batch: int = 16) -> dict:
-    """Benchmark 1's runs, A-B-C-A: plain Trainer, ftdrift as is, ftdrift with the proposed
-    TrainingMonitor change (bench/finetune_throughput.py:_monitor_fix), plain Trainer again."""
-    import finetune_throughput as ft
-
-    scratch = Path(tempfile.mkdtemp(prefix="ftdrift-bench-"))
-    try:
-        folder, settings = prepare("sst2", data_dir(data), scratch, probe_size=32, max_validation=32)
-        args = (folder, settings, scratch, steps, batch, 1e-4, 42, n_threads)
-        with limit_threads(n_threads):
-            runs = {"baseline_a": ft.run_baseline(*args),
-                    "ftdrift": ft.run_ftdrift(*args, 100, 32),
-                    "ftdrift_monitor_fix": ft.run_ftdrift(*args, 100, 32, monitor_fix=True),
-                    "baseline_b": ft.run_baseline(*args)}
-        base = (runs["baseline_a"]["examples_per_s"] + runs["baseline_b"]["examples_per_s"]) / 2
-        keep = ("steps", "step_s_mean", "step_s_median", "examples_per_s", "tokens")
-        return {"steps": steps, "batch": batch, "threads": n_threads,
-                "runs": {k: {x: v[x] for x in keep} for k, v in runs.items()},
-                "ratio_ftdrift": runs["ftdrift"]["examples_per_s"] / base,
-                "ratio_ftdrift_monitor_fix": runs["ftdrift_monitor_fix"]["examples_per_s"] / base,
-                "load_avg": load()}
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def blas_threads(repeats: int = 2) -> dict:
@@ -118,14 +94,12 @@ def blas_threads(repeats: int = 2) -> dict:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["monitor", "blas-threads", "monitor-fix"])
+    p.add_argument("what", choices=["monitor", "blas-threads"])
     p.add_argument("--data-dir")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     if a.what == "monitor":
         res = monitor(a.threads)
-    elif a.what == "monitor-fix":
-        res = monitor_fix(a.data_dir, a.threads)
     else:
         res = blas_threads()
     print(json.dumps(res, indent=2))

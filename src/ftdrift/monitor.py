@@ -22,10 +22,11 @@ class NonFiniteLossError(FloatingPointError):
 class TrainingMonitor(TrainerCallback):
     """Adds grad stats, memory and throughput to every log entry; aborts on a non-finite gradient.
 
-    Gradients are read in `on_pre_optimizer_step`, after the Trainer clipped them. Clipping
-    scales every gradient by one factor, so pre-clip per-parameter norms are recovered exactly
-    by rescaling with (pre-clip total norm, logged by the Trainer) / (post-clip total norm).
-    Per-step work stays on the device; it is read back only at logging steps.
+    The NaN guard and the clip counter use the pre-clip total norm that the Trainer computes
+    anyway (handed over by `StudyTrainer` through `observe_grad_norm`), so ordinary steps cost
+    no extra pass over the gradients. Per-parameter norms are computed only at logging steps,
+    after clipping; clipping scales every gradient by one factor, so the pre-clip values are
+    recovered exactly by rescaling with (pre-clip total) / (post-clip total).
     """
 
     def __init__(self, examples_per_step: int, checkpoint_dir: Path, check_finite: bool = True):
@@ -33,6 +34,7 @@ class TrainingMonitor(TrainerCallback):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.check_finite = check_finite
         self._pending: dict | None = None
+        self._grad_norm = None
         self._clipped = None
         self._steps = 0
         self._last_time = None
@@ -46,23 +48,29 @@ class TrainingMonitor(TrainerCallback):
         self._last_time, self._last_step = time.perf_counter(), state.global_step
         self._last_tokens = state.num_input_tokens_seen
 
+    def observe_grad_norm(self, grad_norm) -> None:
+        """The Trainer's pre-clip total gradient norm of the coming optimizer step."""
+        self._grad_norm = grad_norm
+
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        params = self._params(model)
-        if not params:
+        total, self._grad_norm = self._grad_norm, None
+        if total is None:
             return
-        norms = torch.stack(torch._foreach_norm([p.grad for _, p in params])).float()
-        total = torch.linalg.vector_norm(norms)
+        total = torch.as_tensor(total).float()
         step = state.global_step + 1
         if self.check_finite and not bool(torch.isfinite(total)):
             last = sorted(self.checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
             raise NonFiniteLossError(
                 f"non-finite loss/gradient at optimizer step {step}; last good checkpoint: "
                 f"{last[-1] if last else 'none (no checkpoint written yet)'}. No metrics were written.")
-        clipped = (total >= args.max_grad_norm * (1 - 1e-4)).float() if args.max_grad_norm > 0 else total * 0
+        clipped = (total > args.max_grad_norm).float() if args.max_grad_norm > 0 else total * 0
         self._clipped = clipped if self._clipped is None else self._clipped + clipped
         self._steps += 1
         if step % args.logging_steps == 0:
-            self._pending = {"norms": norms, "total": total}
+            params = self._params(model)
+            if params:
+                norms = torch.stack(torch._foreach_norm([p.grad for _, p in params])).float()
+                self._pending = {"norms": norms, "total": torch.linalg.vector_norm(norms)}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs:

@@ -372,14 +372,19 @@ def cka_matrix(
         xa = _to_numpy64(b[l])
         _check_finite(xa, f"base (layer {l})")
         xc, xdeg = _center(xa)
-        xss, rx = _self_terms(xc, gram)
+        rx = np.einsum("ij,ij->i", xc, xc)
         sx = rx.sum()
+        if gram:  # the base Gram matrix serves both ||X X^T||^2 and every cross term
+            kx_np = xc @ xc.T
+            xss = float(np.vdot(kx_np, kx_np))
+        else:
+            kx_np = None
+            xss = _self_terms(xc, gram=False)[0]
         if backend == "numpy":
-            xk = xc
-            kx = xc @ xc.T if gram else None
+            xk, kx = xc, kx_np
         else:
             xk = torch.from_numpy(xc).to(dev)
-            kx = xk @ xk.T if gram else None
+            kx = torch.from_numpy(kx_np).to(dev) if gram else None
         for s0 in range(0, S, chunk):
             s1 = min(s0 + chunk, S)
             stats = _chunk_stats_numpy if backend == "numpy" else _chunk_stats_torch

@@ -74,9 +74,18 @@ class StudyTrainer(Trainer):
     """Trainer whose training order survives a restart bit for bit (see EpochSeededLengthSampler)
     and whose predictions come back in dataset order."""
 
-    def __init__(self, *args, train_lengths: list[int], **kwargs):
+    def __init__(self, *args, train_lengths: list[int], monitor: TrainingMonitor | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_lengths = train_lengths
+        self.monitor = monitor
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # the pre-clip norm the Trainer computes every step feeds the monitor's NaN guard, so it
+        # needs no second pass over the gradients (private hook, transformers pinned in pyproject)
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if self.monitor is not None:
+            self.monitor.observe_grad_norm(grad_norm)
+        return grad_norm
 
     def _get_train_sampler(self, train_dataset=None):
         return EpochSeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
@@ -273,7 +282,8 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
                                                   task_def["metrics"])
     trainer = StudyTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-                      compute_metrics=compute_metrics, callbacks=callbacks, train_lengths=train_ds["length"])
+                      compute_metrics=compute_metrics, callbacks=callbacks, train_lengths=train_ds["length"],
+                      monitor=monitor)
     if report_to:
         # our monitor must enrich the log entries before W&B sends them
         trainer.pop_callback(WandbCallback)
