@@ -115,14 +115,6 @@ def rows(results: dict) -> list[list[str]]:
                     f"{r['uptodate_dry_run_s']:.1f} s ({r['uptodate_dry_run_s'] - start:.1f} s beyond start-up)"
                     + ("" if r["uptodate_nothing_to_do"] else " (NOT 'Nothing to be done')"),
                     "-", "<= 5 s", _verdict(r["uptodate_dry_run_s"] <= 5 and r["uptodate_nothing_to_do"])])
-        if "fresh_dry_run_s_schema_cached" in r:
-            out.append(["5*", "investigation: fresh / up to date with the config schema parsed once "
-                              "(simulated fix)",
-                        f"{r['fresh_dry_run_s']:.1f} / {r['uptodate_dry_run_s']:.1f} s",
-                        f"{r['fresh_dry_run_s_schema_cached']:.1f} / {r['uptodate_dry_run_s_schema_cached']:.1f} s "
-                        f"({r['fresh_dry_run_s_schema_cached'] - start:.1f} / "
-                        f"{r['uptodate_dry_run_s_schema_cached'] - start:.1f} s beyond start-up)",
-                        f"{r['fresh_dry_run_s'] / r['fresh_dry_run_s_schema_cached']:.1f}x", "", "-"])
     r = results.get("gpu")
     if r and "error" not in r:
         if "skipped" in r:

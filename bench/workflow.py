@@ -10,10 +10,6 @@ are neither read nor touched:
 Each figure is the wall time of the whole command (interpreter start, Snakefile parsing, config
 validation, DAG building), the best of `repeats` runs. `snakemake --version` is timed too: the
 part of every figure that is Snakemake's own start-up (imports, plugin discovery), not the DAG.
-
-With `simulate_schema_cache` (default), both dry runs are repeated with ftdrift.config.load_yaml
-memoised in the snakemake process (bench/_snakemake_cached_schema.py): the saving that caching
-the parsed config/schema.yaml in the library would bring. The library itself is not changed.
 """
 
 from __future__ import annotations
@@ -36,9 +32,8 @@ DIRECTORY_SUFFIXES = (".zarr",)
 DIRECTORY_NAMES = ("model",)
 
 
-def snakemake_cmd(workdir: Path, configfile: Path, *extra: str, cached_schema: bool = False) -> list[str]:
-    entry = [str(Path(__file__).with_name("_snakemake_cached_schema.py"))] if cached_schema else ["-m", "snakemake"]
-    return [sys.executable, *entry, "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+def snakemake_cmd(workdir: Path, configfile: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
             "--configfile", str(configfile), *extra]
 
 
@@ -71,7 +66,7 @@ def materialise_outputs(workdir: Path, summary: str) -> int:
     return len(paths)
 
 
-def run(configfile: Path | None = None, repeats: int = 1, simulate_schema_cache: bool = True) -> dict:
+def run(configfile: Path | None = None, repeats: int = 1) -> dict:
     configfile = Path(configfile or REPO / "config" / "study.yaml").resolve()
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     workdir = Path(tempfile.mkdtemp(prefix="ftdrift-bench-dag-"))
@@ -87,17 +82,7 @@ def run(configfile: Path | None = None, repeats: int = 1, simulate_schema_cache:
         uptodate_s = min(s for s, _ in uptodate)
         text = uptodate[-1][1].stdout + uptodate[-1][1].stderr
         jobs = sum(1 for line in summary.stdout.splitlines()[1:] if line.strip())
-        simulated = {}
-        if simulate_schema_cache:
-            # the same up-to-date dry run with the schema parsed once (proposed library change)
-            simulated["uptodate_dry_run_s_schema_cached"] = min(
-                timed(snakemake_cmd(workdir, configfile, "-n", cached_schema=True), env)[0] for _ in range(repeats))
-            shutil.rmtree(workdir)
-            workdir.mkdir()
-            simulated["fresh_dry_run_s_schema_cached"] = min(
-                timed(snakemake_cmd(workdir, configfile, "-n", "--quiet", cached_schema=True), env)[0]
-                for _ in range(repeats))
-        return {**simulated,
+        return {
             "configfile": str(configfile.relative_to(REPO)) if configfile.is_relative_to(REPO) else str(configfile),
             "outputs_in_dag": n_outputs, "summary_rows": jobs,
             "snakemake_startup_s": startup_s, "fresh_dry_run_s": fresh_s, "uptodate_dry_run_s": uptodate_s,
@@ -112,6 +97,5 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configfile", default=str(REPO / "config" / "study.yaml"))
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--no-simulation", action="store_true", help="skip the cached-schema variant")
     a = p.parse_args()
-    print(json.dumps(run(Path(a.configfile), a.repeats, not a.no_simulation), indent=2))
+    print(json.dumps(run(Path(a.configfile), a.repeats), indent=2))

@@ -20,7 +20,7 @@ rule weight_analysis:
         code_version=CODE_VERSIONS["weight_analysis"],
     log:
         f"results/logs/weight_analysis/{RUN_PATTERN}.log",
-    threads: 8
+    threads: CONFIG["resources"]["analysis_threads"]
     resources:
         # full: the fine-tuned model plus the base's adapted matrices; LoRA: the base model plus
         # the adapter, then its merge; float32 throughout

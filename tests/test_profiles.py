@@ -44,7 +44,7 @@ GCP_ENV = {
 # Variables that would change what the profiles resolve to; removed for the tests.
 LEAKY_ENV = ("SNAKEMAKE_PROFILE", "SNAKEMAKE_GOOGLEBATCH_PROJECT", "SNAKEMAKE_GOOGLEBATCH_REGION",
              "SNAKEMAKE_STORAGE_GCS_PROJECT", "FTDRIFT_IMAGE", "FTDRIFT_GCS_PREFIX", "FTDRIFT_GCP_SPOT",
-             "FTDRIFT_GCP_MAX_GPUS", "HF_TOKEN", *SLURM_ENV, *GCP_ENV)
+             "FTDRIFT_GCP_MAX_GPUS", "FTDRIFT_CHECKPOINT_MIRROR", "HF_TOKEN", *SLURM_ENV, *GCP_ENV)
 
 # Compute Engine machine types the gcp profile may use: vCPUs, memory (GB), attached GPU.
 MACHINES = {
@@ -91,7 +91,10 @@ def snakemake_parse(monkeypatch, argv: list[str], env: dict):
     from snakemake.cli import parse_args
 
     for key in LEAKY_ENV:
-        monkeypatch.delenv(key, raising=False)
+        # set first, so that undo restores the original state even for variables the profile
+        # itself sets while it is read (FTDRIFT_CHECKPOINT_MIRROR)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(REPO)
@@ -158,7 +161,9 @@ def test_gcp_profile_through_snakemake_cli(monkeypatch):
     assert [str(p) for p in args.configfile] == ["config/study.yaml"]
     assert args.default_storage_provider == "gcs"
     assert args.default_storage_prefix == f"gs://{GCP_ENV['FTDRIFT_GCS_BUCKET']}/ftdrift"
-    assert args.envvars == {"WANDB_API_KEY"}
+    # spot VMs lose their disks: fine-tuning checkpoints are mirrored to the bucket
+    assert args.envvars == {"FTDRIFT_CHECKPOINT_MIRROR", "WANDB_API_KEY"}
+    assert os.environ["FTDRIFT_CHECKPOINT_MIRROR"] == f"gs://{GCP_ENV['FTDRIFT_GCS_BUCKET']}/ftdrift-checkpoints"
     assert args.preemptible_retries >= 1
     assert {"finetune"} <= set(args.preemptible_rules)
     settings = executor_settings("googlebatch", args)

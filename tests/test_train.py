@@ -1,8 +1,9 @@
-"""Fine-tuning protocol on a tiny random Llama: determinism, bitwise resume after SIGKILL,
-NaN abort, pre-training checks, the OOM-retry schedule."""
+"""Fine-tuning protocol on a tiny random Llama: determinism, bitwise resume after SIGKILL
+(same disk, or a fresh VM from the checkpoint mirror), stale work folders, NaN abort, pre-training checks, the OOM-retry schedule."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from ftdrift import config as ftconfig
 from ftdrift.data import prepare_task
 from ftdrift.resources import micro_batch_plan
 from ftdrift.train import RunOutputs, finetune
+from ftdrift.workdir import MIRROR_ENV
 from helpers import TINY_CONFIG, make_tiny_workdir
 
 CATALOG = ftconfig.load_catalog(ftconfig.CONFIG_DIR / "tasks.yaml")
@@ -73,11 +75,16 @@ def test_two_identical_runs_give_identical_metrics(tiny, tmp_path):
 
 
 
-def test_resume_after_sigkill_is_bitwise_identical(tiny, tmp_path):
+@pytest.mark.parametrize("fresh_machine", [False, True], ids=["same-disk", "fresh-vm-from-mirror"])
+def test_resume_after_sigkill_is_bitwise_identical(tiny, tmp_path, monkeypatch, fresh_machine):
+    """Killed after a checkpoint, run again: on the same disk, or (spot VM) on an empty disk
+    with the work folder mirrored to $FTDRIFT_CHECKPOINT_MIRROR."""
     training = {"max_steps": 40, "save_steps": 6, "eval_steps": 3, "early_stopping_patience": None}
     reference = finetune(**run_kwargs(tiny, tmp_path / "ref", **training))
 
     out = tmp_path / "killed"
+    mirror = tmp_path / "bucket"
+    env = {**os.environ, MIRROR_ENV: mirror.as_uri()} if fresh_machine else dict(os.environ)
     script = tmp_path / "run.py"
     script.write_text(
         "import sys, json\n"
@@ -89,8 +96,9 @@ def test_resume_after_sigkill_is_bitwise_identical(tiny, tmp_path):
         "cfg = c.resolve(c.load_yaml(w / 'tiny.yaml'))\n"
         "data = {'sst2': c.task_settings(cfg, 'sst2')}\n"
         f"t.finetune(**t.run_kwargs((w, cfg, data), Path({str(out)!r}), **{training!r}))\n")
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoints = out / "work" / "checkpoints"
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    checkpoints = (mirror / "sst2-full-lr1e-3-bs4-seed1" if fresh_machine else out / "work") / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (checkpoints / "checkpoint-12" / "trainer_state.json").exists():
@@ -100,9 +108,13 @@ def test_resume_after_sigkill_is_bitwise_identical(tiny, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "metrics.json").exists()  # nothing looks complete
+    if fresh_machine:
+        shutil.rmtree(out / "work")  # the preempted VM's disk is gone
+        monkeypatch.setenv(MIRROR_ENV, mirror.as_uri())
 
     resumed = finetune(**run_kwargs(tiny, out, **training))
     assert resumed["meta"]["resumed_from"] is not None
+    assert int(resumed["meta"]["resumed_from"].rsplit("-", 1)[1]) >= 12
     assert comparable(resumed) == comparable(reference)
     steps_ref, reps_ref = reps(tmp_path / "ref" / "reps.zarr")
     steps_res, reps_res = reps(out / "reps.zarr")
@@ -112,6 +124,23 @@ def test_resume_after_sigkill_is_bitwise_identical(tiny, tmp_path):
     log_ref = (tmp_path / "ref" / "train_log.csv").read_text().splitlines()
     log_res = (out / "train_log.csv").read_text().splitlines()
     assert len(log_ref) == len(log_res)
+    if fresh_machine:
+        assert not list(mirror.rglob("*.json")), "a finished job's mirrored state is dropped"
+
+
+def test_state_of_a_changed_job_definition_is_not_resumed(tiny, tmp_path):
+    """A config change re-runs the job in the same work folder: it must train anew, not pick
+    up the old definition's final checkpoint."""
+    first = finetune(**run_kwargs(tiny, tmp_path, max_steps=4, save_steps=2, eval_steps=2))
+    assert first["meta"]["steps"] == 4
+    again = finetune(**run_kwargs(tiny, tmp_path, max_steps=4, save_steps=2, eval_steps=2))
+    assert again["meta"]["resumed_from"] is not None  # same definition: its state is reused
+    changed = finetune(**run_kwargs(tiny, tmp_path, max_steps=4, save_steps=2, eval_steps=2, warmup_ratio=0.5))
+    fresh = finetune(**run_kwargs(tiny, tmp_path / "fresh", max_steps=4, save_steps=2, eval_steps=2,
+                                  warmup_ratio=0.5))
+    assert changed["meta"]["resumed_from"] is None
+    assert comparable(changed) == comparable(fresh)
+    assert comparable(changed) != comparable(first)
 
 
 def test_nan_loss_aborts_naming_step_and_checkpoint(tiny, tmp_path):

@@ -1,7 +1,8 @@
 """One fine-tuning run: the study's protocol on transformers' Trainer, with peft for LoRA.
 
 Work files (checkpoints, best weights, in-progress snapshots, W&B) live in `work_dir`,
-outside the rule's declared outputs, so a killed job resumes instead of starting over.
+outside the rule's declared outputs, so a killed job resumes instead of starting over
+(ftdrift.workdir: only state of the same job definition is resumed; optionally mirrored).
 Outputs are written at the end, each atomically, `metrics.json` last.
 """
 
@@ -30,7 +31,7 @@ from transformers import (
 from transformers.integrations import WandbCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from ftdrift import io, metrics, models, qa
+from ftdrift import io, metrics, models, qa, workdir
 from ftdrift.config import task_kind
 from ftdrift.features import encode_classification, encode_probe, encode_qa_eval, encode_qa_train
 from ftdrift.monitor import BestModelCallback, TrainingMonitor
@@ -174,9 +175,20 @@ class _ConfigToWandb(TrainerCallback):
 
 def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora_cfg: dict, wandb_cfg: dict,
              data_dir: Path, work_dir: Path, outputs: RunOutputs, attempt: int = 1, threads: int | None = None,
-             resolved_config: dict | None = None, bootstrap_resamples: int = 1000, confidence: float = 0.95) -> dict:
+             resolved_config: dict | None = None, bootstrap_resamples: int = 1000, confidence: float = 0.95,
+             code_version: int | None = None) -> dict:
     data_dir, work_dir = Path(data_dir), Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    split_files = {name: data_dir / f"{name}.jsonl" for name in ("train", "dev", "validation", "probe")}
+    # what the resumable state depends on (not the final evaluation's bootstrap settings:
+    # changing those re-evaluates from the last checkpoint)
+    job = workdir.fingerprint({"run": run, "task": task_def, "settings": settings, "model": model_cfg,
+                               "lora": lora_cfg if run["method"] == "lora" else None,
+                               "code_version": code_version}, list(split_files.values()))
+    workdir.claim(work_dir, job)
+    run_name = f"{run['task']}-{run['method']}-lr{run['lr']}-bs{run['batch_size']}-seed{run['seed']}"
+    mirror = workdir.WorkDirMirror.from_env(run_name, work_dir, job)
+    if mirror and last_complete_checkpoint(work_dir / "checkpoints") is None:
+        mirror.restore()
     if threads:
         torch.set_num_threads(threads)
     kind = task_kind(task_def)
@@ -184,13 +196,12 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
     family = models.family(model_cfg["family"])
     method, seed, batch_size = run["method"], int(run["seed"]), int(run["batch_size"])
     lr = float(run["lr"])
-    run_name = f"{run['task']}-{method}-lr{run['lr']}-bs{batch_size}-seed{seed}"
     plan = micro_batch_plan(batch_size, training["max_micro_batch"], attempt)
     precision = resolve_precision(training["precision"])
     max_length = data_settings["max_length"][kind]
 
     # -- data
-    splits = {name: io.read_jsonl(data_dir / f"{name}.jsonl") for name in ("train", "dev", "validation", "probe")}
+    splits = {name: io.read_jsonl(path) for name, path in split_files.items()}
     tokenizer = models.load_tokenizer(model_cfg)
     num_labels = len(task_def["labels"]) if kind == "classification" else None
 
@@ -275,6 +286,8 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
                                            rep_settings["dtype"]), best]
     if training["early_stopping_patience"]:
         callbacks.append(EarlyStoppingCallback(training["early_stopping_patience"]))
+    if mirror:
+        callbacks.append(mirror)  # after the others: it copies what they wrote
     compute_metrics = None
     if kind == "classification":
         def compute_metrics(prediction):
@@ -325,6 +338,8 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
     result = {"task": run["task"], "main_metric": task_def["main_metric"], "dev": dev_metrics,
               "validation": val_metrics, "meta": meta}
     io.write_json(outputs.metrics, result)
+    if mirror:
+        mirror.discard()
     return result
 
 

@@ -19,4 +19,5 @@ finetune(
     resolved_config={k: v for k, v in snakemake.config.items()},
     bootstrap_resamples=snakemake.params.analysis["bootstrap_resamples"],
     confidence=snakemake.params.analysis["confidence"],
+    code_version=snakemake.params.code_version,
 )
