@@ -66,12 +66,22 @@ def result_files(workdir: Path) -> dict[str, Path]:
     return files
 
 
+def task_files(files: dict[str, Path]) -> dict[str, Path]:
+    """The per-task outputs of TASKS (the tables aggregate over every task of a study)."""
+    return {k: v for k, v in files.items()
+            if any(f"/{task}/" in k or f"/{task}." in k or f"/{task}_" in k for task in TASKS)}
+
+
+def task_rows(table: Path) -> pd.DataFrame:
+    frame = pd.read_csv(table)
+    return frame[frame.task.isin(TASKS)].reset_index(drop=True)
+
+
 @pytest.fixture(scope="module")
-def runs(slurm_cluster, tmp_path_factory):
-    """The same tiny study twice: locally, and through the SLURM profile. One task is enough
-    to go through every rule; it keeps the two runs to a few minutes on two cores."""
-    local = make_tiny_workdir(tmp_path_factory.mktemp("local"), tasks=TASKS)
-    run_snakemake(local)
+def runs(slurm_cluster, tiny_run, tmp_path_factory):
+    """The tiny study through the SLURM profile, next to the session's local run of it. One
+    task is enough to go through every rule and keeps the SLURM run to a few minutes on two
+    cores; the local run has all tasks, so outputs are compared task by task."""
     cluster = make_tiny_workdir(tmp_path_factory.mktemp("slurm"), tasks=TASKS)
     proc = run_snakemake(
         cluster,
@@ -84,7 +94,7 @@ def runs(slurm_cluster, tmp_path_factory):
         "--slurm-keep-successful-logs",
         env={"FTDRIFT_SLURM_PARTITION": "debug"},
     )
-    return local, cluster, proc.stdout + proc.stderr
+    return tiny_run, cluster, proc.stdout + proc.stderr
 
 
 def test_jobs_went_through_slurm(runs):
@@ -97,30 +107,31 @@ def test_jobs_went_through_slurm(runs):
 
 def test_same_outputs_as_local_run(runs):
     local, cluster, _log = runs
-    a, b = result_files(local), result_files(cluster)
+    a, b = task_files(result_files(local)), task_files(result_files(cluster))
     assert a and set(a) == set(b), sorted(set(a) ^ set(b))
-    runs_a = pd.read_csv(a["results/tables/runs.csv"])
-    runs_b = pd.read_csv(b["results/tables/runs.csv"])
+    assert {"results/tables/runs.csv", "results/tables/drift.csv"} <= set(result_files(cluster))
+    runs_a = task_rows(local / "results/tables/runs.csv")
+    runs_b = task_rows(cluster / "results/tables/runs.csv")
     assert len(runs_a) == len(runs_b) > 0
     keys = ["task", "method"]
     runs_a, runs_b = runs_a.sort_values(keys).reset_index(drop=True), runs_b.sort_values(keys).reset_index(drop=True)
     assert runs_a[keys].equals(runs_b[keys])
     # Training is seeded and runs with the same thread count: metrics agree.
-    metric_cols = [c for c in runs_a.columns if c.startswith(("val_", "dev_")) and runs_a[c].dtype.kind == "f"]
+    metric_cols = [c for c in runs_b.columns if c.startswith(("val_", "dev_")) and runs_b[c].dtype.kind == "f"]
     assert metric_cols
     pd.testing.assert_frame_equal(runs_a[metric_cols], runs_b[metric_cols], rtol=1e-4, atol=1e-6)
-    drift_a = pd.read_csv(a["results/tables/drift.csv"])
-    drift_b = pd.read_csv(b["results/tables/drift.csv"])
+    drift_a = task_rows(local / "results/tables/drift.csv")
+    drift_b = task_rows(cluster / "results/tables/drift.csv")
     cols = [c for c in drift_a.columns if c != "value"]
     merged = drift_a.merge(drift_b, on=cols, suffixes=("_local", "_slurm"))
-    assert len(merged) == len(drift_a) == len(drift_b)
+    assert len(merged) == len(drift_a) == len(drift_b) > 0
     assert (merged.value_local - merged.value_slurm).abs().max() < 1e-4
 
 
 def test_prepared_data_is_identical(runs):
     """Data preparation is deterministic: byte-identical files either way."""
     local, cluster, _log = runs
-    a, b = result_files(local), result_files(cluster)
+    a, b = task_files(result_files(local)), task_files(result_files(cluster))
     data = [k for k in a if k.startswith("results/data/") and not k.endswith(".json")]
     assert data
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
