@@ -148,11 +148,12 @@ def _center(a: np.ndarray) -> tuple[np.ndarray, bool]:
     return c, bool(np.linalg.norm(c) <= _DEGENERATE_RTOL * raw)  # True if raw == 0
 
 
-def _self_terms(c: np.ndarray, gram: bool) -> tuple[float, np.ndarray]:
-    """(||X^T X||_F^2, per-row squared norms) of a centred representation."""
+def _self_terms(c: np.ndarray, gram: bool) -> tuple[float, np.ndarray, np.ndarray]:
+    """(||X^T X||_F^2, per-row squared norms, the product itself: X X^T if ``gram`` else
+    X^T X) of a centred representation; the Gram form also serves the cross terms."""
     # ``a.T @ a`` / ``a @ a.T`` on the same buffer lets numpy use BLAS syrk.
     g = c @ c.T if gram else c.T @ c
-    return float(np.vdot(g, g)), np.einsum("ij,ij->i", c, c)
+    return float(np.vdot(g, g)), np.einsum("ij,ij->i", c, c), g
 
 
 def _combine(
@@ -223,13 +224,13 @@ def linear_cka(x: Any, y: Any, debiased: bool = False, method: str = "auto") -> 
     gram = _use_gram(method, n, xa.shape[1], ya.shape[1])
     xc, xdeg = _center(xa)
     yc, ydeg = _center(ya)
+    xss, rx, gx = _self_terms(xc, gram)
+    yss, ry, gy = _self_terms(yc, gram)
     if gram:
-        cross = np.vdot(xc @ xc.T, yc @ yc.T)
+        cross = np.vdot(gx, gy)
     else:
         p = yc.T @ xc
         cross = np.vdot(p, p)
-    xss, rx = _self_terms(xc, gram)
-    yss, ry = _self_terms(yc, gram)
     out = _combine(
         cross, xss, yss, rx @ ry, rx @ rx, ry @ ry, rx.sum(), ry.sum(),
         np.asarray(xdeg or ydeg), n, debiased,
@@ -372,14 +373,9 @@ def cka_matrix(
         xa = _to_numpy64(b[l])
         _check_finite(xa, f"base (layer {l})")
         xc, xdeg = _center(xa)
-        rx = np.einsum("ij,ij->i", xc, xc)
+        xss, rx, gx = _self_terms(xc, gram)
         sx = rx.sum()
-        if gram:  # the base Gram matrix serves both ||X X^T||^2 and every cross term
-            kx_np = xc @ xc.T
-            xss = float(np.vdot(kx_np, kx_np))
-        else:
-            kx_np = None
-            xss = _self_terms(xc, gram=False)[0]
+        kx_np = gx if gram else None  # the base Gram matrix also serves every cross term
         if backend == "numpy":
             xk, kx = xc, kx_np
         else:
@@ -451,14 +447,13 @@ def _unbiased_hsic_terms(xc: np.ndarray, yc: np.ndarray) -> np.ndarray:
     """
     n = xc.shape[0]
     gram = max(xc.shape[1], yc.shape[1]) >= n
+    cxx, rx, gx = _self_terms(xc, gram)
+    cyy, ry, gy = _self_terms(yc, gram)
     if gram:
-        kx, ky = xc @ xc.T, yc @ yc.T
-        cxy = np.vdot(kx, ky)
+        cxy = np.vdot(gx, gy)
     else:
         p = yc.T @ xc
         cxy = np.vdot(p, p)
-    cxx, rx = _self_terms(xc, gram)
-    cyy, ry = _self_terms(yc, gram)
     a = n / (n - 2.0)
     b = 1.0 / ((n - 1.0) * (n - 2.0))
     sx, sy = rx.sum(), ry.sum()
