@@ -40,9 +40,10 @@ def fingerprint(definition: dict, files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _recorded(path: Path) -> str | None:
+def _recorded(read) -> str | None:
+    """The fingerprint in a definition file, given a function returning its text; None if unreadable."""
     try:
-        return json.loads(path.read_text())["fingerprint"]
+        return json.loads(read())["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -50,7 +51,7 @@ def _recorded(path: Path) -> str | None:
 def claim(work_dir: Path, job_fingerprint: str) -> None:
     """Make `work_dir` this job's: keep it if it holds the same definition's state, else empty it."""
     work_dir = Path(work_dir)
-    if work_dir.is_dir() and any(work_dir.iterdir()) and _recorded(work_dir / DEFINITION_FILE) != job_fingerprint:
+    if work_dir.is_dir() and any(work_dir.iterdir()) and _recorded((work_dir / DEFINITION_FILE).read_text) != job_fingerprint:
         log.warning("%s holds the state of an earlier definition of this job (config, data or code "
                     "changed): starting from scratch", work_dir)
         shutil.rmtree(work_dir)
@@ -160,10 +161,7 @@ class WorkDirMirror(TrainerCallback):
                       for p in self.fs.find(self.root))
 
     def _remote_fingerprint(self) -> str | None:
-        try:
-            return json.loads(self.fs.cat_file(f"{self.root}/{DEFINITION_FILE}"))["fingerprint"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return _recorded(lambda: self.fs.cat_file(f"{self.root}/{DEFINITION_FILE}"))
 
     # -- pull
     def restore(self) -> bool:
