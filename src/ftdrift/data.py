@@ -33,18 +33,23 @@ HOW_TO_PROVIDE = (
 
 # ----------------------------------------------------------------------------- readers
 def read_glue_tsv(path: Path, task_def: dict, split: str) -> list[dict]:
-    """Read a GLUE TSV exactly as GLUE does: tab-split lines, no quote handling, BOM tolerated."""
+    """Read a GLUE TSV exactly as GLUE does: tab-split lines, no quote handling, BOM tolerated.
+
+    Every data row must have as many fields as the header (headerless files: as the first row);
+    DataError names the file, the 1-based line and the reason. Blank lines are skipped.
+    """
     if not path.is_file():
         raise DataError(f"{path}: file not found. {HOW_TO_PROVIDE}")
     with open(path, encoding="utf-8-sig", newline="") as handle:
-        lines = [line.rstrip("\r\n") for line in handle]
-    lines = [line for line in lines if line.strip()]
-    if not lines or (task_def.get("header", True) and len(lines) < 2):
+        lines = [(number, line.rstrip("\r\n")) for number, line in enumerate(handle, start=1)]
+    lines = [(number, line) for number, line in lines if line.strip()]
+    has_header = task_def.get("header", True)
+    if not lines or (has_header and len(lines) < 2):
         raise DataError(f"{path}: empty file (no data rows)")
     columns = task_def["columns"]
-    if task_def.get("header", True):
-        header = lines[0].split("\t")
-        body, first_row = lines[1:], 2
+    if has_header:
+        header = lines[0][1].split("\t")
+        body, width, basis = lines[1:], len(header), "as the header"
         index = {}
         for role, name in columns.items():
             if isinstance(name, int):
@@ -54,32 +59,39 @@ def read_glue_tsv(path: Path, task_def: dict, split: str) -> list[dict]:
             else:
                 raise DataError(f"{path}: missing column '{name}' (for {role}); header has {header}")
     else:
-        body, first_row = lines, 1
-        index = dict(columns)
+        body, index = lines, dict(columns)
+        width, basis = len(lines[0][1].split("\t")), f"as row {lines[0][0]}"
+    needed = max(index.values()) + 1
     labels = task_def["labels"]
     records = []
-    for row_number, line in enumerate(body, start=first_row):
+    for position, (row_number, line) in enumerate(body):
         fields = line.split("\t")
-        needed = max(index.values())
-        if len(fields) <= needed:
-            raise DataError(f"{path}, row {row_number}: {len(fields)} fields, expected at least {needed + 1}")
+        if len(fields) < needed:
+            raise DataError(f"{path}, row {row_number}: {len(fields)} fields, expected at least {needed}")
+        if len(fields) != width:
+            # a stray tab inside a text shifts every later column: the row cannot be trusted
+            raise DataError(f"{path}, row {row_number}: {len(fields)} fields, expected {width} ({basis})")
         label = fields[index["label"]].strip()
         if label not in labels:
             raise DataError(f"{path}, row {row_number}: unknown label '{label}' (labels: {labels})")
         record = {
-            "id": fields[index["id"]].strip() if "id" in index else f"{split}-{row_number - first_row}",
+            "id": fields[index["id"]].strip() if "id" in index else f"{split}-{position}",
             "text": fields[index["text"]].strip(),
             "label": labels.index(label),
         }
         if "text_pair" in index:
             record["text_pair"] = fields[index["text_pair"]].strip()
         records.append(record)
-    _check_unique_ids(records, path)
+    validate_records(records, task_def, path)
     return records
 
 
 def read_squad_json(path: Path) -> list[dict]:
-    """Read SQuAD v2 JSON, checking every answer span against its context."""
+    """Read SQuAD v2 JSON into QA records; DataError names the file, question id and reason.
+
+    Answers of impossible questions (`is_impossible`) are dropped; every other answer span is
+    checked against its context by validate_records.
+    """
     if not path.is_file():
         raise DataError(f"{path}: file not found. {HOW_TO_PROVIDE}")
     try:
@@ -92,40 +104,27 @@ def read_squad_json(path: Path) -> list[dict]:
     records = []
     for a, article in enumerate(payload["data"]):
         for p, paragraph in enumerate(article.get("paragraphs", [])):
-            context = paragraph.get("context")
-            if not isinstance(context, str):
-                raise DataError(f"{path}: data[{a}].paragraphs[{p}] has no 'context' string")
             for question in paragraph.get("qas", []):
-                qid = question.get("id")
-                where = f"{path}, question {qid!r} (data[{a}].paragraphs[{p}])"
-                if not qid or "question" not in question:
-                    raise DataError(f"{where}: missing 'id' or 'question'")
                 answers = [] if question.get("is_impossible", False) else question.get("answers", [])
-                for answer in answers:
-                    start, text = answer.get("answer_start"), answer.get("text")
-                    if not isinstance(start, int) or not isinstance(text, str):
-                        raise DataError(f"{where}: answer needs 'text' and integer 'answer_start'")
-                    if context[start:start + len(text)] != text:
-                        raise DataError(
-                            f"{where}: answer span outside its context: context[{start}:{start + len(text)}] "
-                            f"is {context[start:start + len(text)]!r}, answer is {text!r}"
-                        )
+                if not isinstance(answers, list) or not all(isinstance(x, dict) for x in answers):
+                    raise DataError(f"{path}, question {question.get('id')!r} (data[{a}].paragraphs[{p}]): "
+                                    f"'answers' must be a list of objects")
                 records.append({
-                    "id": qid,
+                    "id": question.get("id"),
                     "title": article.get("title", ""),
-                    "context": context,
-                    "question": question["question"],
-                    "answers": {"text": [x["text"] for x in answers],
-                                "answer_start": [x["answer_start"] for x in answers]},
+                    "context": paragraph.get("context"),
+                    "question": question.get("question"),
+                    "answers": {"text": [x.get("text") for x in answers],
+                                "answer_start": [x.get("answer_start") for x in answers]},
                 })
     if not records:
         raise DataError(f"{path}: no questions")
-    _check_unique_ids(records, path)
+    validate_records(records, {"type": "extractive_qa"}, path)
     return records
 
 
 def read_hub(task_def: dict, split: str) -> list[dict]:
-    """Load one split from the Hugging Face hub into the same record layout."""
+    """Load one split from the Hugging Face hub into the same (validated) record layout."""
     import datasets
 
     hub = task_def["hub"]
@@ -134,30 +133,90 @@ def read_hub(task_def: dict, split: str) -> list[dict]:
     except Exception as err:  # the hub raises many kinds; all mean "not reachable / not there"
         raise DataError(f"could not load {hub['path']}/{hub.get('name', '')} [{split}] from the hub "
                         f"({type(err).__name__}: {err}). {HOW_TO_PROVIDE}") from None
+    return records_from_hub(dataset, task_def, split, f"hub {hub['path']}/{hub.get('name') or ''} [{split}]")
+
+
+def records_from_hub(dataset, task_def: dict, split: str, source: str) -> list[dict]:
+    """Records from a loaded `datasets.Dataset` (hub column names: `task_def['hub']['columns']`).
+
+    Values are taken as they are (no type coercion), then checked by validate_records, which
+    raises DataError naming `source`. Rows without an id column get ids `{split}-{row}`.
+    """
     if task_kind(task_def) == "extractive_qa":
-        return [{"id": r["id"], "title": r["title"], "context": r["context"], "question": r["question"],
-                 "answers": {"text": list(r["answers"]["text"]),
-                             "answer_start": [int(s) for s in r["answers"]["answer_start"]]}}
-                for r in dataset]
-    columns = hub.get("columns", task_def["columns"])
-    records = []
-    for row, item in enumerate(dataset):
-        record = {"id": str(item[columns["id"]]) if "id" in columns else f"{split}-{row}",
-                  "text": item[columns["text"]], "label": int(item[columns["label"]])}
-        if "text_pair" in columns:
-            record["text_pair"] = item[columns["text_pair"]]
-        if not 0 <= record["label"] < len(task_def["labels"]):
-            raise DataError(f"hub {hub['path']} [{split}] row {row}: label {record['label']} outside {task_def['labels']}")
-        records.append(record)
+        records = [{"id": r["id"], "title": r["title"], "context": r["context"], "question": r["question"],
+                    "answers": {"text": list(r["answers"]["text"]),
+                                "answer_start": list(r["answers"]["answer_start"])}}
+                   for r in dataset]
+    else:
+        columns = task_def.get("hub", {}).get("columns", task_def["columns"])
+        records = []
+        for row, item in enumerate(dataset):
+            record = {"id": str(item[columns["id"]]) if "id" in columns else f"{split}-{row}",
+                      "text": item[columns["text"]], "label": item[columns["label"]]}
+            if "text_pair" in columns:
+                record["text_pair"] = item[columns["text_pair"]]
+            records.append(record)
+    validate_records(records, task_def, source)
     return records
 
 
-def _check_unique_ids(records: list[dict], source) -> None:
+def validate_records(records: list[dict], task_def: dict, source) -> None:
+    """Check records from any source; raise DataError naming `source`, the record id and the reason.
+
+    All tasks: ids are unique non-empty strings. Classification: `label` is a class index into
+    `task_def['labels']`, `text` (and `text_pair` for sentence_pair tasks) are strings. QA: `context`
+    and `question` are strings; every answer has a non-blank `text` equal to
+    context[answer_start:answer_start + len(text)] and an integer `answer_start`.
+    """
+    qa = task_kind(task_def) == "extractive_qa"
     seen = set()
     for row, record in enumerate(records):
-        if record["id"] in seen:
-            raise DataError(f"{source}: duplicate id {record['id']!r} (record {row})")
-        seen.add(record["id"])
+        rid = record.get("id")
+        if not isinstance(rid, str) or not rid.strip():
+            raise DataError(f"{source}, record {row}: empty or non-string id {rid!r}")
+        if rid in seen:
+            raise DataError(f"{source}: duplicate id {rid!r} (record {row})")
+        seen.add(rid)
+        problem = _qa_problem(record) if qa else _classification_problem(record, task_def)
+        if problem:
+            raise DataError(f"{source}, {'question' if qa else 'record'} {rid!r}: {problem}")
+
+
+def _classification_problem(record: dict, task_def: dict) -> str | None:
+    labels, label = task_def["labels"], record.get("label")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(labels):
+        return f"label {label!r} is not a class index of {labels}"
+    fields = ("text", "text_pair") if task_def["type"] == "sentence_pair" else ("text",)
+    return _not_strings(record, fields)
+
+
+def _not_strings(record: dict, fields: tuple[str, ...]) -> str | None:
+    for field in fields:
+        if field not in record:
+            return f"'{field}' is missing"
+        if not isinstance(record[field], str):
+            return f"'{field}' is {type(record[field]).__name__}, not a string"
+    return None
+
+
+def _qa_problem(record: dict) -> str | None:
+    context = record.get("context")
+    problem = _not_strings(record, ("context", "question"))
+    if problem:
+        return problem
+    answers = record.get("answers") or {}
+    texts, starts = answers.get("text", []), answers.get("answer_start", [])
+    if len(texts) != len(starts):
+        return f"{len(texts)} answer texts but {len(starts)} answer starts"
+    for text, start in zip(texts, starts):
+        if isinstance(start, bool) or not isinstance(start, int) or not isinstance(text, str):
+            return f"answer needs 'text' and integer 'answer_start' (got {text!r} at {start!r})"
+        if not text.strip():
+            return f"blank answer text {text!r}"
+        if start < 0 or context[start:start + len(text)] != text:
+            return (f"answer span outside its context: context[{start}:{start + len(text)}] "
+                    f"is {context[max(start, 0):start + len(text)]!r}, answer is {text!r}")
+    return None
 
 
 def load_split(task_def: dict, data_dir: Path | None, split: str) -> tuple[list[dict], dict]:
