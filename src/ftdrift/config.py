@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,35 +18,78 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ftdrift.families import FAMILIES
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PACKAGE_ROOT / "config"
 METHODS = ("full", "lora")
 QA_TYPES = ("extractive_qa",)
+QA_SPECIAL_TOKENS = 4  # room for the special tokens of a question/context pair
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key."""
 
 
-def _with_defaults(validator_class):
-    """jsonschema validator that fills `default` values while validating (nested too)."""
+_INTEGER = re.compile(r"[-+]?\d+")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_MISSING = object()
+
+
+def _resolved(validator, schema: dict) -> dict:
+    """`schema` with its $ref followed (jsonschema's referencing resolver; pinned version)."""
+    while "$ref" in schema:
+        schema = validator._resolver.lookup(schema["$ref"]).contents
+    return schema
+
+
+def _coerce_string(value: str, types: list[str]) -> Any:
+    """`value` read as the first of `types` whose literal it is; unchanged if none (or strings are allowed)."""
+    if "string" in types:
+        return value
+    for kind in types:
+        if kind == "integer" and _INTEGER.fullmatch(value):
+            return int(value)
+        if kind == "number" and _NUMBER.fullmatch(value) and math.isfinite(float(value)):
+            return int(value) if _INTEGER.fullmatch(value) else float(value)
+        if kind == "boolean" and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if kind == "null" and value in ("null", "~"):
+            return None
+    return value
+
+
+def _coerce(validator, value: Any, schema: dict) -> Any:
+    """Strings (also inside arrays) read as the schema's type; objects are coerced when validated."""
+    schema = _resolved(validator, schema)
+    if isinstance(value, str) and "type" in schema:
+        types = schema["type"]
+        return _coerce_string(value, [types] if isinstance(types, str) else types)
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_coerce(validator, item, schema["items"]) for item in value]
+    return value
+
+
+def _filling_and_coercing(validator_class):
+    """jsonschema validator that, while validating an object (nested too), fills missing keys
+    with their `default` and reads strings as the type of their key (see config/schema.yaml)."""
     validate_properties = validator_class.VALIDATORS["properties"]
 
-    def set_defaults(validator, properties, instance, schema):
+    def properties_hook(validator, properties, instance, schema):
         if isinstance(instance, dict):
             for name, subschema in properties.items():
-                if "default" in subschema and name not in instance:
-                    instance[name] = copy.deepcopy(subschema["default"])
-                elif "$ref" in subschema and name not in instance:
-                    resolved = validator.resolver.resolve(subschema["$ref"])[1]
-                    if "default" in subschema or "default" in resolved:
-                        instance[name] = copy.deepcopy(subschema.get("default", resolved.get("default")))
+                if name in instance:
+                    instance[name] = _coerce(validator, instance[name], subschema)
+                else:
+                    default = subschema.get("default", _resolved(validator, subschema).get("default", _MISSING))
+                    if default is not _MISSING:
+                        instance[name] = copy.deepcopy(default)
         yield from validate_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+    return jsonschema.validators.extend(validator_class, {"properties": properties_hook})
 
 
-_Validator = _with_defaults(jsonschema.Draft7Validator)
+_Validator = _filling_and_coercing(jsonschema.Draft7Validator)
 
 
 def _key(path) -> str:
@@ -52,7 +97,7 @@ def _key(path) -> str:
 
 
 def validate(instance: dict, schema: dict, what: str) -> dict:
-    """Validate `instance` in place (filling defaults); raise ConfigError naming the key."""
+    """Validate `instance` in place (filling defaults, coercing strings); raise ConfigError naming the key."""
     errors = sorted(_Validator(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"{what} key '{_key(e.absolute_path)}': {e.message}" for e in errors]
@@ -113,9 +158,10 @@ def load_catalog(path: str | os.PathLike) -> dict:
 
 
 def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
-    """Validate a raw config (filling defaults), attach the task catalog, check cross-key rules.
+    """Validate a raw config (filling defaults, coercing strings), attach the task catalog,
+    check cross-key rules. Returns a new dict; the input is left unchanged.
 
-    Returns a new dict; the input is left unchanged.
+    Raises ConfigError naming the key.
     """
     config = copy.deepcopy(dict(config))
     validate(config, load_schema("schema.yaml"), "config")
@@ -140,7 +186,39 @@ def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
                 f"config key 'training.save_steps' ({training['save_steps']}) must be a multiple of "
                 f"'training.eval_steps' ({training['eval_steps']}) for task {task}"
             )
+        if task_kind(config["task_defs"][task]) == "extractive_qa":
+            _check_doc_stride(settings["data"], task, config["task_overrides"].get(task, {}).get("data", {}))
+    _check_h2(config)
     return config
+
+
+def _check_doc_stride(data: dict, task: str, overridden: dict) -> None:
+    """ConfigError naming data.doc_stride unless each QA window leaves room for the stride."""
+    length, query = data["max_length"]["extractive_qa"], data["max_query_length"]
+    room = length - query - QA_SPECIAL_TOKENS
+    if data["doc_stride"] >= room:
+        source = ""
+        if {"doc_stride", "max_length", "max_query_length"} & set(overridden):
+            source = f" for task {task} (with task_overrides.{task}.data)"
+        raise ConfigError(
+            f"config key 'data.doc_stride' ({data['doc_stride']}){source} must be < data.max_length.extractive_qa"
+            f" - data.max_query_length - {QA_SPECIAL_TOKENS} = {length} - {query} - {QA_SPECIAL_TOKENS} = {room}"
+            f" ({QA_SPECIAL_TOKENS} = room for the special tokens of a question/context pair), so that each window"
+            f" holds more context than the overlap"
+        )
+
+
+def _check_h2(config: dict) -> None:
+    """ConfigError naming analysis.h2_metric / h2_pooling if H2 would be judged on data never computed."""
+    analysis, metrics = config["analysis"], config["drift"]["metrics"]
+    if analysis["h2_metric"] not in metrics:
+        raise ConfigError(f"config key 'analysis.h2_metric': '{analysis['h2_metric']}' is not one of "
+                          f"drift.metrics {metrics}")
+    name = config["model"]["family"]
+    poolings = list(FAMILIES[name].poolings)
+    if analysis["h2_pooling"] not in poolings:
+        raise ConfigError(f"config key 'analysis.h2_pooling': '{analysis['h2_pooling']}' is not a pooling of "
+                          f"model family '{name}' (its poolings: {poolings})")
 
 
 @functools.lru_cache(maxsize=None)
@@ -204,6 +282,44 @@ def grid(config: dict) -> list[Run]:
                     for seed in config["grid"]["seeds"]:
                         runs.append(Run(task, method, format_float(lr), int(batch_size), int(seed)))
     return runs
+
+
+def _canonical_int(text: str) -> str | None:
+    return str(int(text)) if _INTEGER.fullmatch(text) else None
+
+
+def _canonical_lr(text: str) -> str | None:
+    return format_float(float(text)) if _NUMBER.fullmatch(text) and math.isfinite(float(text)) else None
+
+
+def check_run(config: dict, runs: list[Run], wildcards) -> None:
+    """Refuse a target that is not a grid point spelled as `grid()` spells it: another spelling
+    (lr1e-03, bs08) or an off-grid value would plan a new fine-tuning job.
+
+    `runs` is `grid(config)`; `wildcards` maps task, method, lr, batch_size, seed to strings.
+    Raises ConfigError naming the target's value and what to write instead.
+    """
+    w = {key: str(wildcards[key]) for key in ("task", "method", "lr", "batch_size", "seed")}
+    target = f"{w['task']}/{w['method']}/lr{w['lr']}_bs{w['batch_size']}_seed{w['seed']}"
+    points = [run for run in runs if (run.task, run.method) == (w["task"], w["method"])]
+    if not points:
+        raise ConfigError(f"target {target}: task '{w['task']}' with method '{w['method']}' is not in the grid "
+                          f"(tasks: {config['tasks']}, methods: {list(METHODS)})")
+    kind = task_kind(config["task_defs"][w["task"]])
+    for field, prefix, key, canonical in (
+            ("lr", "lr", f"grid.learning_rates.{w['method']}.{kind}", _canonical_lr),
+            ("batch_size", "bs", "grid.batch_sizes", _canonical_int),
+            ("seed", "seed", "grid.seeds", _canonical_int)):
+        allowed = list(dict.fromkeys(str(getattr(run, field)) for run in points))
+        value, spelled = w[field], canonical(w[field])
+        if value in allowed:
+            continue
+        if spelled in allowed:
+            raise ConfigError(f"target {target}: '{prefix}{value}' is not in canonical form; write '{prefix}{spelled}'")
+        how = f" (canonical form: '{prefix}{spelled}')" if spelled not in (None, value) else ""
+        raise ConfigError(f"target {target}: '{prefix}{value}'{how} is not a point of the grid for "
+                          f"{w['task']}/{w['method']}: config key '{key}' gives "
+                          + ", ".join(prefix + a for a in allowed))
 
 
 def resolve_data_dir(data_dir: str | None) -> Path | None:

@@ -1,13 +1,9 @@
-"""Model families: the one registry of what differs between architectures.
-
-A family names its LoRA target modules, where its transformer blocks live, whether it is a
-decoder (pooling and padding differ), and the per-matrix names weight analysis looks at.
-"""
+"""Loading tokenizers and task models the way every stage of the study does, by family
+(the registry of what differs between architectures is ftdrift.families)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,31 +16,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from ftdrift.families import FAMILIES, Family, family  # noqa: F401 (re-exported)
+
 EMBEDDED_PREFIX = "embedded:"
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    decoder: bool  # decoders pool the last real token too and need a pad token
-    lora_target_modules: tuple[str, ...]  # peft default targets (q/v projections)
-    blocks_path: str  # dotted path from the base model to its list of blocks
-    poolings: tuple[str, ...]
-
-
-FAMILIES: dict[str, Family] = {
-    "bert": Family("bert", decoder=False, lora_target_modules=("query", "value"),
-                   blocks_path="encoder.layer", poolings=("mean",)),
-    "llama": Family("llama", decoder=True, lora_target_modules=("q_proj", "v_proj"),
-                    blocks_path="layers", poolings=("mean", "last")),
-}
-
-
-def family(name: str) -> Family:
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise ValueError(f"config key 'model.family': unknown family '{name}' (known: {sorted(FAMILIES)})") from None
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -1,0 +1,234 @@
+"""Configuration: strings coerced by the schema's type, new keys, cross-key checks, grid targets."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from helpers import REPO
+
+from ftdrift.config import ConfigError, check_run, grid, load_yaml, resolve, task_settings
+
+BASE = {
+    "tasks": ["sst2", "squad_v2"],
+    "model": {"name_or_path": "x", "family": "bert"},
+    "grid": {"seeds": [1, 2], "batch_sizes": [8, 16],
+             "learning_rates": {"full": {"classification": [1e-3], "extractive_qa": [1e-4]},
+                                "lora": {"classification": [3e-3], "extractive_qa": [5e-3]}}},
+    "data": {"max_length": {"classification": 128, "extractive_qa": 192}, "doc_stride": 64},
+}
+
+
+def config_with(**sections) -> dict:
+    config = copy.deepcopy(BASE)
+    config.update(sections)
+    return config
+
+
+def error_of(config: dict) -> str:
+    with pytest.raises(ConfigError) as err:
+        resolve(config)
+    return str(err.value)
+
+
+# --- strings coerced by the schema's type ------------------------------------------------------
+
+def test_yaml_1e_3_loads_as_a_number(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("tasks: [sst2, squad_v2]\nmodel: {name_or_path: x, family: bert}\n"
+                    "grid:\n  seeds: [1]\n  batch_sizes: [8]\n  learning_rates:\n"
+                    "    full: {classification: [1e-3], extractive_qa: [1e-4]}\n"
+                    "    lora: {classification: [3e-3], extractive_qa: [5e-3]}\n")
+    raw = load_yaml(path)
+    assert raw["grid"]["learning_rates"]["full"]["classification"] == ["1e-3"]  # what PyYAML makes of it
+    config = resolve(raw)
+    assert config["grid"]["learning_rates"]["full"]["classification"] == [0.001]
+    assert {run.lr for run in grid(config) if run.method == "full" and run.task == "sst2"} == {"1e-3"}
+
+
+def test_config_values_as_snakemake_passes_them_resolve_to_numbers():
+    # snakemake.cli.parse_config reads each nested --config value with YAML's BaseLoader: all strings
+    given = {key: yaml.load(value, Loader=yaml.BaseLoader) for key, value in {
+        "training": "{'max_steps': 8, 'epochs': 2.5, 'warmup_ratio': .5, 'early_stopping_patience': null,"
+                    " 'gradient_checkpointing': True, 'eval_steps': 4, 'save_steps': 8}",
+        "data": "{'max_train_examples': ~, 'dev_size': 0.1, 'max_length': {'extractive_qa': 256},"
+                " 'max_query_length': 32, 'doc_stride': 64}",
+        "grid": "{'seeds': [1, 2], 'batch_sizes': [8], 'learning_rates': {'full': {'classification': [1e-3],"
+                " 'extractive_qa': [1.0e-4]}, 'lora': {'classification': [3e-4], 'extractive_qa': [5e-3]}}}",
+        "task_overrides": "{'squad_v2': {'training': {'max_steps': 6, 'eval_steps': 3, 'save_steps': 3}}}",
+    }.items()}
+    assert given["training"]["max_steps"] == "8" and given["grid"]["seeds"] == ["1", "2"]
+    config = resolve(config_with(**given))
+    training = config["training"]
+    assert (training["max_steps"], training["epochs"], training["warmup_ratio"]) == (8, 2.5, 0.5)
+    assert training["early_stopping_patience"] is None and training["gradient_checkpointing"] is True
+    data = config["data"]
+    assert (data["max_train_examples"], data["dev_size"], data["max_length"]["extractive_qa"]) == (None, 0.1, 256)
+    assert config["grid"]["seeds"] == [1, 2] and config["grid"]["batch_sizes"] == [8]
+    assert config["grid"]["learning_rates"]["full"] == {"classification": [0.001], "extractive_qa": [0.0001]}
+    assert task_settings(config, "squad_v2")["training"]["max_steps"] == 6  # per-task sections too
+    assert type(training["max_steps"]) is int and type(config["grid"]["learning_rates"]["lora"]["classification"][0]) is float
+
+
+@pytest.mark.parametrize("section, key, text, value", [
+    ("training", "max_steps", "-1", -1),
+    ("training", "epochs", "8", 8),
+    ("training", "warmup_ratio", "3e-4", 3e-4),
+    ("training", "gradient_checkpointing", "FALSE", False),
+    ("training", "full_determinism", "true", True),
+    ("training", "early_stopping_patience", "~", None),
+    ("data", "max_validation_examples", "null", None),
+    ("data", "max_validation_examples", "50", 50),
+])
+def test_each_literal_is_read_as_the_key_type(section, key, text, value):
+    config = resolve(config_with(**{section: {**BASE.get(section, {}), key: text}}))
+    assert config[section][key] == value and type(config[section][key]) is type(value)
+
+
+@pytest.mark.parametrize("section, key, text, message", [
+    ("training", "max_steps", "8.0", "'8.0' is not of type 'integer'"),
+    ("training", "epochs", "nan", "'nan' is not of type 'number'"),
+    ("training", "epochs", "1e999", "'1e999' is not of type 'number'"),
+    ("training", "epochs", "1_000", "'1_000' is not of type 'number'"),
+    ("training", "gradient_checkpointing", "yes", "'yes' is not of type 'boolean'"),
+    ("data", "max_train_examples", "None", "'None' is not of type 'integer', 'null'"),
+    ("training", "eval_steps", "0", "0 is less than the minimum of 1"),
+])
+def test_other_strings_are_refused_naming_the_key(section, key, text, message):
+    error = error_of(config_with(**{section: {**BASE.get(section, {}), key: text}}))
+    assert f"key '{section}.{key}': {message}" in error
+
+
+def test_strings_stay_strings_where_the_type_allows_them():
+    config = resolve(config_with(model={"name_or_path": "x", "family": "bert", "revision": "1"}))
+    assert config["model"]["revision"] == "1"
+
+
+def test_uniqueness_is_checked_after_coercion():
+    lrs = {"full": {"classification": ["1e-3", "0.001"], "extractive_qa": [1e-4]},
+           "lora": {"classification": [3e-3], "extractive_qa": [5e-3]}}
+    error = error_of(config_with(grid={**BASE["grid"], "learning_rates": lrs}))
+    assert "key 'grid.learning_rates.full.classification': [0.001, 0.001] has non-unique elements" in error
+
+
+def test_override_strings_are_coerced_and_refused_naming_the_task():
+    error = error_of(config_with(task_overrides={"sst2": {"training": {"eval_steps": "x"}}}))
+    assert "config (task_overrides.sst2.training) key 'eval_steps': 'x' is not of type 'integer'" in error
+
+
+# --- new keys ---------------------------------------------------------------------------------
+
+def test_new_keys_have_their_defaults():
+    config = resolve(BASE)
+    assert config["data"]["max_query_length"] == 64
+    assert config["weights"] == {"intruder_top_k": 10, "intruder_epsilon": 0.5}
+    assert (config["analysis"]["h2_metric"], config["analysis"]["h2_pooling"]) == ("linear_cka", "mean")
+
+
+def test_intruder_settings_are_no_longer_analysis_keys():
+    error = error_of(config_with(analysis={"intruder_top_k": 5}))
+    assert "key 'analysis': Additional properties are not allowed ('intruder_top_k' was unexpected)" in error
+    assert resolve(config_with(weights={"intruder_top_k": "5"}))["weights"]["intruder_top_k"] == 5
+
+
+@pytest.mark.parametrize("path", ["config/config.yaml", "config/study.yaml"])
+def test_shipped_configs_resolve(path):
+    resolve(load_yaml(REPO / path))
+
+
+# --- cross-key checks -------------------------------------------------------------------------
+
+def test_doc_stride_must_leave_room_in_the_window():
+    data = {**BASE["data"], "doc_stride": 124}  # 192 - 64 - 4 = 124
+    error = error_of(config_with(data=data))
+    assert error.startswith("config key 'data.doc_stride' (124) must be < data.max_length.extractive_qa"
+                            " - data.max_query_length - 4 = 192 - 64 - 4 = 124")
+    assert "for task" not in error
+    assert resolve(config_with(data={**data, "doc_stride": 123}))["data"]["doc_stride"] == 123
+    assert "key 'data.doc_stride' (300)" in error_of(config_with(data={**data, "doc_stride": 300}))
+
+
+def test_doc_stride_check_follows_task_overrides():
+    overrides = {"squad_v2": {"data": {"max_query_length": 150}}}  # 192 - 150 - 4 = 38 <= 64
+    error = error_of(config_with(task_overrides=overrides))
+    assert error.startswith("config key 'data.doc_stride' (64) for task squad_v2 (with task_overrides.squad_v2.data)")
+    assert "192 - 150 - 4 = 38" in error
+    fixed = {"squad_v2": {"data": {"max_length": {"extractive_qa": 512}, "max_query_length": 150}}}
+    resolve(config_with(task_overrides=fixed))
+
+
+def test_doc_stride_is_not_checked_without_qa_tasks():
+    resolve(config_with(tasks=["sst2"], data={**BASE["data"], "doc_stride": 500}))
+
+
+def test_h2_metric_must_be_a_drift_metric():
+    error = error_of(config_with(analysis={"h2_metric": "procrustes"}))
+    assert error == "config key 'analysis.h2_metric': 'procrustes' is not one of drift.metrics ['linear_cka', 'cosine']"
+    resolve(config_with(analysis={"h2_metric": "procrustes"}, drift={"metrics": ["procrustes"]}))
+
+
+def test_h2_pooling_must_be_a_pooling_of_the_family():
+    error = error_of(config_with(analysis={"h2_pooling": "last"}))
+    assert error == "config key 'analysis.h2_pooling': 'last' is not a pooling of model family 'bert' (its poolings: ['mean'])"
+    llama = {"name_or_path": "x", "family": "llama"}
+    assert resolve(config_with(model=llama, analysis={"h2_pooling": "last"}))["analysis"]["h2_pooling"] == "last"
+    assert "key 'analysis.h2_pooling': 'max'" in error_of(config_with(model=llama, analysis={"h2_pooling": "max"}))
+
+
+def test_config_loads_without_torch_and_models_reexports_the_families():
+    code = ("import sys, ftdrift.config; assert 'torch' not in sys.modules; "
+            "from ftdrift import families, models; "
+            "assert models.FAMILIES is families.FAMILIES and models.family is families.family "
+            "and models.Family is families.Family")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# --- targets must be grid points --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def planned():
+    config = resolve(BASE)
+    return config, grid(config)
+
+
+def target(lr="1e-3", batch_size="8", seed="1", task="sst2", method="full"):
+    return {"task": task, "method": method, "lr": lr, "batch_size": batch_size, "seed": seed}
+
+
+def run_error(planned, **wildcards) -> str:
+    with pytest.raises(ConfigError) as err:
+        check_run(*planned, target(**wildcards))
+    return str(err.value)
+
+
+def test_grid_points_pass(planned):
+    config, runs = planned
+    for run in runs:
+        check_run(config, runs, {key: str(value) for key, value in run.wildcards.items()})
+
+
+@pytest.mark.parametrize("lr", ["1e-03", "1.0e-3", "0.001"])
+def test_non_canonical_lr_is_refused_with_its_spelling(planned, lr):
+    assert run_error(planned, lr=lr) == (f"target sst2/full/lr{lr}_bs8_seed1: 'lr{lr}' is not in canonical form;"
+                                         " write 'lr1e-3'")
+
+
+def test_off_grid_lr_is_refused_listing_the_grid(planned):
+    assert run_error(planned, lr="7e-3") == ("target sst2/full/lr7e-3_bs8_seed1: 'lr7e-3' is not a point of the grid"
+                                             " for sst2/full: config key 'grid.learning_rates.full.classification'"
+                                             " gives lr1e-3")
+    assert "'lr7e-03' (canonical form: 'lr7e-3') is not a point" in run_error(planned, lr="7e-03")
+    assert "'grid.learning_rates.lora.extractive_qa' gives lr5e-3" in run_error(planned, task="squad_v2",
+                                                                                method="lora", lr="1e-3")
+
+
+def test_batch_size_and_seed_are_checked(planned):
+    assert run_error(planned, batch_size="08").endswith("'bs08' is not in canonical form; write 'bs8'")
+    assert run_error(planned, batch_size="32").endswith("config key 'grid.batch_sizes' gives bs8, bs16")
+    assert run_error(planned, seed="3").endswith("config key 'grid.seeds' gives seed1, seed2")
+
+
+def test_unplanned_task_or_method_is_refused(planned):
+    assert "task 'rte' with method 'full' is not in the grid" in run_error(planned, task="rte")
