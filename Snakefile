@@ -20,6 +20,7 @@ include: "rules/representations.smk"
 include: "rules/finetune.smk"
 include: "rules/drift.smk"
 include: "rules/weights.smk"
+include: "rules/checks.smk"
 include: "rules/analysis.smk"
 include: "rules/report.smk"  # after every rule that writes results/tables/*
 

@@ -189,7 +189,7 @@ def run_ftdrift(folder: Path, settings: dict, work: Path, steps: int, batch: int
         outputs=RunOutputs(metrics=out_dir / "metrics.json", train_log=out_dir / "train_log.csv",
                            predictions=out_dir / "predictions.json", representations=out_dir / "reps.zarr",
                            model=out_dir / "model"),
-        threads=n_threads, bootstrap_resamples=200)
+        threads=n_threads)
     # ftdrift's own per-step callback work inside the loop (snapshots themselves excluded)
     hooks = [(TrainingMonitor, "on_pre_optimizer_step"), (TrainingMonitor, "on_log"),
              (SnapshotCallback, "on_step_end")]

@@ -1,9 +1,13 @@
+# Every statistic over runs lives here, downstream of training: changing an `analysis.*` key
+# re-runs this job and the report, never a fine-tuning, drift or weight-analysis job.
 rule aggregate:
     input:
         metrics=run_paths("results/runs/{run}/metrics.json"),
+        predictions=run_paths("results/runs/{run}/predictions.json"),
+        validation=expand("results/data/{task}/validation.jsonl", task=CONFIG["tasks"]),
         drift=run_paths("results/drift/{run}.csv"),
         weights=run_paths("results/weights/{run}.csv"),
-        weight_summaries=run_paths("results/weights/{run}.json"),
+        checks=run_paths("results/checks/{run}.json"),
     output:
         runs=report("results/tables/runs.csv", category="Performance", subcategory="Tables", labels={"table": "all runs"},
                     caption="../report/runs.rst"),

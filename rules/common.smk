@@ -1,5 +1,6 @@
 # Shared configuration and input functions. Config is validated (with defaults) at load:
 # a bad value stops the run here, naming the key, before any job starts.
+import functools
 import sys
 from pathlib import Path
 
@@ -54,8 +55,20 @@ def lora_params(wildcards):
     return CONFIG["lora"] if wildcards.method == "lora" else None
 
 
-def finetune_resources(wildcards, attempt):
-    return ftresources.finetune_job(CONFIG, wildcards.task, wildcards.method, int(wildcards.batch_size), attempt)
+def run_data(wildcards):
+    """The prepared splits of a fine-tuning job; a target off the grid (or with a learning rate
+    not in canonical form) is refused here, naming the grid's values, instead of planning a job."""
+    ftconfig.check_run(CONFIG, RUNS, wildcards)
+    return {split: f"results/data/{wildcards.task}/{split}.jsonl" for split in ("train", "dev", "validation", "probe")}
+
+
+@functools.lru_cache(maxsize=None)
+def _finetune_resources(task, method, batch_size):
+    return ftresources.finetune_job(CONFIG, task, method, int(batch_size))
+
+
+def finetune_resources(wildcards):
+    return _finetune_resources(wildcards.task, wildcards.method, wildcards.batch_size)
 
 
 def run_paths(pattern):

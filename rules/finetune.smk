@@ -1,11 +1,10 @@
 # One job per (task, method, lr, batch size, seed). Checkpoints live in results/work/,
 # outside the declared outputs, so a killed or preempted job resumes when re-run.
+# No Snakemake retries: an out-of-memory error is retried inside the job with half the
+# micro-batch (ftdrift.train.finetune); any other failure stops at once.
 rule finetune:
     input:
-        train="results/data/{task}/train.jsonl",
-        dev="results/data/{task}/dev.jsonl",
-        validation="results/data/{task}/validation.jsonl",
-        probe="results/data/{task}/probe.jsonl",
+        unpack(run_data),
     output:
         metrics=f"results/runs/{RUN_PATTERN}/metrics.json",
         train_log=f"results/runs/{RUN_PATTERN}/train_log.csv",
@@ -18,21 +17,18 @@ rule finetune:
         settings=lambda wc: {s: settings(wc, s) for s in ("data", "training", "representations")},
         model=CONFIG["model"],
         lora=lora_params,
-        analysis={k: CONFIG["analysis"][k] for k in ("bootstrap_resamples", "confidence")},
         work_dir=lambda wc: f"results/work/{RUN_PATTERN.format(**wc)}",
         code_version=CODE_VERSIONS["finetune"],
     log:
         f"results/logs/finetune/{RUN_PATTERN}.log",
     threads: CONFIG["resources"]["finetune_threads"]
-    retries: 2
+    retries: 0
     resources:
-        mem_mb=lambda wc, attempt: finetune_resources(wc, attempt)["mem_mb"],
-        runtime=lambda wc, attempt: finetune_resources(wc, attempt)["runtime"],
-        gpu=lambda wc, attempt: finetune_resources(wc, attempt)["gpu"],
-        gpu_model=lambda wc, attempt: finetune_resources(wc, attempt)["gpu_model"],
-        cpus_per_gpu=lambda wc, attempt: finetune_resources(wc, attempt)["cpus_per_gpu"],
-        micro_batch=lambda wc, attempt: finetune_resources(wc, attempt)["micro_batch"],
-        attempt=lambda wc, attempt: attempt,  # the script derives its OOM-retry plan from it
+        mem_mb=lambda wc: finetune_resources(wc)["mem_mb"],
+        runtime=lambda wc: finetune_resources(wc)["runtime"],
+        gpu=lambda wc: finetune_resources(wc)["gpu"],
+        gpu_model=lambda wc: finetune_resources(wc)["gpu_model"],
+        cpus_per_gpu=lambda wc: finetune_resources(wc)["cpus_per_gpu"],
     conda:
         "../envs/ftdrift.yaml"
     script:

@@ -115,6 +115,7 @@ TINY_CONFIG = {
              "learning_rates": {"full": {"classification": [1e-3], "extractive_qa": [1e-3]},
                                 "lora": {"classification": [5e-3], "extractive_qa": [5e-3]}}},
     "data": {"dev_size": 8, "probe_size": 8, "max_length": {"classification": 64, "extractive_qa": 64},
+             "max_query_length": 16,
              "doc_stride": 16, "max_train_examples": None, "max_validation_examples": None},
     "training": {"epochs": 1, "max_steps": 6, "eval_steps": 3, "save_steps": 3, "logging_steps": 2,
                  "max_micro_batch": 2},

@@ -54,7 +54,9 @@ def synthetic_results(root: Path, missing: tuple | None = None) -> dict[str, Pat
                f"dev_{metric}": scale * quality, f"val_{metric}": scale * quality,
                "steps": last, "best_step": last - 50, "best_dev_loss": 0.4, "trainable_params": 1000 if method == "lora"
                else 100000, "total_params": 100000, "trainable_fraction": 0.01 if method == "lora" else 1.0,
-               "train_seconds": 60.0, "micro_batch": bs, "accumulation": 1, "precision": "fp32", "attempt": 1}
+               "train_seconds": 60.0, "micro_batch": bs, "accumulation": 1, "precision": "fp32", "attempts": 1,
+               "checkpoint_ok": True, "reload_prediction_mismatches": 0,
+               "merge_max_abs_logit_diff": 1e-6 if method == "lora" else np.nan, "merge_ok": method == "lora" or None}
         if task == "squad_v2":
             row.update({"val_exact": scale * (quality - 0.05), "val_HasAns_f1": scale * (quality - 0.1),
                         "val_NoAns_f1": scale * (quality + 0.05), "val_HasAns_exact": scale * (quality - 0.15),
@@ -391,8 +393,12 @@ def test_rule_outputs_write_everything(synthetic, tmp_path):
     page = (out / "overview.html").read_text()
     assert "stopped early" in page and "missing" in page and "not supported" in page and "http" not in page
     head = plots.read_headline(out / "headline.json")
-    assert list(head) == ["page", "runs", "H1", "H2"]  # the report's label columns, in this order
+    assert list(head) == ["page", "runs", "checks", "H1", "H2"]  # the report's label columns, in this order
     assert "1 not supported" in head["H1"]
+    n_runs = len(pd.read_csv(synthetic["runs"]))
+    assert head["checks"] == f"{n_runs} of {n_runs} runs reproduce their saved predictions and metrics " \
+                             "(merged LoRA adapters too)"
+    assert 'class="kpi alarm"' not in page
     perf = {"validation": out / "p/validation.svg", "table_csv": out / "p/table.csv", "table_html": out / "p/table.html",
             "grid_csv": out / "p/grid.csv", "grid": out / "p/grid", "qa": out / "p/qa", "qa_csv": out / "p/qa.csv"}
     plots.run("performance", tables, perf, {"tasks": list(TASKS), "qa_tasks": ["squad_v2"], "confidence": 0.95})
@@ -419,3 +425,18 @@ def test_rule_outputs_write_everything(synthetic, tmp_path):
     missing = out / "t/runs/full/lr3e-5_bs32_seed3.svg"  # the run without a log still gets a page
     assert "MISSING" in svg_text(missing)
     svg_root(out / "t/all.svg")
+
+
+def test_failed_checkpoint_validation_is_a_red_line_on_the_overview(synthetic, tmp_path):
+    runs = pd.read_csv(synthetic["runs"])
+    runs.loc[runs.index[:2], "checkpoint_ok"] = False
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    study = {"model": {"name_or_path": "tiny", "family": "llama"}, "tasks": list(TASKS), "analysis": {}}
+    out = tmp_path / "report"
+    plots.run("overview", {"runs": str(tmp_path / "runs.csv"), "best": str(synthetic["best"]),
+                           "summary": str(synthetic["summary"])},
+              {"page": out / "overview.html", "headline": out / "headline.json"},
+              {"study": study, "planned": planned_runs()})
+    page = (out / "overview.html").read_text()
+    assert f'<div class="kpi alarm">Checkpoint validation<b>FAILED for 2 of {len(runs)} runs' in page
+    assert plots.read_headline(out / "headline.json")["checks"].startswith("FAILED for 2 of")

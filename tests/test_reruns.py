@@ -81,3 +81,18 @@ def test_report_caption_edit_reruns_nothing(tiny_run, tmp_path):
     for caption in (copy / "report").glob("*.rst"):
         caption.write_text(caption.read_text() + "\\nEdited caption.\\n")
     assert planned(tiny_run, snakefile=copy / "Snakefile") == {}
+
+
+REPORT_JOBS = {"report_overview": 1, "report_performance": 1, "report_drift": 4, "report_training": 4,
+               "report_weights": 1, "all": 1}
+
+
+def test_analysis_settings_rerun_only_the_statistics_and_the_report(tiny_run):
+    """A table's confidence level or H2 metric changes no fine-tuning, drift, weight or check job."""
+    analysis = {"confidence": 0.9, "bootstrap_resamples": 200, "h2_metric": "cosine"}
+    assert planned(tiny_run, analysis=analysis) == {"aggregate": 1, **REPORT_JOBS}
+
+
+def test_weight_settings_rerun_only_weight_analysis_and_downstream(tiny_run):
+    jobs = planned(tiny_run, weights={"intruder_top_k": 5})
+    assert jobs == {"weight_analysis": 8, "aggregate": 1, **REPORT_JOBS}

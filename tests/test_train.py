@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 
@@ -19,7 +20,7 @@ from ftdrift.data import prepare_task
 from ftdrift.resources import micro_batch_plan
 from ftdrift.train import RunOutputs, finetune
 from ftdrift.workdir import MIRROR_ENV
-from helpers import TINY_CONFIG, make_tiny_workdir
+from helpers import make_tiny_workdir
 
 CATALOG = ftconfig.load_catalog(ftconfig.CONFIG_DIR / "tasks.yaml")
 
@@ -48,7 +49,7 @@ def run_kwargs(tiny, out: Path, task="sst2", method="full", lr="1e-3", **trainin
         outputs=RunOutputs(metrics=out / "metrics.json", train_log=out / "train_log.csv",
                            predictions=out / "predictions.json", representations=out / "reps.zarr",
                            model=out / "model"),
-        threads=1, bootstrap_resamples=200)
+        threads=1)
 
 
 def reps(path):
@@ -175,3 +176,157 @@ def test_oom_retry_schedule_keeps_effective_batch():
     for attempt in range(1, 6):
         plan = micro_batch_plan(16, 8, attempt)
         assert plan["micro_batch"] * plan["accumulation"] == 16
+
+
+# -- micro-batching, out-of-memory retries, step-0 representations -----------------------------
+
+def train_log(out: Path) -> pd.DataFrame:
+    log = pd.read_csv(out / "train_log.csv")
+    return log[log["loss"].notna()].set_index("step")[["loss", "grad_norm"]]
+
+
+def no_dropout_kwargs(tiny, out, task, method, **training):
+    training = {"max_steps": 3, "logging_steps": 1, "eval_steps": 3, "save_steps": 3,
+                "early_stopping_patience": None, **training}
+    kwargs = run_kwargs(tiny, out, task=task, method=method, lr="5e-3" if method == "lora" else "1e-3", **training)
+    # dropout draws other masks for other micro-batch shapes; without it, micro-batching must not
+    # matter at all (the tiny Llama has no dropout of its own)
+    kwargs["lora_cfg"] = {**kwargs["lora_cfg"], "dropout": 0.0}
+    return kwargs
+
+
+LOSS_RTOL = 1e-5  # float32 sums in another order; measured differences are ~1e-7 relative
+
+
+@pytest.mark.parametrize("task, method", [("sst2", "full"), ("sst2", "lora"), ("squad_v2", "full"),
+                                          ("squad_v2", "lora")])
+def test_micro_batching_does_not_change_the_optimisation(tiny, tmp_path, task, method):
+    """(micro-batch m, accumulation k) logs the loss and gradient norm of (m*k, 1) and ends with
+    its metrics: effective batch 4 as 4 x 1, 2 x 2 and 1 x 4."""
+    results, logs = {}, {}
+    for micro in (4, 2, 1):
+        results[micro] = finetune(**no_dropout_kwargs(tiny, tmp_path / str(micro), task, method,
+                                                     max_micro_batch=micro))
+        logs[micro] = train_log(tmp_path / str(micro))
+        assert results[micro]["meta"]["accumulation"] == 4 // micro
+    assert list(logs[4].index) == [1, 2, 3]
+    for micro in (2, 1):
+        np.testing.assert_allclose(logs[micro].to_numpy(), logs[4].to_numpy(), rtol=LOSS_RTOL)
+        for split in ("dev", "validation"):
+            assert results[micro][split] == pytest.approx(results[4][split], abs=1e-6), (micro, split)
+
+
+def test_logged_loss_is_the_mean_cross_entropy_of_the_first_batch(tiny, tmp_path):
+    """Step 1's logged loss, recomputed here from the initial model and the seeded batch order."""
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    from ftdrift import io, models
+    from ftdrift.features import encode_classification
+    from ftdrift.train import EpochSeededLengthSampler, build_model
+
+    workdir, cfg, data = tiny
+    finetune(**no_dropout_kwargs(tiny, tmp_path, "sst2", "full", max_micro_batch=2))
+    logged = train_log(tmp_path).loc[1, "loss"]
+
+    tokenizer = models.load_tokenizer(cfg["model"])
+    records = io.read_jsonl(workdir / "prepared" / "sst2" / "train.jsonl")
+    dataset = encode_classification(records, tokenizer, data["sst2"]["data"]["max_length"]["classification"])
+    sampler = EpochSeededLengthSampler(4, lengths=dataset["length"], seed=1)
+    first = list(sampler)[:4]
+    batch = DataCollatorWithPadding(tokenizer, return_tensors="pt")(
+        [{k: dataset[i][k] for k in ("input_ids", "attention_mask")} for i in first])
+    model, _, _ = build_model(cfg["model"], CATALOG["sst2"], "full", None, seed=1)
+    model.train()
+    with torch.no_grad():
+        logits = model(**batch).logits.double()
+    labels = torch.tensor([records[i]["label"] for i in first])
+    expected = float(-torch.log_softmax(logits, -1)[torch.arange(4), labels].mean())
+    assert logged == pytest.approx(expected, rel=1e-5)
+
+    # two more conventions the job relies on: throughput counts real tokens (not padding), and
+    # warmup_steps < 1 is a ratio of the steps (3 steps, ratio 0.1 -> 1 warmup step; the Trainer
+    # logs the rate an update used: 0 during warmup, then linear decay to 0 at step 3)
+    log = pd.read_csv(tmp_path / "train_log.csv").dropna(subset=["loss"]).set_index("step")
+    assert log.loc[1, "num_input_tokens_seen"] == sum(dataset[i]["length"] for i in first)
+    assert list(log.learning_rate) == pytest.approx([0.0, 1e-3, 1e-3 / 2])
+
+
+class OutOfMemoryAt:
+    """Raises a CUDA-style out-of-memory error at `step` while the micro-batch exceeds `limit`
+    (what a GPU does when a plan does not fit); counts the attempts that began training."""
+
+    def __init__(self, step: int, limit: int, error=None):
+        self.step, self.limit, self.error = step, limit, error
+        self.attempts = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.attempts += 1
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step and args.per_device_train_batch_size > self.limit:
+            import torch
+
+            raise self.error or torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    def __getattr__(self, name):  # every other TrainerCallback event: nothing to do
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+
+def test_out_of_memory_is_retried_in_the_job_with_the_same_experiment(tiny, tmp_path):
+    reference = finetune(**no_dropout_kwargs(tiny, tmp_path / "ref", "sst2", "lora", max_micro_batch=4,
+                                             save_steps=1, eval_steps=1))
+    oom = OutOfMemoryAt(step=3, limit=2)
+    retried = finetune(**no_dropout_kwargs(tiny, tmp_path / "oom", "sst2", "lora", max_micro_batch=4,
+                                           save_steps=1, eval_steps=1), callbacks=(oom,))
+    assert oom.attempts == 2  # once at micro-batch 4, once at 2 (resumed from the step-2 checkpoint)
+    meta = retried["meta"]
+    assert meta["attempts"] == 2 and meta["micro_batch"] == 2 and meta["accumulation"] == 2
+    assert meta["resumed_from"].endswith("checkpoint-2")
+    np.testing.assert_allclose(train_log(tmp_path / "oom").to_numpy(), train_log(tmp_path / "ref").to_numpy(),
+                               rtol=LOSS_RTOL)
+    for split in ("dev", "validation"):
+        assert retried[split] == pytest.approx(reference[split], abs=1e-6)
+
+
+def test_other_errors_are_not_retried(tiny, tmp_path):
+    failing = OutOfMemoryAt(step=2, limit=0, error=ValueError("a data error"))
+    with pytest.raises(ValueError, match="a data error"):
+        finetune(**run_kwargs(tiny, tmp_path, max_steps=3), callbacks=(failing,))
+    assert failing.attempts == 1
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def hand_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA (Kornblith et al. 2019) written out: ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)."""
+    x = x.astype(np.float64) - x.astype(np.float64).mean(0)
+    y = y.astype(np.float64) - y.astype(np.float64).mean(0)
+    return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+@pytest.mark.parametrize("task", ["sst2", "squad_v2"])
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_step0_snapshot_is_the_base_model_s_representation(tiny, tmp_path, family, task):
+    """At step 0 a LoRA model (B = 0) is the base model: CKA 1 to 1e-6 in every layer and pooling,
+    for BERT-style inputs with token types (the embedded MiniLM) and for Llama."""
+    from ftdrift.extract import base_representations
+
+    workdir, cfg, data = tiny
+    kwargs = run_kwargs(tiny, tmp_path, task=task, method="lora", lr="5e-3", max_steps=1, save_steps=1,
+                        eval_steps=1)
+    if family == "bert":
+        kwargs["model_cfg"] = {"name_or_path": "embedded:all-MiniLM-L6-v2", "family": "bert"}
+    finetune(**kwargs)
+    base_representations(probe_path=workdir / "prepared" / task / "probe.jsonl", store_path=tmp_path / "base.zarr",
+                         model_cfg=kwargs["model_cfg"], task_def=CATALOG[task], data_settings=kwargs["settings"]["data"],
+                         rep_settings=kwargs["settings"]["representations"])
+    base = zarr.open_group(str(tmp_path / "base.zarr"), mode="r")
+    steps, run = reps(tmp_path / "reps.zarr")
+    assert steps[0] == 0
+    for pooling, snapshots in run.items():
+        layers = base[pooling][...]
+        assert snapshots.shape[1:] == layers.shape
+        for layer in range(layers.shape[0]):
+            assert hand_linear_cka(layers[layer], snapshots[0, layer]) == pytest.approx(1.0, abs=1e-6), (pooling, layer)

@@ -10,14 +10,12 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from ftdrift import io, models
+from ftdrift import io, lora, models
 from ftdrift.config import load_catalog
-from ftdrift.weight_analysis import MERGE_TOLERANCE, aggregate_weights, analyse_run, lora_core, weight_summaries
+from ftdrift.weight_analysis import aggregate_weights, analyse_run, lora_core
 from helpers import REPO, write_tiny_llama
 
 TASK = load_catalog(REPO / "config" / "tasks.yaml")["sst2"]
-DATA = {"max_length": {"classification": 32, "extractive_qa": 32}}
-REPS = {"batch_size": 4}
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}
 TARGETS = [(layer, m) for layer in range(2) for m in ("q_proj", "v_proj")]
 TEXTS = ["the film is good and warm", "the plot is dull and weak", "a superb cast", "grim ending",
@@ -28,9 +26,7 @@ TEXTS = ["the film is good and warm", "the plot is dull and weak", "a superb cas
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
     model_dir = write_tiny_llama(root / "tiny-llama", TEXTS * 5)
-    probe = root / "probe.jsonl"
-    io.write_jsonl(probe, [{"id": f"p{i}", "text": t, "label": i % 2} for i, t in enumerate(TEXTS)])
-    return {"root": root, "model_cfg": {"name_or_path": str(model_dir), "family": "llama"}, "probe": probe,
+    return {"root": root, "model_cfg": {"name_or_path": str(model_dir), "family": "llama"},
             "weights": load_file(str(model_dir / "model.safetensors"))}
 
 
@@ -40,8 +36,7 @@ def run_fields(method):
 
 def analyse(base, model_dir, method, **kwargs):
     args = dict(model_dir=model_dir, model_cfg=base["model_cfg"], task_def=TASK, method=method,
-                lora_cfg=LORA if method == "lora" else None, run=run_fields(method), probe_path=base["probe"],
-                data_settings=DATA, rep_settings=REPS, top_k=10, epsilon=0.5)
+                lora_cfg=LORA if method == "lora" else None, run=run_fields(method), top_k=10, epsilon=0.5)
     return analyse_run(**{**args, **kwargs})
 
 
@@ -83,12 +78,8 @@ def check_rows(rows, expected_deltas, w_bases):
 
 @pytest.fixture(scope="module")
 def lora_dir(base):
-    from peft import LoraConfig, TaskType, get_peft_model
-
     torch.manual_seed(3)
-    model = get_peft_model(base_task_model(base), LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0,
-        target_modules=["q_proj", "v_proj"]))
+    model = lora.wrap(base_task_model(base), LORA, ["q_proj", "v_proj"])  # as train.py wraps it
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:  # peft starts B at zero: give the adapter a real update
@@ -122,8 +113,6 @@ def test_lora_rows_match_hand_computed_delta(base, lora_dir):
     assert summary["trainable_params"] == trainable
     assert summary["total_params"] == sum(t.size for t in base["weights"].values()) + hidden * 2
     assert summary["lora"] == {"r": 4, "alpha": 8, "use_rslora": False, "target_modules": ["q_proj", "v_proj"]}
-    assert summary["merge_max_abs_logit_diff"] is not None
-    assert summary["merge_max_abs_logit_diff"] <= MERGE_TOLERANCE and summary["merge_ok"] is True
     json.dumps(summary)  # serialisable as is
 
 
@@ -137,15 +126,6 @@ def test_lora_core_has_the_dense_update_s_singular_values(rslora):
     assert core.shape == (3, 3)
     assert np.linalg.svd(core, compute_uv=False) == pytest.approx(dense[:3], rel=1e-5)
     assert np.abs(lora_core(torch.from_numpy(a).float(), torch.zeros(12, 3), 6.0, 3, rslora).numpy()).max() == 0
-
-
-def test_merge_check_notices_a_merge_that_drops_the_update(base, lora_dir, monkeypatch):
-    from peft.tuners.lora import LoraModel
-
-    # unload() removes the adapter without merging it: the logits must then differ clearly
-    monkeypatch.setattr(LoraModel, "merge_and_unload", lambda self, *a, **kw: self.unload())
-    _, summary = analyse(base, lora_dir, "lora")
-    assert summary["merge_max_abs_logit_diff"] > 1e-3 and summary["merge_ok"] is False
 
 
 def test_adapter_that_disagrees_with_the_config_is_refused(base, lora_dir):
@@ -209,7 +189,6 @@ def test_full_rows_match_hand_computed_delta(base, full_dir):
     assert (unchanged[["effective_rank", "stable_rank", "frobenius_norm", "top_singular_value",
                        "intruder_dims"]] == 0).all().all()
     assert summary["trainable_params"] == summary["total_params"] == sum(t.size for t in tuned.values())
-    assert summary["merge_max_abs_logit_diff"] is None and summary["merge_ok"] is True
     assert summary["lora"] is None
 
 
@@ -232,11 +211,6 @@ def test_aggregate_keeps_runs_and_lr_strings(base, tmp_path):
                                "effective_rank": 1.0, "stable_rank": 1.0, "frobenius_norm": 1.0,
                                "top_singular_value": 1.0, "intruder_dims": i}])
         io.write_csv(tmp_path / f"{i}.csv", frame)
-        io.write_json(tmp_path / f"{i}.json", {"run": {**run_fields("lora"), "lr": lr}, "trainable_params": 10,
-                                              "total_params": 100, "trainable_fraction": 0.1, "n_matrices": 1,
-                                              "merge_max_abs_logit_diff": 1e-6, "merge_ok": True})
         frames.append(frame)
     table = aggregate_weights([tmp_path / "0.csv", tmp_path / "1.csv"])
     assert list(table.lr) == ["1e-3", "5e-3"] and list(table.intruder_dims) == [0, 1]
-    summaries = weight_summaries([tmp_path / "0.json", tmp_path / "1.json"])
-    assert list(summaries.lr) == ["1e-3", "5e-3"] and summaries.merge_ok.all()

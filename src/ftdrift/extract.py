@@ -21,7 +21,8 @@ def base_representations(*, probe_path, store_path, model_cfg: dict, task_def: d
     model = AutoModel.from_pretrained(path, revision=model_cfg.get("revision"), dtype=torch.float32)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     family = models.family(model_cfg["family"])
-    batches = make_batches(encode_probe(records, tokenizer, kind, data_settings["max_length"][kind]),
+    batches = make_batches(encode_probe(records, tokenizer, kind, data_settings["max_length"][kind],
+                                        data_settings["max_query_length"]),
                            tokenizer, rep_settings["batch_size"])
     pooled = extract(model, batches, family.poolings, rep_settings["dtype"], progress="base representations")
     with io.atomic_path(store_path) as tmp:

@@ -22,7 +22,6 @@ import math
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -37,6 +36,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from ftdrift import io  # noqa: E402
+from ftdrift.drift_metrics import metric_info, to_drift  # noqa: E402
 
 # --------------------------------------------------------------------------- style
 
@@ -60,27 +60,6 @@ RUN_KEYS = ["task", "method", "lr", "batch_size", "seed"]
 SETTING_KEYS = ["task", "method", "lr", "batch_size"]
 
 
-@dataclass(frozen=True)
-class MetricInfo:
-    name: str
-    similarity: bool  # True: 1 = identical to the base model; False: a distance, 0 = identical
-
-    @property
-    def drift_label(self) -> str:
-        return f"drift = 1 − {self.name}" if self.similarity else f"drift = {self.name}"
-
-    @property
-    def value_label(self) -> str:
-        return f"{self.name} vs base model ({'1' if self.similarity else '0'} = unchanged)"
-
-
-DRIFT_METRICS = {
-    "linear_cka": MetricInfo("linear CKA", True),
-    "debiased_cka": MetricInfo("debiased linear CKA", True),
-    "cosine": MetricInfo("cosine similarity", True),
-    "procrustes": MetricInfo("Procrustes distance", False),
-}
-
 plt.rcParams.update({
     "font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "xtick.labelsize": 9,
     "ytick.labelsize": 9, "legend.fontsize": 8.5, "figure.titlesize": 11.5,
@@ -90,15 +69,6 @@ plt.rcParams.update({
     "svg.hashsalt": "ftdrift", "svg.fonttype": "none", "figure.dpi": 100,
     "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica"],
 })
-
-
-def metric_info(metric: str) -> MetricInfo:
-    return DRIFT_METRICS.get(metric, MetricInfo(metric.replace("_", " "), True))
-
-
-def to_drift(metric: str, values):
-    """Similarity -> drift (1 - s); distances pass through. 0 = unchanged either way."""
-    return 1 - values if metric_info(metric).similarity else values
 
 
 def method_name(method: str) -> str:
@@ -1157,6 +1127,7 @@ th{background:#f3f4f6} td.num{text-align:right;font-variant-numeric:tabular-nums
 .inconclusive,.unknown{background:#eceff3;color:#444}
 .kpi{display:inline-block;margin:0 1.2rem .6rem 0;padding:.5rem .8rem;border:1px solid #d0d7de;border-radius:.5rem}
 .kpi b{font-size:1.3rem;display:block} .muted{color:#57606a;font-size:.85rem} code{font-size:.85rem}
+.kpi.alarm{border-color:#842029;background:#f8d7da;color:#842029}
 """
 
 
@@ -1296,18 +1267,31 @@ def _verdict_counts(values: Iterable[str]) -> str:
     return ", ".join(f"{counts[v]} {v}" for v in names) + f" ({len(values)} task{'s' if len(values) != 1 else ''})"
 
 
-HEADLINE_KEYS = ("page", "runs", "H1", "H2")
+HEADLINE_KEYS = ("page", "runs", "checks", "H1", "H2")
 
 
-def headline(status: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str, str]:
+def checks_text(runs: pd.DataFrame | None) -> tuple[str, bool]:
+    """('8 of 8 runs reproduce …', alarm?) from runs.csv's checkpoint-validation columns."""
+    if runs is None or runs.empty or "checkpoint_ok" not in runs:
+        return "not run", False
+    ok = runs.checkpoint_ok.astype("boolean").fillna(False)
+    n, bad = len(runs), int((~ok).sum())
+    lora = runs[runs.method == "lora"] if "method" in runs else runs.iloc[:0]
+    merged = " (merged LoRA adapters too)" if not lora.empty else ""
+    if bad:
+        return f"FAILED for {bad} of {n} runs (see summary.md)", True
+    return f"{n} of {n} runs reproduce their saved predictions and metrics{merged}", False
+
+
+def headline(status: pd.DataFrame, verdicts: pd.DataFrame, runs: pd.DataFrame | None = None) -> dict[str, str]:
     """Short strings for the report's landing page and the Overview entry's labels."""
     planned = status[status.planned] if "planned" in status else status
     n = len(planned)
     counts = planned.status.value_counts()
     done = int(counts.get("completed", 0) + counts.get("stopped_early", 0))
     bad = int(counts.get("failed", 0) + counts.get("missing", 0))
-    runs = f"{done} of {n} finished ({int(counts.get('stopped_early', 0))} stopped early), {bad} failed or missing"
-    return {"page": "study overview", "runs": runs,
+    finished = f"{done} of {n} finished ({int(counts.get('stopped_early', 0))} stopped early), {bad} failed or missing"
+    return {"page": "study overview", "runs": finished, "checks": checks_text(runs)[0],
             "H1": _verdict_counts(verdicts.h1_verdict) if not verdicts.empty else "no verdict yet",
             "H2": _verdict_counts(verdicts.h2_verdict) if not verdicts.empty else "no verdict yet"}
 
@@ -1365,7 +1349,8 @@ def overview_page(runs: pd.DataFrame | None, best: pd.DataFrame | None, summary_
     status = run_status(runs, planned)
     if verdicts is None or verdicts.empty:
         verdicts = parse_verdicts(summary_md)
-    head = headline(status, verdicts)
+    head = headline(status, verdicts, runs)
+    checks, alarm = checks_text(runs)
     analysis = study.get("analysis", {}) or {}
     h1 = analysis.get("h1_max_relative_drop")
     h2 = analysis.get("h2_min_drift_reduction")
@@ -1382,6 +1367,7 @@ def overview_page(runs: pd.DataFrame | None, best: pd.DataFrame | None, summary_
             f"{fmt(100 * h2 if h2 is not None else None, 3)} % lower than full fine-tuning's.</li></ul>",
             "<h2>Headline</h2>",
             f'<div class="kpi">Runs<b>{_e(head["runs"])}</b></div>',
+            f'<div class="kpi{" alarm" if alarm else ""}">Checkpoint validation<b>{_e(checks)}</b></div>',
             f'<div class="kpi">H1 (LoRA within tolerance)<b>{_e(head["H1"])}</b></div>',
             f'<div class="kpi">H2 (LoRA drifts less)<b>{_e(head["H2"])}</b></div>']
     if verdicts is not None and not verdicts.empty:

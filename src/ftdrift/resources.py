@@ -37,15 +37,16 @@ def micro_batch_plan(batch_size: int, max_micro_batch: int, attempt: int = 1) ->
     return {"micro_batch": micro, "accumulation": batch_size // micro, "gradient_checkpointing": attempt >= 3}
 
 
-def finetune_job(config: dict, task: str, method: str, batch_size: int, attempt: int) -> dict:
-    """Resources of one fine-tuning job on its `attempt`-th try (micro-batch halves per retry)."""
+def finetune_job(config: dict, task: str, method: str, batch_size: int) -> dict:
+    """Resources of one fine-tuning job, sized for its first micro-batch plan (an out-of-memory
+    retry inside the job only lowers the activation memory)."""
     from ftdrift.config import task_kind, task_settings
 
     res, shape = config["resources"], config["resources"]["model_shape"]
     settings = task_settings(config, task)
     training, kind = settings["training"], task_kind(config["task_defs"][task])
     max_length = settings["data"]["max_length"][kind]
-    plan = micro_batch_plan(batch_size, training["max_micro_batch"], attempt)
+    plan = micro_batch_plan(batch_size, training["max_micro_batch"])
     if training["max_steps"] > 0:
         examples = training["max_steps"] * batch_size
     else:
@@ -55,7 +56,6 @@ def finetune_job(config: dict, task: str, method: str, batch_size: int, attempt:
                                   shape["hidden_size"], shape["num_layers"])
     host_mb = int(max(8000, shape["params_billion"] * 1e9 * 4 * 3 / 2**20))  # fp32 load + state dicts
     return {
-        "micro_batch": plan["micro_batch"],
         "gpu": res["gpus_per_finetune"],
         "gpu_model": res["gpu_model"] or "",
         "gpu_mem_gb": round(gpu_mem, 1),

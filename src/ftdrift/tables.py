@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ftdrift import io, stats
+from ftdrift import io, metrics, qa, stats
+from ftdrift.drift_metrics import metric_info, to_drift
 
 RUN_KEYS = ["task", "method", "lr", "batch_size", "seed"]
 SETTING_KEYS = ["task", "method", "lr", "batch_size"]
@@ -18,19 +19,51 @@ def runs_frame(metrics_paths) -> pd.DataFrame:
         result = io.read_json(path)
         meta, main = result["meta"], result["main_metric"]
         row = {**{k: meta["run"][k] for k in RUN_KEYS}, "status": "stopped_early" if meta["stopped_early"] else "completed",
-               "main_metric": main, "dev_main": result["dev"].get(main), "val_main": result["validation"].get(main),
-               "val_main_ci_low": result["validation"].get(f"{main}_ci_low"),
-               "val_main_ci_high": result["validation"].get(f"{main}_ci_high")}
-        row.update({f"dev_{k}": v for k, v in result["dev"].items() if not k.endswith(("_ci_low", "_ci_high"))})
-        row.update({f"val_{k}": v for k, v in result["validation"].items() if not k.endswith(("_ci_low", "_ci_high"))})
+               "main_metric": main, "dev_main": result["dev"].get(main), "val_main": result["validation"].get(main)}
+        row.update({f"dev_{k}": v for k, v in result["dev"].items()})
+        row.update({f"val_{k}": v for k, v in result["validation"].items()})
         for key in ("steps", "best_step", "best_dev_loss", "trainable_params", "total_params", "trainable_fraction",
-                    "train_seconds", "micro_batch", "accumulation", "precision", "attempt"):
+                    "train_seconds", "micro_batch", "accumulation", "precision", "attempts"):
             row[key] = meta.get(key)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def final_drift(drift: pd.DataFrame, metric: str = "linear_cka", pooling: str = "mean") -> pd.DataFrame:
+def main_metric_ci(records: list[dict], saved_predictions: dict, task_def: dict, n_resamples: int,
+                   confidence: float, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap CI of a run's validation main metric, resampling validation examples
+    (questions for SQuAD v2, scored without the no-answer threshold, as the official raw scores)."""
+    main = task_def["main_metric"]
+    kind = "extractive_qa" if "na_probs" in saved_predictions else "classification"
+    predictions = saved_predictions["predictions"]
+    if kind == "classification":
+        y_true = np.array([r["label"] for r in records])
+        y_pred = np.array([predictions[r["id"]] for r in records])
+        return metrics.bootstrap_ci(lambda t, p: metrics.classification_metrics(t, p, [main])[main], y_true, y_pred,
+                                    n_resamples=n_resamples, confidence=confidence, seed=seed)
+    per_question = metrics.squad_v2_per_question(qa.records_to_squad(records), predictions)
+    scores = np.array([per_question[r["id"]][1 if main == "f1" else 0] for r in records], dtype=float)
+    return metrics.bootstrap_ci(lambda x: 100.0 * float(np.mean(x)), scores, n_resamples=n_resamples,
+                                confidence=confidence, seed=seed)
+
+
+def checks_frame(check_paths) -> pd.DataFrame:
+    """One row per run from the checkpoint validator (ftdrift.checkpoint)."""
+    rows = []
+    for path in check_paths:
+        check = io.read_json(path)
+        by_name = {c["check"]: c for c in check["checks"]}
+        reload = by_name.get("reloaded model") or by_name["base model + adapter"]
+        merge = by_name.get("merged adapter")
+        rows.append({**{k: check["run"][k] for k in RUN_KEYS}, "checkpoint_ok": bool(check["passed"]),
+                     "reload_prediction_mismatches": reload["prediction_mismatches"],
+                     "merge_max_abs_logit_diff": check["merge_max_abs_logit_diff"],
+                     "merge_ok": None if merge is None else bool(merge["passed"])})
+    return pd.DataFrame(rows, columns=RUN_KEYS + ["checkpoint_ok", "reload_prediction_mismatches",
+                                                  "merge_max_abs_logit_diff", "merge_ok"])
+
+
+def final_drift(drift: pd.DataFrame, metric: str, pooling: str) -> pd.DataFrame:
     """Per run and layer, the value at the run's last snapshot."""
     sub = drift[(drift.metric == metric) & (drift.pooling == pooling)]
     last = sub.groupby(RUN_KEYS)["step"].transform("max")
@@ -44,22 +77,65 @@ def best_settings(runs: pd.DataFrame) -> pd.DataFrame:
     return dev.loc[idx, SETTING_KEYS].reset_index(drop=True)
 
 
-def aggregate(*, metrics_paths, drift_paths, weights_paths, weight_summary_paths, task_defs: dict, analysis: dict,
-              outputs: dict) -> None:
-    from ftdrift.weight_analysis import aggregate_weights, weight_summaries
+def pair_by_seed(full: pd.DataFrame, lora: pd.DataFrame) -> bool:
+    """Both methods ran the same seeds (>= 2): the seed fixes the data order and the head's
+    initialisation for both, so the runs pair and the paired analysis applies."""
+    seeds_full, seeds_lora = sorted(full.seed), sorted(lora.seed)
+    return seeds_full == seeds_lora and len(seeds_full) >= 2 and len(set(seeds_full)) == len(seeds_full)
+
+
+def verdict_row(task: str, task_def: dict, full: pd.DataFrame, lora: pd.DataFrame, analysis: dict) -> dict:
+    """H1 and H2 for one task from its chosen full and LoRA runs (one row per seed each)."""
+    confidence = analysis["confidence"]
+    paired = pair_by_seed(full, lora)
+    if paired:
+        full, lora = full.sort_values("seed"), lora.sort_values("seed")
+    h1 = stats.verdict_h1(full.val_main.to_numpy(float), lora.val_main.to_numpy(float),
+                          analysis["h1_max_relative_drop"], confidence, paired=paired)
+    h2 = stats.verdict_h2(full.drift.to_numpy(float), lora.drift.to_numpy(float),
+                          analysis["h2_min_drift_reduction"], confidence, paired=paired)
+    if paired:
+        diff = stats.paired_difference(lora.val_main.to_numpy(float), full.val_main.to_numpy(float), confidence)
+    else:
+        diff = stats.welch_difference(lora.val_main.to_numpy(float), full.val_main.to_numpy(float), confidence)
+    return {"task": task, "metric": task_def["main_metric"],
+            "analysis": f"paired by seed (n = {len(full)})" if paired else
+            f"unpaired (full n = {len(full)}, LoRA n = {len(lora)})",
+            "lora_minus_full": diff["mean_diff"], "diff_ci_low": diff["ci_low"], "diff_ci_high": diff["ci_high"],
+            "h1_relative_drop": h1["relative_drop"], "h1_ci_low": h1["ci_low"], "h1_ci_high": h1["ci_high"],
+            "h1_verdict": h1["verdict"], "h1_reason": h1["reason"],
+            "h2_drift_metric": analysis["h2_metric"], "h2_pooling": analysis["h2_pooling"],
+            "h2_drift_reduction": h2["relative_reduction"], "h2_ci_low": h2["ci_low"], "h2_ci_high": h2["ci_high"],
+            "h2_verdict": h2["verdict"], "h2_reason": h2["reason"], "confidence": confidence}
+
+
+def aggregate(*, metrics_paths, predictions_paths, validation_paths: dict, drift_paths, weights_paths,
+              check_paths, task_defs: dict, analysis: dict, outputs: dict) -> None:
+    """Build every table of results/tables/ from the runs' outputs (see the README's Results).
+
+    `validation_paths`: {task: validation.jsonl}; `analysis`: the config's analysis section
+    (confidence, bootstrap_resamples, H1/H2 thresholds, h2_metric, h2_pooling).
+    """
+    from ftdrift.weight_analysis import aggregate_weights
 
     confidence = analysis["confidence"]
     runs = runs_frame(metrics_paths)
-    merge = weight_summaries(weight_summary_paths)
-    runs = runs.merge(merge[RUN_KEYS + ["merge_max_abs_logit_diff", "merge_ok"]], on=RUN_KEYS, how="left")
+    validation = {task: io.read_jsonl(path) for task, path in validation_paths.items()}
+    intervals = [main_metric_ci(validation[row.task], io.read_json(path), task_defs[row.task],
+                                analysis["bootstrap_resamples"], confidence, int(row.seed))
+                 for row, path in zip(runs.itertuples(), predictions_paths, strict=True)]
+    runs["val_main_ci_low"], runs["val_main_ci_high"] = [i[0] for i in intervals], [i[1] for i in intervals]
+    runs["lr"] = runs["lr"].astype(str)
+    checks = checks_frame(check_paths)
+    checks["lr"] = checks["lr"].astype(str)
+    runs = runs.merge(checks, on=RUN_KEYS, how="left")
     drift = pd.concat([pd.read_csv(p, dtype={"lr": str}) for p in drift_paths], ignore_index=True)
-    for frame in (runs, drift):
-        frame["lr"] = frame["lr"].astype(str)
     best = best_settings(runs)
     chosen = runs.merge(best, on=SETTING_KEYS)
-    final = final_drift(drift).merge(best, on=SETTING_KEYS)
-    # a run's drift: mean over layers of (1 - CKA) at its last snapshot
-    run_drift = final.assign(drift=1 - final.value).groupby(RUN_KEYS, as_index=False)["drift"].mean()
+    final = final_drift(drift, analysis["h2_metric"], analysis["h2_pooling"]).merge(best, on=SETTING_KEYS)
+    # a run's drift: mean over layers of its drift value (1 - similarity, or the distance) at its last snapshot
+    run_drift = final.assign(drift=to_drift(analysis["h2_metric"], final.value)).groupby(
+        RUN_KEYS, as_index=False)["drift"].mean()
     chosen = chosen.merge(run_drift, on=RUN_KEYS, how="left")
 
     best_rows, layer_rows, verdict_rows = [], [], []
@@ -80,24 +156,13 @@ def aggregate(*, metrics_paths, drift_paths, weights_paths, weight_summary_paths
     for (task, method, layer, name), group in final.groupby(["task", "method", "layer", "layer_name"], sort=False):
         ci = stats.mean_ci(group.value.to_numpy(float), confidence)
         layer_rows.append({"task": task, "method": method, "layer": layer, "layer_name": name,
-                           "cka_mean": ci["mean"], "cka_ci_low": ci["ci_low"], "cka_ci_high": ci["ci_high"],
+                           "metric": analysis["h2_metric"], "pooling": analysis["h2_pooling"],
+                           "value_mean": ci["mean"], "value_ci_low": ci["ci_low"], "value_ci_high": ci["ci_high"],
                            "n_seeds": ci["n"]})
     for task in task_defs:
-        full, lora = chosen[chosen.task == task].query("method == 'full'"), chosen[chosen.task == task].query("method == 'lora'")
-        if full.empty or lora.empty:
-            continue
-        paired = full.merge(lora, on="seed", suffixes=("_full", "_lora"))
-        h1 = stats.verdict_h1(full.val_main.to_numpy(float), lora.val_main.to_numpy(float),
-                              analysis["h1_max_relative_drop"])
-        h2 = stats.verdict_h2(full.drift.to_numpy(float), lora.drift.to_numpy(float),
-                              analysis["h2_min_drift_reduction"])
-        diff = stats.paired_difference(paired.val_main_lora.to_numpy(float), paired.val_main_full.to_numpy(float),
-                                       confidence) if len(paired) else {}
-        verdict_rows.append({"task": task, "metric": task_defs[task]["main_metric"],
-                             "lora_minus_full": diff.get("mean_diff"), "diff_ci_low": diff.get("ci_low"),
-                             "diff_ci_high": diff.get("ci_high"),
-                             "h1_relative_drop": h1.get("relative_drop"), "h1_verdict": h1["verdict"],
-                             "h2_drift_reduction": h2.get("relative_reduction"), "h2_verdict": h2["verdict"]})
+        full, lora = (chosen[(chosen.task == task) & (chosen.method == m)] for m in ("full", "lora"))
+        if not full.empty and not lora.empty:
+            verdict_rows.append(verdict_row(task, task_defs[task], full, lora, analysis))
     order = {task: i for i, task in enumerate(task_defs)}
     best_table = pd.DataFrame(best_rows).sort_values("task", key=lambda t: t.map(order), kind="stable")
     verdicts = pd.DataFrame(verdict_rows)
@@ -108,26 +173,42 @@ def aggregate(*, metrics_paths, drift_paths, weights_paths, weight_summary_paths
     io.write_csv(outputs["best"], best_table)
     io.write_csv(outputs["verdicts"], verdicts)
     io.write_csv(outputs["drift_by_layer"], layers)
-    io.write_text(outputs["summary"], summary_markdown(best_table, verdicts, layers, confidence))
-    io.write_text(outputs["latex"], latex_tables(best_table, verdicts, confidence))
+    io.write_text(outputs["summary"], summary_markdown(best_table, verdicts, layers, analysis, failed_checks(runs)))
+    io.write_text(outputs["latex"], latex_tables(best_table, verdicts, analysis))
 
 
-def latex_tables(best: pd.DataFrame, verdicts: pd.DataFrame, confidence: float) -> str:
+def failed_checks(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs whose saved model did not reproduce their results (or whose merge check failed)."""
+    bad = runs[runs.checkpoint_ok.astype("boolean").fillna(False) == False]  # noqa: E712 - missing = failed
+    return bad[RUN_KEYS + ["reload_prediction_mismatches", "merge_max_abs_logit_diff"]]
+
+
+def _drift_text(analysis: dict) -> str:
+    info = metric_info(analysis["h2_metric"])
+    return (f"Drift = mean over layers of {'1 − ' if info.similarity else ''}{info.name} against the base model "
+            f"({analysis['h2_pooling']} pooling) at the last snapshot")
+
+
+def latex_tables(best: pd.DataFrame, verdicts: pd.DataFrame, analysis: dict) -> str:
     """The paper's two tables: best settings with validation CIs, and the H1/H2 verdicts."""
-    pct = int(round(confidence * 100))
+    pct = int(round(analysis["confidence"] * 100))
     main = best[["task", "method", "lr", "batch_size", "main_metric", "n_seeds", "val_mean", "val_std",
                  "val_ci_low", "val_ci_high", "drift_mean"]].rename(columns={
         "batch_size": "batch", "main_metric": "metric", "n_seeds": "seeds", "val_mean": "mean", "val_std": "std",
         "val_ci_low": f"{pct}\\% CI low", "val_ci_high": f"{pct}\\% CI high", "drift_mean": "drift"})
     parts = [main.to_latex(index=False, float_format="%.3f", na_rep="--",
-                           caption="Validation metric at the dev-selected setting (mean, std and CI over seeds) "
-                                   "and mean drift (1 - linear CKA over layers, last snapshot).",
+                           caption="Validation metric at the dev-selected setting (mean, std and "
+                                   f"{pct}\\% CI over seeds). {_drift_text(analysis)}.".replace("−", "-"),
                            label="tab:ftdrift-performance")]
     if not verdicts.empty:
-        parts.append(verdicts.to_latex(index=False, float_format="%.3f", na_rep="--",
-                                       caption="LoRA vs full fine-tuning: H1 (relative accuracy drop within "
-                                               "tolerance) and H2 (relative drift reduction).",
-                                       label="tab:ftdrift-hypotheses"))
+        cols = ["task", "metric", "analysis", "lora_minus_full", "diff_ci_low", "diff_ci_high", "h1_relative_drop",
+                "h1_verdict", "h2_drift_reduction", "h2_verdict"]
+        parts.append(verdicts[cols].to_latex(
+            index=False, float_format="%.3f", na_rep="--",
+            caption=f"LoRA vs full fine-tuning ({pct}\\% CIs): H1 (relative drop of the main metric within "
+                    f"{analysis['h1_max_relative_drop']:g}) and H2 (relative reduction of {analysis['h2_metric']} "
+                    f"drift, {analysis['h2_pooling']} pooling, at least {analysis['h2_min_drift_reduction']:g}).",
+            label="tab:ftdrift-hypotheses"))
     return "\n".join(parts)
 
 
@@ -137,30 +218,43 @@ def _fmt(value, digits=3) -> str:
     return f"{value:.{digits}f}"
 
 
-def summary_markdown(best: pd.DataFrame, verdicts: pd.DataFrame, layers: pd.DataFrame, confidence: float) -> str:
-    pct = int(round(confidence * 100))
-    lines = ["# ftdrift summary", "",
-             f"Best hyperparameters per task and method, chosen on dev; validation metric mean ± std over seeds "
-             f"with its {pct} % CI. Drift = mean over layers of 1 − linear CKA against the base model at the last snapshot.", "",
-             "| task | method | lr | batch | metric | seeds | validation mean ± std | CI | drift |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def summary_markdown(best: pd.DataFrame, verdicts: pd.DataFrame, layers: pd.DataFrame, analysis: dict,
+                     failed: pd.DataFrame) -> str:
+    pct = int(round(analysis["confidence"] * 100))
+    lines = ["# ftdrift summary", ""]
+    if not failed.empty:
+        lines += ["## 🔴 FAILED: checkpoint validation", "",
+                  f"{len(failed)} run(s) whose saved model does not reproduce their predictions and metrics, or whose "
+                  "merged LoRA adapter differs from the trained one (results/checks/): their numbers cannot be "
+                  "trusted.", "", "| task | method | lr | batch | seed | prediction mismatches | merge max abs logit diff |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in failed.itertuples():
+            lines.append(f"| {r.task} | {r.method} | {r.lr} | {r.batch_size} | {r.seed} | "
+                         f"{r.reload_prediction_mismatches} | {_fmt(r.merge_max_abs_logit_diff, 6)} |")
+        lines.append("")
+    lines += [f"Best hyperparameters per task and method, chosen on dev; validation metric mean ± std over seeds "
+              f"with its {pct} % CI. {_drift_text(analysis)}.", "",
+              "| task | method | lr | batch | metric | seeds | validation mean ± std | CI | drift |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in best.itertuples():
         lines.append(f"| {r.task} | {r.method} | {r.lr} | {r.batch_size} | {r.main_metric} | {r.n_seeds} | "
                      f"{_fmt(r.val_mean)} ± {_fmt(r.val_std)} | [{_fmt(r.val_ci_low)}, {_fmt(r.val_ci_high)}] | "
                      f"{_fmt(r.drift_mean)} |")
-    qa = best[best.val_HasAns_f1.notna()] if "val_HasAns_f1" in best else best.iloc[:0]
-    if not qa.empty:
+    qa_rows = best[best.val_HasAns_f1.notna()] if "val_HasAns_f1" in best else best.iloc[:0]
+    if not qa_rows.empty:
         lines += ["", "## SQuAD v2: answerable vs unanswerable questions (validation, mean over seeds)", "",
                   "| task | method | HasAns EM | HasAns F1 | NoAns EM | NoAns F1 |", "|---|---|---|---|---|---|"]
-        for r in qa.itertuples():
+        for r in qa_rows.itertuples():
             lines.append(f"| {r.task} | {r.method} | {_fmt(r.val_HasAns_exact, 1)} | {_fmt(r.val_HasAns_f1, 1)} | "
                          f"{_fmt(r.val_NoAns_exact, 1)} | {_fmt(r.val_NoAns_f1, 1)} |")
     if not verdicts.empty:
         lines += ["", "## LoRA vs full fine-tuning", "",
-                  "| task | metric | LoRA − full | CI | H1 (accuracy within tolerance) | H2 (drifts less) |",
-                  "|---|---|---|---|---|---|"]
+                  f"{pct} % confidence intervals; paired over seeds where both methods ran the same seeds. H2 on "
+                  f"{analysis['h2_metric']} drift, {analysis['h2_pooling']} pooling.", "",
+                  "| task | metric | analysis | LoRA − full | CI | H1 (accuracy within tolerance) | H2 (drifts less) |",
+                  "|---|---|---|---|---|---|---|"]
         for r in verdicts.itertuples():
-            lines.append(f"| {r.task} | {r.metric} | {_fmt(r.lora_minus_full)} | [{_fmt(r.diff_ci_low)}, "
+            lines.append(f"| {r.task} | {r.metric} | {r.analysis} | {_fmt(r.lora_minus_full)} | [{_fmt(r.diff_ci_low)}, "
                          f"{_fmt(r.diff_ci_high)}] | {r.h1_verdict} (drop {_fmt(r.h1_relative_drop)}) | "
                          f"{r.h2_verdict} (reduction {_fmt(r.h2_drift_reduction)}) |")
     return "\n".join(lines) + "\n"

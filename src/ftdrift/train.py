@@ -8,6 +8,7 @@ Outputs are written at the end, each atomically, `metrics.json` last.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -16,10 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import SequentialSampler
+from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
@@ -31,10 +32,11 @@ from transformers import (
 from transformers.integrations import WandbCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from ftdrift import io, metrics, models, qa, workdir
+from ftdrift import io, lora, loss, metrics, models, workdir
 from ftdrift.config import task_kind
-from ftdrift.features import encode_classification, encode_probe, encode_qa_eval, encode_qa_train
+from ftdrift.features import encode_classification, encode_probe, encode_qa_train
 from ftdrift.monitor import BestModelCallback, TrainingMonitor
+from ftdrift.predict import predict_split, predictor
 from ftdrift.representations import SnapshotCallback, make_batches
 from ftdrift.store import SnapshotStore
 from ftdrift.resources import micro_batch_plan
@@ -72,13 +74,31 @@ class EpochSeededLengthSampler(LengthGroupedSampler):
 
 
 class StudyTrainer(Trainer):
-    """Trainer whose training order survives a restart bit for bit (see EpochSeededLengthSampler)
-    and whose predictions come back in dataset order."""
+    """Trainer whose training order survives a restart bit for bit (see EpochSeededLengthSampler),
+    whose loss is the study's per-example mean over the effective batch (ftdrift.loss), and
+    whose predictions come back in dataset order."""
+
+    # compute_loss below divides by the effective batch's example count itself: the Trainer
+    # must not divide by the accumulation steps again (documented Trainer attribute)
+    loss_is_scaled_for_ga = True
 
     def __init__(self, *args, train_lengths: list[int], monitor: TrainingMonitor | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_lengths = train_lengths
         self.monitor = monitor
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        # N of ftdrift.loss: the examples of all micro-batches of this optimizer step
+        return batches, sum(len(batch["input_ids"]) for batch in batches)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = {key: inputs[key] for key in loss.LABEL_KEYS if key in inputs}
+        outputs = model(**{key: value for key, value in inputs.items() if key not in labels})
+        # evaluation batches are averaged by the Trainer itself, weighted by their size
+        n = num_items_in_batch if model.training else None
+        value = loss.batch_loss(outputs, labels, inputs.get("attention_mask"), int(n) if n else None)
+        return (value, outputs) if return_outputs else value
 
     def _get_grad_norm(self, model, grad_norm=None):
         # the pre-clip norm the Trainer computes every step feeds the monitor's NaN guard, so it
@@ -124,25 +144,6 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def check_feasible(model, model_cfg: dict, lora_targets: list[str] | None, max_length: int,
-                   num_labels: int | None, records: list[dict]) -> None:
-    """Fail before training on settings that cannot work, with the reason."""
-    limit = models.max_positions(model)
-    if limit is not None and max_length > limit:
-        raise ValueError(f"config key 'data.max_length': {max_length} exceeds the model's limit of {limit} positions")
-    if lora_targets is not None:
-        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        missing = [t for t in lora_targets if t not in names]
-        if missing:
-            raise ValueError(f"config key 'lora.target_modules': {missing} not found in {model_cfg['name_or_path']} "
-                             f"(module names include {sorted(names)[:20]})")
-    if num_labels is not None:
-        seen = {r["label"] for r in records}
-        if max(seen) >= num_labels:
-            raise ValueError(f"label count mismatch: data has label index {max(seen)} but the task declares "
-                             f"{num_labels} labels")
-
-
 def _wandb_env(cfg: dict, run_name: str, group: str, tags: list[str], work_dir: Path) -> list[str]:
     """Configure W&B through its environment variables; return the Trainer's report_to."""
     if cfg["mode"] == "disabled":
@@ -173,83 +174,89 @@ class _ConfigToWandb(TrainerCallback):
             wandb.run.config.update({"ftdrift": self.resolved}, allow_val_change=True)
 
 
-def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora_cfg: dict, wandb_cfg: dict,
-             data_dir: Path, work_dir: Path, outputs: RunOutputs, attempt: int = 1, threads: int | None = None,
-             resolved_config: dict | None = None, bootstrap_resamples: int = 1000, confidence: float = 0.95,
-             code_version: int | None = None) -> dict:
-    data_dir, work_dir = Path(data_dir), Path(work_dir)
-    split_files = {name: data_dir / f"{name}.jsonl" for name in ("train", "dev", "validation", "probe")}
-    # what the resumable state depends on (not the final evaluation's bootstrap settings:
-    # changing those re-evaluates from the last checkpoint)
-    job = workdir.fingerprint({"run": run, "task": task_def, "settings": settings, "model": model_cfg,
-                               "lora": lora_cfg if run["method"] == "lora" else None,
-                               "code_version": code_version}, list(split_files.values()))
-    workdir.claim(work_dir, job)
-    run_name = f"{run['task']}-{run['method']}-lr{run['lr']}-bs{run['batch_size']}-seed{run['seed']}"
-    mirror = workdir.WorkDirMirror.from_env(run_name, work_dir, job)
-    if mirror and last_complete_checkpoint(work_dir / "checkpoints") is None:
-        mirror.restore()
-    if threads:
-        torch.set_num_threads(threads)
-    kind = task_kind(task_def)
-    training, data_settings, rep_settings = settings["training"], settings["data"], settings["representations"]
-    family = models.family(model_cfg["family"])
-    method, seed, batch_size = run["method"], int(run["seed"]), int(run["batch_size"])
-    lr = float(run["lr"])
-    plan = micro_batch_plan(batch_size, training["max_micro_batch"], attempt)
-    precision = resolve_precision(training["precision"])
-    max_length = data_settings["max_length"][kind]
+@dataclass
+class TaskData:
+    """Everything a training attempt reads, tokenised once per job."""
 
-    # -- data
+    splits: dict[str, list[dict]]
+    tokenizer: object
+    train: object  # datasets.Dataset with a `length` column
+    dev: object
+    probe_batches: list
+
+
+def load_data(split_files: dict[str, Path], task_def: dict, model_cfg: dict, data_settings: dict,
+              rep_settings: dict) -> TaskData:
+    """Stage 1: the prepared splits, tokenised (dynamic padding happens in the collator)."""
+    kind = task_kind(task_def)
     splits = {name: io.read_jsonl(path) for name, path in split_files.items()}
     tokenizer = models.load_tokenizer(model_cfg)
-    num_labels = len(task_def["labels"]) if kind == "classification" else None
-
-    # -- model: the seed fixes the new head's and LoRA's initialisation
-    set_seed(seed, deterministic=training["full_determinism"])
-    model = models.load_model(model_cfg, kind, num_labels, tokenizer)
-    lora_targets = None
-    if method == "lora":
-        lora_targets = list(lora_cfg["target_modules"] or family.lora_target_modules)
-    check_feasible(model, model_cfg, lora_targets, max_length, num_labels,
-                   splits["train"] + splits["dev"] if kind == "classification" else [])
-    total_params = sum(p.numel() for p in model.parameters())
-    if method == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        peft_config = LoraConfig(
-            task_type=TaskType.SEQ_CLS if kind == "classification" else TaskType.QUESTION_ANS,
-            r=lora_cfg["r"], lora_alpha=lora_cfg["alpha"], lora_dropout=lora_cfg["dropout"],
-            target_modules=lora_targets)
-        model = get_peft_model(model, peft_config)  # the task head is trained and saved with the adapter
-    trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
+    max_length = data_settings["max_length"][kind]
     if kind == "classification":
         train_ds = encode_classification(splits["train"], tokenizer, max_length)
         dev_ds = encode_classification(splits["dev"], tokenizer, max_length)
     else:
-        stride = data_settings["doc_stride"]
-        train_ds = encode_qa_train(splits["train"], tokenizer, max_length, stride)
-        dev_ds = encode_qa_train(splits["dev"], tokenizer, max_length, stride)
+        qa_args = (tokenizer, max_length, data_settings["doc_stride"], data_settings["max_query_length"])
+        train_ds, dev_ds = encode_qa_train(splits["train"], *qa_args), encode_qa_train(splits["dev"], *qa_args)
+    probe = encode_probe(splits["probe"], tokenizer, kind, max_length, data_settings["max_query_length"])
+    return TaskData(splits, tokenizer, train_ds, dev_ds, make_batches(probe, tokenizer, rep_settings["batch_size"]))
 
-    # -- snapshots: a store in the work dir that survives restarts
-    poolings = family.poolings
-    probe_batches = make_batches(encode_probe(splits["probe"], tokenizer, kind, max_length), tokenizer,
-                                 rep_settings["batch_size"])
-    store = SnapshotStore(work_dir / "representations.zarr", attrs={
-        "model": model_cfg["name_or_path"], "poolings": list(poolings), "run": run,
-        "probe_ids": [r["id"] for r in splits["probe"]],
-        "layer_names": models.layer_names(model.config.num_hidden_layers)})
 
-    checkpoint_dir = work_dir / "checkpoints"
-    report_to = _wandb_env(wandb_cfg, run_name, f"{run['task']}-{method}", [run["task"], method, f"seed_{seed}"], work_dir)
-    args = TrainingArguments(
+def build_model(model_cfg: dict, task_def: dict, method: str, lora_cfg: dict | None, seed: int,
+                deterministic: bool = False):
+    """Stage 2: the task model (new head drawn under `seed`), LoRA-wrapped for method 'lora'.
+
+    Returns (model, lora target modules or None, total parameters of the task model).
+    """
+    kind = task_kind(task_def)
+    num_labels = len(task_def["labels"]) if kind == "classification" else None
+    set_seed(seed, deterministic=deterministic)
+    tokenizer = models.load_tokenizer(model_cfg)
+    model = models.load_model(model_cfg, kind, num_labels, tokenizer)
+    total_params = sum(p.numel() for p in model.parameters())
+    if method != "lora":
+        return model, None, total_params
+    targets = list(lora_cfg["target_modules"] or models.family(model_cfg["family"]).lora_target_modules)
+    _check_targets(model, model_cfg, targets)
+    return lora.wrap(model, lora_cfg, targets), targets, total_params
+
+
+def _check_targets(model, model_cfg: dict, targets: list[str]) -> None:
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise ValueError(f"config key 'lora.target_modules': {missing} not found in {model_cfg['name_or_path']} "
+                         f"(module names include {sorted(names)[:20]})")
+
+
+def check_feasible(model, max_length: int, num_labels: int | None, records: list[dict]) -> None:
+    """Fail before training on settings that cannot work, with the reason."""
+    limit = models.max_positions(model)
+    if limit is not None and max_length > limit:
+        raise ValueError(f"config key 'data.max_length': {max_length} exceeds the model's limit of {limit} positions")
+    if num_labels is not None:
+        seen = {r["label"] for r in records}
+        if max(seen) >= num_labels:
+            raise ValueError(f"label count mismatch: data has label index {max(seen)} but the task declares "
+                             f"{num_labels} labels")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA/CPU allocation failures (accelerate's classification); nothing else is retried."""
+    return isinstance(err, torch.OutOfMemoryError) or should_reduce_batch_size(err)
+
+
+def training_arguments(*, run: dict, training: dict, plan: dict, precision: str, eval_batch_size: int,
+                       checkpoint_dir: Path, report_to: list[str]) -> TrainingArguments:
+    """Stage 3: the study's protocol as TrainingArguments."""
+    seed = int(run["seed"])
+    return TrainingArguments(
         output_dir=str(checkpoint_dir),
-        run_name=run_name,
-        learning_rate=lr,
+        run_name=run_name(run),
+        learning_rate=float(run["lr"]),
         per_device_train_batch_size=plan["micro_batch"],
         gradient_accumulation_steps=plan["accumulation"],
-        per_device_eval_batch_size=max(plan["micro_batch"], rep_settings["batch_size"]),
+        per_device_eval_batch_size=eval_batch_size,
         num_train_epochs=training["epochs"],
         max_steps=training["max_steps"],
         warmup_steps=training["warmup_ratio"],  # a float < 1 is a ratio of the total steps
@@ -280,23 +287,143 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
-    best = BestModelCallback(work_dir / "best")
-    monitor = TrainingMonitor(batch_size, checkpoint_dir, check_finite=precision != "fp16")
-    callbacks = [monitor, SnapshotCallback(store, probe_batches, poolings, rep_settings["snapshot_steps"],
-                                           rep_settings["dtype"]), best]
-    if training["early_stopping_patience"]:
-        callbacks.append(EarlyStoppingCallback(training["early_stopping_patience"]))
+
+
+def run_name(run: dict) -> str:
+    return f"{run['task']}-{run['method']}-lr{run['lr']}-bs{run['batch_size']}-seed{run['seed']}"
+
+
+def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora_cfg: dict | None, wandb_cfg: dict,
+             data_dir: Path, work_dir: Path, outputs: RunOutputs, threads: int | None = None,
+             resolved_config: dict | None = None, code_version: int | None = None,
+             callbacks: tuple[TrainerCallback, ...] = ()) -> dict:
+    """One fine-tuning job: train, evaluate on dev and validation, write the run's outputs.
+
+    `callbacks` are added to the Trainer after ftdrift's own (benchmarks and tests observe the
+    real job through them). An out-of-memory error is retried here, in the same process and
+    from the last checkpoint, with half the micro-batch and twice the accumulation (the same
+    effective batch and, see ftdrift.loss, the same objective); from the third attempt with
+    activation checkpointing too. Any other error propagates at once. Returns metrics.json's content.
+    """
+    data_dir, work_dir = Path(data_dir), Path(work_dir)
+    split_files = {name: data_dir / f"{name}.jsonl" for name in ("train", "dev", "validation", "probe")}
+    method, batch_size = run["method"], int(run["batch_size"])
+    training, data_settings, rep_settings = settings["training"], settings["data"], settings["representations"]
+    # what the resumable state depends on; the micro-batch plan is not part of it (it does not
+    # change the objective), so an out-of-memory retry resumes the same state
+    job = workdir.fingerprint({"run": run, "task": task_def, "settings": settings, "model": model_cfg,
+                               "lora": lora_cfg if method == "lora" else None,
+                               "code_version": code_version}, list(split_files.values()))
+    workdir.claim(work_dir, job)
+    mirror = workdir.WorkDirMirror.from_env(run_name(run), work_dir, job)
+    if mirror and last_complete_checkpoint(work_dir / "checkpoints") is None:
+        mirror.restore()
+    if threads:
+        torch.set_num_threads(threads)
+    precision = resolve_precision(training["precision"])
+    eval_batch_size = rep_settings["batch_size"]  # final evaluation and validator: fixed, not the micro-batch
+    data = load_data(split_files, task_def, model_cfg, data_settings, rep_settings)
+
+    attempt = 1
+    while True:
+        plan = micro_batch_plan(batch_size, training["max_micro_batch"], attempt)
+        try:
+            model, trainer, info = train_attempt(
+                run=run, task_def=task_def, settings=settings, model_cfg=model_cfg, lora_cfg=lora_cfg,
+                wandb_cfg=wandb_cfg, work_dir=work_dir, data=data, plan=plan, precision=precision,
+                eval_batch_size=eval_batch_size, mirror=mirror, resolved_config=resolved_config,
+                callbacks=callbacks)
+            break
+        except Exception as err:  # noqa: BLE001 - re-raised unless it is an out-of-memory error
+            if not is_out_of_memory(err) or micro_batch_plan(batch_size, training["max_micro_batch"],
+                                                              attempt + 1) == plan:
+                raise
+            log.warning("out of memory at micro-batch %d (attempt %d): %s; retrying from the last checkpoint "
+                        "with half the micro-batch", plan["micro_batch"], attempt, err)
+        gc.collect()  # the failed attempt's model, optimizer and activations
+        clear_device_cache(garbage_collection=True)
+        attempt += 1
+
+    # -- best dev weights back in, then the final evaluations (ftdrift.predict: the validator's path)
+    best_info = info["best"].restore(model)
+    predict = predictor(model, data.tokenizer, eval_batch_size, precision)
+    dev = predict_split(predict, data.splits["dev"], task_def, data.tokenizer, data_settings)
+    validation = predict_split(predict, data.splits["validation"], task_def, data.tokenizer, data_settings)
+    state = trainer.state
+    meta = {
+        "run": run, "attempts": attempt, "precision": precision, **plan, "eval_batch_size": eval_batch_size,
+        "steps": state.global_step, "max_steps": state.max_steps,
+        "stopped_early": state.global_step < state.max_steps,
+        "best_step": best_info["step"] if best_info else None,
+        "best_dev_loss": best_info["eval_loss"] if best_info else None,
+        "trainable_params": info["trainable_params"], "total_params": info["total_params"],
+        "trainable_fraction": info["trainable_params"] / info["total_params"],
+        "train_seconds": info["train_seconds"], "resumed_from": info["resumed_from"],
+        "snapshot_steps": info["store"].steps(),
+    }
+
+    # -- outputs, each atomic; metrics.json last marks the run complete
+    with io.atomic_path(outputs.representations) as tmp:
+        shutil.copytree(info["store"].path, tmp)
+    with io.atomic_path(outputs.model) as tmp:
+        model.save_pretrained(tmp)  # peft saves the adapter plus the trained head
+        data.tokenizer.save_pretrained(tmp)
+    io.write_json(outputs.predictions, validation.predictions)
+    io.write_csv(outputs.train_log, pd.DataFrame(state.log_history))
+    result = {"task": run["task"], "main_metric": task_def["main_metric"], "dev": dev.metrics,
+              "validation": validation.metrics, "meta": meta}
+    io.write_json(outputs.metrics, result)
     if mirror:
-        callbacks.append(mirror)  # after the others: it copies what they wrote
-    compute_metrics = None
-    if kind == "classification":
-        def compute_metrics(prediction):
-            return metrics.classification_metrics(prediction.label_ids, prediction.predictions.argmax(-1),
-                                                  task_def["metrics"])
-    trainer = StudyTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
-                      data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-                      compute_metrics=compute_metrics, callbacks=callbacks, train_lengths=train_ds["length"],
-                      monitor=monitor)
+        mirror.discard()
+    return result
+
+
+def train_attempt(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora_cfg: dict | None,
+                  wandb_cfg: dict, work_dir: Path, data: TaskData, plan: dict, precision: str,
+                  eval_batch_size: int, mirror, resolved_config: dict | None,
+                  callbacks: tuple[TrainerCallback, ...]) -> tuple:
+    """Stages 2-3: build the model and the Trainer for one micro-batch plan, train (resuming
+    from the last complete checkpoint in `work_dir`). Returns (model, trainer, info)."""
+    kind = task_kind(task_def)
+    training, data_settings, rep_settings = settings["training"], settings["data"], settings["representations"]
+    method, seed = run["method"], int(run["seed"])
+    num_labels = len(task_def["labels"]) if kind == "classification" else None
+    model, lora_targets, total_params = build_model(model_cfg, task_def, method, lora_cfg, seed,
+                                                    training["full_determinism"])
+    check_feasible(model, data_settings["max_length"][kind], num_labels,
+                   data.splits["train"] + data.splits["dev"] if kind == "classification" else [])
+    if lora_targets is not None:
+        lora.check_passes_inputs(model, data.probe_batches[0][0])
+    trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    family = models.family(model_cfg["family"])
+    store = SnapshotStore(work_dir / "representations.zarr", attrs={
+        "model": model_cfg["name_or_path"], "poolings": list(family.poolings), "run": run,
+        "probe_ids": [r["id"] for r in data.splits["probe"]],
+        "layer_names": models.layer_names(model.config.num_hidden_layers)})
+    checkpoint_dir = work_dir / "checkpoints"
+    report_to = _wandb_env(wandb_cfg, run_name(run), f"{run['task']}-{method}",
+                           [run["task"], method, f"seed_{seed}"], work_dir)
+    args = training_arguments(run=run, training=training, plan=plan, precision=precision,
+                              eval_batch_size=eval_batch_size, checkpoint_dir=checkpoint_dir, report_to=report_to)
+    best = BestModelCallback(work_dir / "best")
+    monitor = TrainingMonitor(int(run["batch_size"]), checkpoint_dir, check_finite=precision != "fp16")
+    trainer_callbacks = [monitor, SnapshotCallback(store, data.probe_batches, family.poolings,
+                                                   rep_settings["snapshot_steps"], rep_settings["dtype"]), best]
+    if training["early_stopping_patience"]:
+        trainer_callbacks.append(EarlyStoppingCallback(training["early_stopping_patience"]))
+    if mirror:
+        trainer_callbacks.append(mirror)  # after the others: it copies what they wrote
+    trainer_callbacks.extend(callbacks)
+    def compute_metrics(prediction):  # dev metrics at each evaluation (QA: dev loss only)
+        return metrics.classification_metrics(prediction.label_ids, prediction.predictions.argmax(-1),
+                                              task_def["metrics"])
+
+    trainer = StudyTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.dev,
+                           data_collator=DataCollatorWithPadding(data.tokenizer), processing_class=data.tokenizer,
+                           compute_metrics=compute_metrics if kind == "classification" else None,
+                           callbacks=trainer_callbacks,
+                           train_lengths=data.train["length"], monitor=monitor)
     if report_to:
         # our monitor must enrich the log entries before W&B sends them
         trainer.pop_callback(WandbCallback)
@@ -304,74 +431,9 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
         trainer.add_callback(_ConfigToWandb(resolved_config or {}))
     last = last_complete_checkpoint(checkpoint_dir)
     if last:
-        log.info("resuming %s from %s", run_name, last)
+        log.info("resuming %s from %s", run_name(run), last)
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
-    train_seconds = time.time() - started
-
-    # -- best dev weights back in, then the final evaluations
-    best_info = best.restore(model)
-    dev_metrics, _ = evaluate(trainer, splits["dev"], kind, task_def, tokenizer, data_settings)
-    val_metrics, predictions = evaluate(trainer, splits["validation"], kind, task_def, tokenizer, data_settings,
-                                        bootstrap=(bootstrap_resamples, confidence, seed))
-    state = trainer.state
-    meta = {
-        "run": run, "attempt": attempt, "precision": precision, **plan,
-        "steps": state.global_step, "max_steps": state.max_steps,
-        "stopped_early": state.global_step < state.max_steps,
-        "best_step": best_info["step"] if best_info else None,
-        "best_dev_loss": best_info["eval_loss"] if best_info else None,
-        "trainable_params": trainable_params, "total_params": total_params,
-        "trainable_fraction": trainable_params / total_params,
-        "train_seconds": train_seconds, "resumed_from": last,
-        "snapshot_steps": store.steps(),
-    }
-
-    # -- outputs, each atomic; metrics.json last marks the run complete
-    with io.atomic_path(outputs.representations) as tmp:
-        shutil.copytree(store.path, tmp)
-    with io.atomic_path(outputs.model) as tmp:
-        model.save_pretrained(tmp)  # peft saves the adapter plus the trained head
-        tokenizer.save_pretrained(tmp)
-    io.write_json(outputs.predictions, predictions)
-    io.write_csv(outputs.train_log, pd.DataFrame(state.log_history))
-    result = {"task": run["task"], "main_metric": task_def["main_metric"], "dev": dev_metrics,
-              "validation": val_metrics, "meta": meta}
-    io.write_json(outputs.metrics, result)
-    if mirror:
-        mirror.discard()
-    return result
-
-
-def evaluate(trainer: Trainer, records: list[dict], kind: str, task_def: dict, tokenizer, data_settings: dict,
-             bootstrap: tuple[int, float, int] | None = None) -> tuple[dict, dict]:
-    """Task metrics of the trainer's current model on a split; with `bootstrap`, a CI of the main metric."""
-    max_length = data_settings["max_length"][kind]
-    main = task_def["main_metric"]
-    if kind == "classification":
-        dataset = encode_classification(records, tokenizer, max_length, with_labels=False)
-        logits = trainer.predict(dataset.remove_columns("length")).predictions
-        y_pred = logits.argmax(-1)
-        y_true = np.array([r["label"] for r in records])
-        result = metrics.classification_metrics(y_true, y_pred, task_def["metrics"])
-        if bootstrap:
-            n, confidence, seed = bootstrap
-            low, high = metrics.bootstrap_ci(
-                lambda t, p: metrics.classification_metrics(t, p, [main])[main], y_true, y_pred,
-                n_resamples=n, confidence=confidence, seed=seed)
-            result[f"{main}_ci_low"], result[f"{main}_ci_high"] = low, high
-        return result, {"predictions": {r["id"]: int(p) for r, p in zip(records, y_pred)}}
-    dataset, meta = encode_qa_eval(records, tokenizer, max_length, data_settings["doc_stride"])
-    start_logits, end_logits = trainer.predict(dataset).predictions[:2]
-    predictions, na_probs = qa.postprocess(records, meta, start_logits, end_logits)
-    squad = qa.records_to_squad(records)
-    result = metrics.squad_v2(squad, predictions, na_probs)
-    if bootstrap:
-        n, confidence, seed = bootstrap
-        per_question = metrics.squad_v2_per_question(squad, predictions)
-        key = 1 if main == "f1" else 0
-        scores = np.array([per_question[r["id"]][key] for r in records], dtype=float)
-        low, high = metrics.bootstrap_ci(lambda s: 100.0 * float(np.mean(s)), scores,
-                                         n_resamples=n, confidence=confidence, seed=seed)
-        result[f"{main}_ci_low"], result[f"{main}_ci_high"] = low, high
-    return result, {"predictions": predictions, "na_probs": na_probs}
+    return model, trainer, {"best": best, "store": store, "resumed_from": last,
+                            "train_seconds": time.time() - started, "trainable_params": trainable_params,
+                            "total_params": total_params}

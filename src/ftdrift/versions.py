@@ -4,10 +4,11 @@ that stage's results; leave it when a refactor does not (no spurious re-runs of 
 
 CODE_VERSIONS = {
     "prepare_data": 1,
-    "base_representations": 2,
-    "finetune": 2,
+    "base_representations": 3,
+    "finetune": 3,
     "drift": 1,
     "weight_analysis": 1,
-    "aggregate": 1,
+    "validate_checkpoint": 1,
+    "aggregate": 2,
     "plots": 1,
 }

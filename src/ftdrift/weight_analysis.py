@@ -10,9 +10,8 @@ and each row records ΔW's spectrum (effective rank, stable rank, Frobenius norm
 value) and the intruder dimensions of W_ft = W_base + ΔW against W_base (Shuttleworth et al.
 2024). All of it runs in float64 on the CPU through `ftdrift.weights`.
 
-For LoRA the adapter is also merged into the base weights (`merge_and_unload`) and the merged
-and unmerged models are run on the probe set: their logits must agree to MERGE_TOLERANCE in
-float32, otherwise merged deployment would not reproduce the trained model.
+(That the merged adapter computes what the trained adapter computes is checked by
+ftdrift.checkpoint, on the validation split.)
 """
 
 from __future__ import annotations
@@ -27,10 +26,8 @@ import pandas as pd
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-from ftdrift import io, models
+from ftdrift import models
 from ftdrift.config import task_kind
-from ftdrift.features import encode_probe
-from ftdrift.representations import make_batches
 from ftdrift.weights import intruder_dimensions, lora_delta, spectrum_summary
 
 log = logging.getLogger("ftdrift.weight_analysis")
@@ -38,7 +35,6 @@ log = logging.getLogger("ftdrift.weight_analysis")
 RUN_KEYS = ["task", "method", "lr", "batch_size", "seed"]
 ROW_KEYS = ["module", "layer", "matrix", "effective_rank", "stable_rank", "frobenius_norm",
             "top_singular_value", "intruder_dims"]
-MERGE_TOLERANCE = 1e-4  # largest |logit difference| merged vs unmerged, float32
 ADAPTER = "default"  # peft's adapter name (train.py saves the one adapter under it)
 
 
@@ -127,53 +123,12 @@ def _check_lora_config(lora_cfg: dict | None, peft_config, model_dir) -> None:
                              f"was trained with {saved}: re-run its fine-tuning")
 
 
-@torch.no_grad()
-def probe_logits(model, batches: list[tuple[dict, list[int]]]) -> list[torch.Tensor]:
-    """Float32 logits of each probe batch, on the CPU: classification [b, labels]; extractive QA
-    [b, seq, 2] (start, end) with padding positions zeroed (they are not predictions)."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for batch, _ in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        outputs = model(**batch)
-        if getattr(outputs, "logits", None) is not None:
-            logits = outputs.logits
-        else:
-            mask = batch["attention_mask"].unsqueeze(-1).to(outputs.start_logits.dtype)
-            logits = torch.stack([outputs.start_logits, outputs.end_logits], dim=-1) * mask
-        out.append(logits.float().cpu())
-    return out
-
-
-def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
-
-
-def merge_check(peft_model, batches: list[tuple[dict, list[int]]]) -> float:
-    """Largest |logit| difference between the adapter model and its merge (float32, no TF32).
-
-    Merges in place: afterwards `peft_model` is spent.
-    """
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # TF32 alone exceeds 1e-4
-    try:
-        peft_model.to(device)
-        unmerged = probe_logits(peft_model, batches)
-        merged_model = peft_model.merge_and_unload()
-        merged = probe_logits(merged_model, batches)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    return max_abs_diff(unmerged, merged)
-
-
 def _auto_class(kind: str):
     return AutoModelForSequenceClassification if kind == "classification" else AutoModelForQuestionAnswering
 
 
 def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora_cfg: dict | None, run: dict,
-                probe_path, data_settings: dict, rep_settings: dict, top_k: int = 10, epsilon: float = 0.5,
+                top_k: int = 10, epsilon: float = 0.5,
                 target_modules: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
     """Per-matrix weight-update rows and a run summary for one saved run (see the module doc).
 
@@ -183,8 +138,7 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora
     the adapter itself adapts for LoRA.
 
     Summary: trainable_params and total_params as train.py counts them (total = the base task
-    model's parameters); merge_max_abs_logit_diff (LoRA; None for full) and merge_ok (its
-    value within MERGE_TOLERANCE; True for full, which has nothing to merge).
+    model's parameters), the intruder settings and the adapter's LoRA settings.
     """
     if method not in ("full", "lora"):
         raise ValueError(f"unknown method '{method}' (known: full, lora)")
@@ -199,7 +153,7 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora
     base = models.load_model(model_cfg, kind, num_labels, tokenizer, dtype=torch.float32)
     total_params = sum(p.numel() for p in base.parameters())
 
-    rows, merge_diff, lora_info = [], None, None
+    rows, lora_info = [], None
     with torch.no_grad():
         if method == "lora":
             from peft import PeftModel
@@ -223,12 +177,6 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora
             lora_info = {"r": peft_config.r, "alpha": peft_config.lora_alpha,
                          "use_rslora": bool(getattr(peft_config, "use_rslora", False)),
                          "target_modules": sorted({m for _, _, m, _ in found})}
-            records = io.read_jsonl(probe_path)
-            max_length = data_settings["max_length"][kind]
-            batches = make_batches(encode_probe(records, tokenizer, kind, max_length), tokenizer,
-                                   rep_settings["batch_size"])
-            merge_diff = merge_check(model, batches)  # last: it merges the adapter in place
-            log.info("merge check: max |logit diff| %.3g on %d probe examples", merge_diff, len(records))
         else:
             base_weights = {name: module.weight.detach().clone()
                             for name, _, _, module in analysed_modules(base, family.name, targets)}
@@ -255,14 +203,8 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora
         "intruder_top_k": int(top_k),
         "intruder_epsilon": float(epsilon),
         "lora": lora_info,
-        "merge_max_abs_logit_diff": merge_diff,
-        "merge_tolerance": MERGE_TOLERANCE if method == "lora" else None,
-        "merge_ok": True if merge_diff is None else bool(merge_diff <= MERGE_TOLERANCE),
         "seconds": time.time() - started,
     }
-    if not summary["merge_ok"]:
-        log.warning("merge check failed: merged and unmerged logits differ by %.3g (> %g)",
-                    merge_diff, MERGE_TOLERANCE)
     return table, summary
 
 
@@ -272,17 +214,3 @@ def aggregate_weights(paths) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=RUN_KEYS + ROW_KEYS)
     return pd.concat(frames, ignore_index=True)
-
-
-def weight_summaries(paths) -> pd.DataFrame:
-    """One row per run from the summary JSONs: run keys, parameter counts, merge check."""
-    rows = []
-    for path in paths:
-        summary = io.read_json(path)
-        rows.append({**{k: summary["run"][k] for k in RUN_KEYS},
-                     **{k: summary[k] for k in ("trainable_params", "total_params", "trainable_fraction",
-                                                "n_matrices", "merge_max_abs_logit_diff", "merge_ok")}})
-    frame = pd.DataFrame(rows, columns=RUN_KEYS + ["trainable_params", "total_params", "trainable_fraction",
-                                                   "n_matrices", "merge_max_abs_logit_diff", "merge_ok"])
-    frame["lr"] = frame["lr"].astype(str)
-    return frame

@@ -4,9 +4,11 @@ from ftdrift.tables import aggregate
 smk.start(snakemake)
 aggregate(
     metrics_paths=snakemake.input.metrics,
+    predictions_paths=snakemake.input.predictions,
+    validation_paths=dict(zip(snakemake.params.tasks, snakemake.input.validation, strict=True)),
     drift_paths=snakemake.input.drift,
     weights_paths=snakemake.input.weights,
-    weight_summary_paths=snakemake.input.weight_summaries,
+    check_paths=snakemake.input.checks,
     task_defs=snakemake.params.task_defs,
     analysis=snakemake.params.analysis,
     outputs=dict(snakemake.output.items()),

@@ -14,10 +14,7 @@ finetune(
     data_dir=Path(snakemake.input.train).parent,
     work_dir=Path(snakemake.params.work_dir),
     outputs=RunOutputs(**{k: Path(v) for k, v in snakemake.output.items()}),
-    attempt=snakemake.resources.attempt,
     threads=snakemake.threads,
     resolved_config={k: v for k, v in snakemake.config.items()},
-    bootstrap_resamples=snakemake.params.analysis["bootstrap_resamples"],
-    confidence=snakemake.params.analysis["confidence"],
     code_version=snakemake.params.code_version,
 )

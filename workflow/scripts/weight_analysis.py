@@ -11,11 +11,8 @@ rows, summary = analyse_run(
     method=snakemake.params.run["method"],
     lora_cfg=snakemake.params.lora,
     run=snakemake.params.run,
-    probe_path=snakemake.input.probe,
-    data_settings=snakemake.params.data,
-    rep_settings=snakemake.params.representations,
-    top_k=snakemake.params.analysis["intruder_top_k"],
-    epsilon=snakemake.params.analysis["intruder_epsilon"],
+    top_k=snakemake.params.weights["intruder_top_k"],
+    epsilon=snakemake.params.weights["intruder_epsilon"],
     target_modules=snakemake.params.target_modules,
 )
 io.write_csv(snakemake.output.table, rows)

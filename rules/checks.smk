@@ -1,0 +1,26 @@
+# Checkpoint validation of one run: its saved model/, reloaded in a fresh process (full model;
+# base + adapter; merged adapter), must reproduce predictions.json and metrics.json.
+rule validate_checkpoint:
+    input:
+        model=f"results/runs/{RUN_PATTERN}/model",
+        metrics=f"results/runs/{RUN_PATTERN}/metrics.json",
+        predictions=f"results/runs/{RUN_PATTERN}/predictions.json",
+        validation="results/data/{task}/validation.jsonl",
+    output:
+        check=f"results/checks/{RUN_PATTERN}.json",
+    params:
+        model=CONFIG["model"],
+        task_def=task_def,
+        data=lambda wc: settings(wc, "data"),
+        code_version=CODE_VERSIONS["validate_checkpoint"],
+    log:
+        f"results/logs/validate_checkpoint/{RUN_PATTERN}.log",
+    threads: CONFIG["resources"]["analysis_threads"]
+    resources:
+        mem_mb=lambda wc: ftresources.light_gpu_job(CONFIG)["mem_mb"],
+        runtime=60,
+        gpu=lambda wc: ftresources.light_gpu_job(CONFIG)["gpu"],
+    conda:
+        "../envs/ftdrift.yaml"
+    script:
+        "../workflow/scripts/validate_checkpoint.py"

@@ -1,0 +1,127 @@
+"""Checkpoint validation: does the saved model reproduce the run's own results?
+
+In a fresh process, the run's `model/` folder is reloaded as a user would load it (the full
+task model; or the base task model plus the LoRA adapter with its trained head) and the
+validation split is predicted again through the training job's own prediction path
+(ftdrift.predict: same batches, same precision). The predictions must equal predictions.json
+and the metrics metrics.json. For LoRA the adapter is then merged into the base weights
+(`merge_and_unload`, what deployment uses) and the merged model must give the unmerged
+model's logits to MERGE_TOLERANCE and the same predictions, in float32 without TF32.
+
+The result is recorded, not raised: a failed check is a red line in runs.csv, summary.md and
+the report's overview (the other runs' tables are still built).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+from ftdrift import io, lora, models
+from ftdrift.config import task_kind
+from ftdrift.predict import SplitPrediction, predict_split, predictor
+
+log = logging.getLogger("ftdrift.checkpoint")
+
+MERGE_TOLERANCE = 1e-4  # largest |logit| difference, merged vs unmerged, float32
+# a reloaded model computes what the saved run computed (same code, batches and precision):
+# its no-answer probabilities and metrics may differ by JSON round trips only. A merged adapter
+# differs by float rounding of W + BA: probabilities and thresholds within MERGE_TOLERANCE.
+RELOAD_TOLERANCE = 1e-9
+
+
+@contextmanager
+def exact_float32():
+    """No TF32 matmuls inside (TF32 alone moves logits by more than MERGE_TOLERANCE)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def prediction_mismatches(saved: dict, new: dict, tolerance: float) -> list[str]:
+    """Ids whose prediction differs (QA: answer text, or no-answer probability beyond `tolerance`)."""
+    bad = [qid for qid, value in saved["predictions"].items() if new["predictions"].get(qid) != value]
+    bad += [qid for qid in new["predictions"] if qid not in saved["predictions"]]
+    for qid, p in saved.get("na_probs", {}).items():
+        q = new.get("na_probs", {}).get(qid)
+        if q is None or abs(q - p) > tolerance:
+            bad.append(qid)
+    return sorted(set(bad))
+
+
+def metric_difference(saved: dict, new: dict) -> float:
+    """Largest |difference| over the metrics both hold (inf when one lacks a metric)."""
+    keys = set(saved) | set(new)
+    diffs = [abs(saved[k] - new[k]) if k in saved and k in new else math.inf for k in keys]
+    return max(diffs, default=0.0)
+
+
+def max_logit_difference(a: SplitPrediction, b: SplitPrediction) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a.logits, b.logits, strict=True))
+
+
+def _compare(name: str, saved_predictions: dict, saved_metrics: dict, new: SplitPrediction,
+             tolerance: float = RELOAD_TOLERANCE) -> dict:
+    ids = prediction_mismatches(saved_predictions, new.predictions, tolerance)
+    diff = metric_difference(saved_metrics, new.metrics)
+    return {"check": name, "prediction_mismatches": len(ids), "mismatched_ids": ids[:10],
+            "metric_max_abs_diff": diff, "passed": not ids and diff <= tolerance}
+
+
+def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, model_cfg: dict,
+                 task_def: dict, method: str, data_settings: dict) -> dict:
+    """Reload `model_dir`, re-predict validation, compare; returns the JSON record (see module doc).
+
+    Keys: run, method, precision, n_examples, checks (list of {check, prediction_mismatches,
+    mismatched_ids (first 10), metric_max_abs_diff, passed[, max_abs_logit_diff, tolerance]}),
+    passed (all checks), merge_max_abs_logit_diff (LoRA; None for full).
+    """
+    saved = io.read_json(metrics_path)
+    saved_predictions = io.read_json(predictions_path)
+    records = io.read_jsonl(validation_path)
+    meta = saved["meta"]
+    precision, batch_size = meta["precision"], int(meta["eval_batch_size"])
+    kind = task_kind(task_def)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = models.load_tokenizer(model_cfg)
+
+    def predict(model, in_precision: str) -> SplitPrediction:
+        return predict_split(predictor(model.to(device).eval(), tokenizer, batch_size, in_precision), records,
+                             task_def, tokenizer, data_settings)
+
+    checks, merge_diff = [], None
+    if method == "full":
+        auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForQuestionAnswering
+        model = auto.from_pretrained(str(model_dir), dtype=torch.float32)
+        checks.append(_compare("reloaded model", saved_predictions, saved["validation"], predict(model, precision)))
+    else:
+        num_labels = len(task_def["labels"]) if kind == "classification" else None
+        base = models.load_model(model_cfg, kind, num_labels, tokenizer)
+        model = lora.load(base, Path(model_dir))
+        reloaded = predict(model, precision)
+        checks.append(_compare("base model + adapter", saved_predictions, saved["validation"], reloaded))
+        with exact_float32():
+            unmerged = reloaded if precision == "fp32" else predict(model, "fp32")
+            merged = predict(model.merge_and_unload(), "fp32")
+        merge_diff = max_logit_difference(unmerged, merged)
+        # merged predictions against the saved ones where those are float32, else against the
+        # float32 unmerged ones (a bf16 run's saved predictions differ from fp32 by rounding)
+        reference = (saved_predictions, saved["validation"]) if precision == "fp32" else (
+            unmerged.predictions, unmerged.metrics)
+        merge = _compare("merged adapter", *reference, merged, tolerance=MERGE_TOLERANCE)
+        merge.update(max_abs_logit_diff=merge_diff, tolerance=MERGE_TOLERANCE,
+                     passed=merge["passed"] and merge_diff <= MERGE_TOLERANCE)
+        checks.append(merge)
+    for check in checks:
+        (log.info if check["passed"] else log.error)("%s: %s", check["check"], check)
+    return {"run": meta["run"], "method": method, "precision": precision, "n_examples": len(records),
+            "checks": checks, "passed": all(c["passed"] for c in checks), "merge_max_abs_logit_diff": merge_diff}

@@ -1,0 +1,79 @@
+"""The checkpoint validator on real saved runs of the tiny Llama: reloaded full models and
+adapters reproduce their predictions and metrics; tampered outputs and a merge that drops the
+update are caught."""
+
+import json
+
+import pytest
+
+from ftdrift import io
+from ftdrift.checkpoint import MERGE_TOLERANCE, validate_run
+from ftdrift.train import finetune
+from test_train import run_kwargs, tiny  # noqa: F401 - tiny: the fixture, used by name
+
+
+@pytest.fixture(scope="module")
+def saved_runs(tiny, tmp_path_factory):  # noqa: F811
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for task, method, lr in (("sst2", "full", "1e-3"), ("squad_v2", "lora", "5e-2"), ("sst2", "lora", "5e-2")):
+        out = root / f"{task}-{method}"
+        kwargs = run_kwargs(tiny, out, task=task, method=method, lr=lr, max_steps=4, save_steps=2, eval_steps=2)
+        finetune(**kwargs)
+        runs[(task, method)] = (out, kwargs)
+    return runs
+
+
+def validate(out, kwargs, predictions=None, metrics=None):
+    workdir = kwargs["data_dir"]
+    return validate_run(model_dir=out / "model", metrics_path=metrics or out / "metrics.json",
+                        predictions_path=predictions or out / "predictions.json",
+                        validation_path=workdir / "validation.jsonl", model_cfg=kwargs["model_cfg"],
+                        task_def=kwargs["task_def"], method=kwargs["run"]["method"],
+                        data_settings=kwargs["settings"]["data"])
+
+
+@pytest.mark.parametrize("run", [("sst2", "full"), ("squad_v2", "lora"), ("sst2", "lora")])
+def test_saved_models_reproduce_their_results(saved_runs, run):
+    out, kwargs = saved_runs[run]
+    result = validate(out, kwargs)
+    assert result["passed"], result
+    assert result["n_examples"] == len(io.read_jsonl(kwargs["data_dir"] / "validation.jsonl"))
+    names = [c["check"] for c in result["checks"]]
+    if run[1] == "full":
+        assert names == ["reloaded model"] and result["merge_max_abs_logit_diff"] is None
+    else:
+        assert names == ["base model + adapter", "merged adapter"]
+        assert 0 <= result["merge_max_abs_logit_diff"] <= MERGE_TOLERANCE
+    assert all(c["prediction_mismatches"] == 0 for c in result["checks"])
+    assert result["checks"][0]["metric_max_abs_diff"] <= 1e-9  # the reload is exact (merges: within 1e-4)
+    json.dumps(result)
+
+
+def test_tampered_predictions_and_metrics_fail(saved_runs, tmp_path):
+    out, kwargs = saved_runs[("sst2", "full")]
+    predictions = io.read_json(out / "predictions.json")
+    first = next(iter(predictions["predictions"]))
+    predictions["predictions"][first] = 1 - predictions["predictions"][first]
+    io.write_json(tmp_path / "predictions.json", predictions)
+    result = validate(out, kwargs, predictions=tmp_path / "predictions.json")
+    assert not result["passed"]
+    assert result["checks"][0]["prediction_mismatches"] == 1 and result["checks"][0]["mismatched_ids"] == [first]
+
+    metrics = io.read_json(out / "metrics.json")
+    metrics["validation"]["accuracy"] += 0.01
+    io.write_json(tmp_path / "metrics.json", metrics)
+    result = validate(out, kwargs, metrics=tmp_path / "metrics.json")
+    assert not result["passed"] and result["checks"][0]["metric_max_abs_diff"] == pytest.approx(0.01)
+
+
+def test_a_merge_that_drops_the_update_fails(saved_runs, monkeypatch):
+    from peft.tuners.lora import LoraModel
+
+    out, kwargs = saved_runs[("squad_v2", "lora")]
+    # unload() removes the adapter without merging it: deployment would serve another model
+    monkeypatch.setattr(LoraModel, "merge_and_unload", lambda self, *a, **kw: self.unload())
+    result = validate(out, kwargs)
+    merge = result["checks"][1]
+    assert not result["passed"] and not merge["passed"]
+    assert merge["max_abs_logit_diff"] > 1e-3 and result["checks"][0]["passed"]

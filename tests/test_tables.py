@@ -1,0 +1,126 @@
+"""The aggregate step's statistics against computations written out here: bootstrap intervals
+from the saved predictions, paired and unpaired verdicts, the configured H2 metric and pooling,
+and failed checkpoint checks reaching summary.md."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from ftdrift import io, tables
+from ftdrift.config import load_catalog
+from helpers import REPO
+
+CATALOG = load_catalog(REPO / "config" / "tasks.yaml")
+ANALYSIS = {"confidence": 0.9, "bootstrap_resamples": 200, "h1_max_relative_drop": 0.03,
+            "h2_min_drift_reduction": 0.2, "h2_metric": "linear_cka", "h2_pooling": "mean"}
+
+
+def test_classification_interval_is_a_percentile_bootstrap_over_examples():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 50)
+    predicted = np.where(rng.random(50) < 0.8, labels, 1 - labels)
+    records = [{"id": f"e{i}", "text": "x", "label": int(y)} for i, y in enumerate(labels)]
+    saved = {"predictions": {f"e{i}": int(p) for i, p in enumerate(predicted)}}
+    low, high = tables.main_metric_ci(records, saved, CATALOG["sst2"], 200, 0.9, seed=7)
+    draws = np.random.default_rng(7)
+    accuracies = [np.mean((labels == predicted)[draws.integers(0, 50, 50)]) for _ in range(200)]
+    assert (low, high) == pytest.approx(tuple(np.quantile(accuracies, [0.05, 0.95])), abs=1e-12)
+
+
+def test_squad_interval_resamples_questions():
+    context = "Ada was born in Paris in 1900."
+    records = [{"id": "a", "title": "t", "context": context, "question": "Where?",
+                "answers": {"text": ["Paris"], "answer_start": [16]}},
+               {"id": "b", "title": "t", "context": context, "question": "When?",
+                "answers": {"text": ["1900"], "answer_start": [25]}},
+               {"id": "c", "title": "t", "context": context, "question": "Why?", "answers": {"text": [], "answer_start": []}}]
+    saved = {"predictions": {"a": "in Paris", "b": "1900", "c": "Paris"}, "na_probs": {"a": 0.1, "b": 0.1, "c": 0.2}}
+    f1 = np.array([2 * 0.5 * 1 / 1.5, 1.0, 0.0])  # "in Paris" vs "Paris": precision 1/2, recall 1
+    low, high = tables.main_metric_ci(records, saved, CATALOG["squad_v2"], 300, 0.9, seed=3)
+    draws = np.random.default_rng(3)
+    means = [100 * f1[draws.integers(0, 3, 3)].mean() for _ in range(300)]
+    assert (low, high) == pytest.approx(tuple(np.quantile(means, [0.05, 0.95])), abs=1e-9)
+
+
+def chosen(seeds_full, seeds_lora, val_full, val_lora, drift_full, drift_lora):
+    rows = [{"task": "sst2", "method": m, "seed": s, "val_main": v, "drift": d}
+            for m, seeds, vals, drifts in (("full", seeds_full, val_full, drift_full),
+                                           ("lora", seeds_lora, val_lora, drift_lora))
+            for s, v, d in zip(seeds, vals, drifts)]
+    frame = pd.DataFrame(rows)
+    return frame[frame.method == "full"], frame[frame.method == "lora"]
+
+
+def test_shared_seeds_are_paired_with_the_configured_confidence():
+    full, lora = chosen([3, 1, 2], [1, 2, 3], [0.90, 0.80, 0.85], [0.79, 0.84, 0.88], [0.5, 0.4, 0.45], [0.3, 0.35, 0.2])
+    row = tables.verdict_row("sst2", CATALOG["sst2"], full, lora, ANALYSIS)
+    assert row["analysis"] == "paired by seed (n = 3)" and row["confidence"] == 0.9
+    diff = np.array([0.79 - 0.80, 0.84 - 0.85, 0.88 - 0.90])  # seeds 1, 2, 3
+    half = st.t.ppf(0.95, 2) * diff.std(ddof=1) / np.sqrt(3)
+    assert row["lora_minus_full"] == pytest.approx(diff.mean())
+    assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((diff.mean() - half, diff.mean() + half))
+    # H2, paired delta method: z_i = (lora_i - R full_i) / mean(full), R = mean(lora) / mean(full)
+    f, g = np.array([0.4, 0.45, 0.5]), np.array([0.3, 0.35, 0.2])
+    ratio = g.mean() / f.mean()
+    z = (g - ratio * f) / f.mean()
+    half = st.t.ppf(0.95, 2) * z.std(ddof=1) / np.sqrt(3)
+    assert row["h2_drift_reduction"] == pytest.approx(1 - ratio)
+    assert (row["h2_ci_low"], row["h2_ci_high"]) == pytest.approx((1 - ratio - half, 1 - ratio + half))
+    assert row["h2_drift_metric"] == "linear_cka" and row["h2_pooling"] == "mean"
+
+
+def test_other_seeds_are_compared_unpaired():
+    full, lora = chosen([1, 2, 3], [4, 5, 6], [0.90, 0.80, 0.85], [0.79, 0.84, 0.88], [0.5, 0.4, 0.45], [0.3, 0.35, 0.2])
+    row = tables.verdict_row("sst2", CATALOG["sst2"], full, lora, ANALYSIS)
+    assert row["analysis"] == "unpaired (full n = 3, LoRA n = 3)"
+    welch = st.ttest_ind([0.79, 0.84, 0.88], [0.90, 0.80, 0.85], equal_var=False)
+    low, high = welch.confidence_interval(0.9)
+    assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((low, high))
+
+
+def write_run(root, task, method, seed, val, drift_values, metric, pooling, ok=True):
+    run = {"task": task, "method": method, "lr": "1e-3", "batch_size": 4, "seed": seed}
+    name = f"{task}-{method}-{seed}"
+    io.write_json(root / f"{name}.metrics.json", {
+        "task": task, "main_metric": "accuracy", "dev": {"accuracy": val}, "validation": {"accuracy": val, "f1": val},
+        "meta": {"run": run, "stopped_early": False, "trainable_fraction": 0.5, "steps": 4}})
+    io.write_json(root / f"{name}.predictions.json", {"predictions": {"v0": 1, "v1": 0}})
+    rows = [{**run, "step": step, "layer": layer, "layer_name": f"block_{layer}", "pooling": p, "metric": m,
+             "value": value if (m, p) == (metric, pooling) else 0.99}
+            for step in (0, 4) for layer, value in enumerate(drift_values)
+            for m in ("linear_cka", "cosine") for p in ("mean", "last")]
+    io.write_csv(root / f"{name}.drift.csv", pd.DataFrame(rows))
+    io.write_json(root / f"{name}.check.json", {
+        "run": run, "passed": ok, "merge_max_abs_logit_diff": 1e-6 if method == "lora" else None,
+        "checks": [{"check": "reloaded model" if method == "full" else "base model + adapter",
+                    "prediction_mismatches": 0 if ok else 3, "passed": ok}]})
+    return name
+
+
+def test_aggregate_uses_the_configured_drift_and_shows_failed_checks(tmp_path):
+    names = [write_run(tmp_path, "sst2", "full", seed, 0.9, [0.5, 0.7], "cosine", "last") for seed in (1, 2)]
+    names += [write_run(tmp_path, "sst2", "lora", seed, 0.89, [0.8, 0.9], "cosine", "last", ok=seed == 1)
+              for seed in (1, 2)]
+    io.write_jsonl(tmp_path / "validation.jsonl", [{"id": "v0", "text": "a", "label": 1}, {"id": "v1", "text": "b", "label": 1}])
+    outputs = {key: tmp_path / "out" / f"{key}.out" for key in
+               ("runs", "drift", "best", "verdicts", "drift_by_layer", "summary", "latex", "weights")}
+    analysis = {**ANALYSIS, "h2_metric": "cosine", "h2_pooling": "last"}
+    tables.aggregate(metrics_paths=[tmp_path / f"{n}.metrics.json" for n in names],
+                     predictions_paths=[tmp_path / f"{n}.predictions.json" for n in names],
+                     validation_paths={"sst2": tmp_path / "validation.jsonl"},
+                     drift_paths=[tmp_path / f"{n}.drift.csv" for n in names], weights_paths=[],
+                     check_paths=[tmp_path / f"{n}.check.json" for n in names],
+                     task_defs={"sst2": CATALOG["sst2"]}, analysis=analysis, outputs=outputs)
+    best = pd.read_csv(outputs["best"]).set_index("method")
+    # drift = mean over layers of 1 - cosine ("last" pooling) at the last snapshot
+    assert best.loc["full", "drift_mean"] == pytest.approx(1 - (0.5 + 0.7) / 2)
+    assert best.loc["lora", "drift_mean"] == pytest.approx(1 - (0.8 + 0.9) / 2)
+    verdicts = pd.read_csv(outputs["verdicts"])
+    assert verdicts.loc[0, "h2_drift_reduction"] == pytest.approx(1 - 0.15 / 0.4)
+    assert verdicts.loc[0, "analysis"] == "paired by seed (n = 2)"
+    runs = pd.read_csv(outputs["runs"])
+    assert runs.val_main_ci_low.notna().all() and list(runs.checkpoint_ok) == [True, True, True, False]
+    summary = outputs["summary"].read_text()
+    assert "🔴 FAILED: checkpoint validation" in summary and "| sst2 | lora | 1e-3 | 4 | 2 | 3 |" in summary
+    assert "1 − cosine similarity" in summary and "last pooling" in summary

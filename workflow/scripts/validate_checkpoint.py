@@ -1,0 +1,16 @@
+from ftdrift import io, smk
+
+smk.start(snakemake)  # before transformers is imported, so its log handler writes to the rule's log
+
+from ftdrift.checkpoint import validate_run  # noqa: E402
+
+io.write_json(snakemake.output.check, validate_run(
+    model_dir=snakemake.input.model,
+    metrics_path=snakemake.input.metrics,
+    predictions_path=snakemake.input.predictions,
+    validation_path=snakemake.input.validation,
+    model_cfg=snakemake.params.model,
+    task_def=snakemake.params.task_def,
+    method=snakemake.wildcards.method,
+    data_settings=snakemake.params.data,
+))
