@@ -8,6 +8,8 @@ rule base_representations:
         task_def=task_def,
         data=lambda wc: settings(wc, "data"),
         representations=lambda wc: settings(wc, "representations"),
+        # the runs' training precision: snapshots are taken in it, so the base must be too
+        precision=lambda wc: settings(wc, "training")["precision"],
         code_version=CODE_VERSIONS["base_representations"],
     log:
         "results/logs/base_representations/{task}.log",

@@ -16,11 +16,13 @@ from test_train import run_kwargs, tiny  # noqa: F401 - tiny: the fixture, used 
 def saved_runs(tiny, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("runs")
     runs = {}
-    for task, method, lr in (("sst2", "full", "1e-3"), ("squad_v2", "lora", "5e-2"), ("sst2", "lora", "5e-2")):
-        out = root / f"{task}-{method}"
-        kwargs = run_kwargs(tiny, out, task=task, method=method, lr=lr, max_steps=4, save_steps=2, eval_steps=2)
+    for task, method, lr, precision in (("sst2", "full", "1e-3", "fp32"), ("squad_v2", "lora", "5e-2", "fp32"),
+                                        ("sst2", "lora", "5e-2", "fp32"), ("squad_v2", "lora", "5e-2", "bf16")):
+        out = root / f"{task}-{method}-{precision}"
+        kwargs = run_kwargs(tiny, out, task=task, method=method, lr=lr, max_steps=4, save_steps=2, eval_steps=2,
+                            precision=precision)
         finetune(**kwargs)
-        runs[(task, method)] = (out, kwargs)
+        runs[(task, method, precision)] = (out, kwargs)
     return runs
 
 
@@ -33,12 +35,16 @@ def validate(out, kwargs, predictions=None, metrics=None):
                         data_settings=kwargs["settings"]["data"])
 
 
-@pytest.mark.parametrize("run", [("sst2", "full"), ("squad_v2", "lora"), ("sst2", "lora")])
+@pytest.mark.parametrize("run", [("sst2", "full", "fp32"), ("squad_v2", "lora", "fp32"), ("sst2", "lora", "fp32"),
+                                 ("squad_v2", "lora", "bf16")])
 def test_saved_models_reproduce_their_results(saved_runs, run):
+    """Also a bf16 run (autocast on the CPU here, as on a GPU): its saved predictions are
+    reproduced in bf16, and the merge is checked in float32 against the float32 unmerged model."""
     out, kwargs = saved_runs[run]
     result = validate(out, kwargs)
     assert result["passed"], result
     assert result["n_examples"] == len(io.read_jsonl(kwargs["data_dir"] / "validation.jsonl"))
+    assert result["precision"] == run[2]
     names = [c["check"] for c in result["checks"]]
     if run[1] == "full":
         assert names == ["reloaded model"] and result["merge_max_abs_logit_diff"] is None
@@ -51,7 +57,7 @@ def test_saved_models_reproduce_their_results(saved_runs, run):
 
 
 def test_tampered_predictions_and_metrics_fail(saved_runs, tmp_path):
-    out, kwargs = saved_runs[("sst2", "full")]
+    out, kwargs = saved_runs[("sst2", "full", "fp32")]
     predictions = io.read_json(out / "predictions.json")
     first = next(iter(predictions["predictions"]))
     predictions["predictions"][first] = 1 - predictions["predictions"][first]
@@ -70,7 +76,7 @@ def test_tampered_predictions_and_metrics_fail(saved_runs, tmp_path):
 def test_a_merge_that_drops_the_update_fails(saved_runs, monkeypatch):
     from peft.tuners.lora import LoraModel
 
-    out, kwargs = saved_runs[("squad_v2", "lora")]
+    out, kwargs = saved_runs[("squad_v2", "lora", "fp32")]
     # unload() removes the adapter without merging it: deployment would serve another model
     monkeypatch.setattr(LoraModel, "merge_and_unload", lambda self, *a, **kw: self.unload())
     result = validate(out, kwargs)

@@ -306,23 +306,27 @@ def hand_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
 
 
-@pytest.mark.parametrize("task", ["sst2", "squad_v2"])
-@pytest.mark.parametrize("family", ["bert", "llama"])
-def test_step0_snapshot_is_the_base_model_s_representation(tiny, tmp_path, family, task):
+@pytest.mark.parametrize("family, task, precision", [
+    ("bert", "sst2", "fp32"), ("bert", "squad_v2", "fp32"), ("llama", "sst2", "fp32"), ("llama", "squad_v2", "fp32"),
+    ("llama", "sst2", "bf16")])
+def test_step0_snapshot_is_the_base_model_s_representation(tiny, tmp_path, family, task, precision):
     """At step 0 a LoRA model (B = 0) is the base model: CKA 1 to 1e-6 in every layer and pooling,
-    for BERT-style inputs with token types (the embedded MiniLM) and for Llama."""
+    for BERT-style inputs with token types (the embedded MiniLM) and for Llama; also in bf16
+    (autocast on the CPU here, the study's precision on GPUs), where the Trainer's autocast
+    stays on the model and the base model must be extracted in the same precision."""
     from ftdrift.extract import base_representations
 
     workdir, cfg, data = tiny
     kwargs = run_kwargs(tiny, tmp_path, task=task, method="lora", lr="5e-3", max_steps=1, save_steps=1,
-                        eval_steps=1)
+                        eval_steps=1, precision=precision)
     if family == "bert":
         kwargs["model_cfg"] = {"name_or_path": "embedded:all-MiniLM-L6-v2", "family": "bert"}
     finetune(**kwargs)
     base_representations(probe_path=workdir / "prepared" / task / "probe.jsonl", store_path=tmp_path / "base.zarr",
                          model_cfg=kwargs["model_cfg"], task_def=CATALOG[task], data_settings=kwargs["settings"]["data"],
-                         rep_settings=kwargs["settings"]["representations"])
+                         rep_settings=kwargs["settings"]["representations"], precision=precision)
     base = zarr.open_group(str(tmp_path / "base.zarr"), mode="r")
+    assert base.attrs["precision"] == precision
     steps, run = reps(tmp_path / "reps.zarr")
     assert steps[0] == 0
     for pooling, snapshots in run.items():

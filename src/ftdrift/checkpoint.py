@@ -98,19 +98,27 @@ def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, 
         return predict_split(predictor(model.to(device).eval(), tokenizer, batch_size, in_precision), records,
                              task_def, tokenizer, data_settings)
 
-    checks, merge_diff = [], None
-    if method == "full":
-        auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForQuestionAnswering
-        model = auto.from_pretrained(str(model_dir), dtype=torch.float32)
-        checks.append(_compare("reloaded model", saved_predictions, saved["validation"], predict(model, precision)))
-    else:
-        num_labels = len(task_def["labels"]) if kind == "classification" else None
-        base = models.load_model(model_cfg, kind, num_labels, tokenizer)
-        model = lora.load(base, Path(model_dir))
-        reloaded = predict(model, precision)
-        checks.append(_compare("base model + adapter", saved_predictions, saved["validation"], reloaded))
+    num_labels = len(task_def["labels"]) if kind == "classification" else None
+
+    def load_saved():
+        """A fresh copy of the saved model (accelerate patches a model's forward with the autocast of
+        the first predictor that prepares it, so each precision gets its own copy)."""
+        if method == "full":
+            auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForQuestionAnswering
+            return auto.from_pretrained(str(model_dir), dtype=torch.float32)
+        return lora.load(models.load_model(model_cfg, kind, num_labels, tokenizer), Path(model_dir))
+
+    model = load_saved()
+    reloaded = predict(model, precision)
+    checks = [_compare("reloaded model" if method == "full" else "base model + adapter", saved_predictions,
+                       saved["validation"], reloaded)]
+    merge_diff = None
+    if method == "lora":
         with exact_float32():
-            unmerged = reloaded if precision == "fp32" else predict(model, "fp32")
+            unmerged = reloaded
+            if precision != "fp32":
+                model = load_saved()
+                unmerged = predict(model, "fp32")
             merged = predict(model.merge_and_unload(), "fp32")
         merge_diff = max_logit_difference(unmerged, merged)
         # merged predictions against the saved ones where those are float32, else against the

@@ -30,6 +30,11 @@ def drift_table(base_path, run_path, run: dict, metrics: list[str]) -> pd.DataFr
     attrs = store.attrs
     if attrs["probe_ids"] != base_attrs["probe_ids"]:
         raise ValueError(f"{run_path} and {base_path} were taken on different probe sets")
+    if attrs.get("precision", "fp32") != base_attrs.get("precision", "fp32"):
+        # e.g. the base extracted on a CPU (fp32), the run trained on a GPU (bf16 under 'auto')
+        raise ValueError(f"{run_path} was taken in {attrs.get('precision')} but {base_path} in "
+                         f"{base_attrs.get('precision')}: drift would include the rounding difference. Run "
+                         "base_representations where the runs train, or set config key 'training.precision'")
     frames = []
     for pooling in attrs["poolings"]:
         steps, snapshots = store.read(pooling)

@@ -8,12 +8,16 @@ from transformers import AutoModel
 from ftdrift import io, models
 from ftdrift.config import task_kind
 from ftdrift.features import encode_probe
+from ftdrift.precision import resolve_precision
 from ftdrift.representations import extract, make_batches
 from ftdrift.store import write_base
 
 
 def base_representations(*, probe_path, store_path, model_cfg: dict, task_def: dict, data_settings: dict,
-                         rep_settings: dict) -> None:
+                         rep_settings: dict, precision: str = "fp32") -> None:
+    """The base model's pooled representations of the probe set, in the runs' training
+    `precision` (as configured: 'auto' resolves on this machine), written atomically."""
+    precision = resolve_precision(precision)
     kind = task_kind(task_def)
     records = io.read_jsonl(probe_path)
     tokenizer = models.load_tokenizer(model_cfg)
@@ -24,9 +28,10 @@ def base_representations(*, probe_path, store_path, model_cfg: dict, task_def: d
     batches = make_batches(encode_probe(records, tokenizer, kind, data_settings["max_length"][kind],
                                         data_settings["max_query_length"]),
                            tokenizer, rep_settings["batch_size"])
-    pooled = extract(model, batches, family.poolings, rep_settings["dtype"], progress="base representations")
+    pooled = extract(model, batches, family.poolings, rep_settings["dtype"], progress="base representations",
+                     precision=precision)
     with io.atomic_path(store_path) as tmp:
         write_base(tmp, pooled, {
-            "model": model_cfg["name_or_path"], "poolings": list(family.poolings),
+            "model": model_cfg["name_or_path"], "poolings": list(family.poolings), "precision": precision,
             "probe_ids": [r["id"] for r in records],
             "layer_names": models.layer_names(model.config.num_hidden_layers)})

@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, TrainerCallback
 
+from ftdrift.precision import autocast
 from ftdrift.store import SnapshotStore
 
 POOLINGS = ("mean", "last")
@@ -38,8 +39,12 @@ def make_batches(features: list[dict], tokenizer, batch_size: int) -> list[tuple
 
 @torch.no_grad()
 def extract(model, batches: list[tuple[dict, list[int]]], poolings: tuple[str, ...], dtype: str = "float16",
-            progress: str | None = None) -> dict[str, np.ndarray]:
-    """Pooled hidden states of every layer: {pooling: [layer, example, hidden]} in `dtype`."""
+            progress: str | None = None, precision: str = "fp32") -> dict[str, np.ndarray]:
+    """Pooled hidden states of every layer: {pooling: [layer, example, hidden]} in `dtype`.
+
+    The forward pass runs under autocast in `precision` (ftdrift.precision: the training
+    precision, for base models and snapshots alike); pooling is done in float32.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -48,8 +53,9 @@ def extract(model, batches: list[tuple[dict, list[int]]], poolings: tuple[str, .
     for batch, chunk in tqdm(batches, desc=progress, disable=progress is None, leave=False):
         positions.extend(chunk)
         batch = {k: v.to(device) for k, v in batch.items()}
-        outputs = model(**batch, output_hidden_states=True)
-        hidden = torch.stack(outputs.hidden_states)  # [layer, batch, seq, dim]
+        with autocast(precision, device):
+            outputs = model(**batch, output_hidden_states=True)
+        hidden = torch.stack([h.float() for h in outputs.hidden_states])  # [layer, batch, seq, dim]
         layers, b, s, d = hidden.shape
         mask = batch["attention_mask"].repeat(layers, 1)  # pool all layers in one call
         for p in poolings:
@@ -65,14 +71,14 @@ class SnapshotCallback(TrainerCallback):
     """Snapshots the probe-set representations at step 0, every N steps, and at the end."""
 
     def __init__(self, store: SnapshotStore, batches: list[dict], poolings: tuple[str, ...],
-                 every: int, dtype: str):
+                 every: int, dtype: str, precision: str = "fp32"):
         self.store, self.batches, self.poolings = store, batches, poolings
-        self.every, self.dtype = every, dtype
+        self.every, self.dtype, self.precision = every, dtype, precision
 
     def _snapshot(self, model, step: int) -> None:
         if step in self.store.steps():
             return  # taken before a restart: resume keeps it
-        self.store.append(step, extract(model, self.batches, self.poolings, self.dtype))
+        self.store.append(step, extract(model, self.batches, self.poolings, self.dtype, precision=self.precision))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         # a resumed run redoes the steps after its checkpoint: drop the snapshots it will retake

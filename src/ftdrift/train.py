@@ -36,6 +36,7 @@ from ftdrift import io, lora, loss, metrics, models, workdir
 from ftdrift.config import task_kind
 from ftdrift.features import encode_classification, encode_probe, encode_qa_train
 from ftdrift.monitor import BestModelCallback, TrainingMonitor
+from ftdrift.precision import resolve_precision
 from ftdrift.predict import predict_split, predictor
 from ftdrift.representations import SnapshotCallback, make_batches
 from ftdrift.store import SnapshotStore
@@ -136,12 +137,6 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
             log.warning("removing incomplete checkpoint %s (the job was killed while writing it)", path)
             shutil.rmtree(path, ignore_errors=True)
     return None
-
-
-def resolve_precision(precision: str) -> str:
-    if precision != "auto":
-        return precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def _wandb_env(cfg: dict, run_name: str, group: str, tags: list[str], work_dir: Path) -> list[str]:
@@ -398,7 +393,7 @@ def train_attempt(*, run: dict, task_def: dict, settings: dict, model_cfg: dict,
 
     family = models.family(model_cfg["family"])
     store = SnapshotStore(work_dir / "representations.zarr", attrs={
-        "model": model_cfg["name_or_path"], "poolings": list(family.poolings), "run": run,
+        "model": model_cfg["name_or_path"], "poolings": list(family.poolings), "run": run, "precision": precision,
         "probe_ids": [r["id"] for r in data.splits["probe"]],
         "layer_names": models.layer_names(model.config.num_hidden_layers)})
     checkpoint_dir = work_dir / "checkpoints"
@@ -409,7 +404,8 @@ def train_attempt(*, run: dict, task_def: dict, settings: dict, model_cfg: dict,
     best = BestModelCallback(work_dir / "best")
     monitor = TrainingMonitor(int(run["batch_size"]), checkpoint_dir, check_finite=precision != "fp16")
     trainer_callbacks = [monitor, SnapshotCallback(store, data.probe_batches, family.poolings,
-                                                   rep_settings["snapshot_steps"], rep_settings["dtype"]), best]
+                                                   rep_settings["snapshot_steps"], rep_settings["dtype"], precision),
+                         best]
     if training["early_stopping_patience"]:
         trainer_callbacks.append(EarlyStoppingCallback(training["early_stopping_patience"]))
     if mirror:

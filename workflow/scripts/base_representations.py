@@ -9,4 +9,5 @@ base_representations(
     task_def=snakemake.params.task_def,
     data_settings=snakemake.params.data,
     rep_settings=snakemake.params.representations,
+    precision=snakemake.params.precision,
 )

@@ -1,0 +1,41 @@
+"""ftdrift.drift on small stores written here: rows per step, layer, pooling and metric, and
+refusals when the run and the base were taken on different probes or in different precisions."""
+
+import numpy as np
+import pytest
+
+from ftdrift.drift import drift_table
+from ftdrift.store import SnapshotStore, write_base
+
+RUN = {"task": "sst2", "method": "lora", "lr": "1e-3", "batch_size": 4, "seed": 1}
+
+
+def stores(tmp_path, base_precision="bf16", run_precision="bf16", run_probe=("a", "b", "c", "d", "e")):
+    rng = np.random.default_rng(0)
+    base = {"mean": rng.normal(size=(2, 5, 3)).astype(np.float32)}
+    attrs = {"poolings": ["mean"], "probe_ids": ["a", "b", "c", "d", "e"], "layer_names": ["embeddings", "block_0"]}
+    write_base(tmp_path / "base.zarr", base, {**attrs, "precision": base_precision})
+    store = SnapshotStore(tmp_path / "run.zarr", attrs={**attrs, "probe_ids": list(run_probe), "run": RUN,
+                                                        "precision": run_precision})
+    store.append(0, base)
+    store.append(5, {"mean": base["mean"] + rng.normal(size=base["mean"].shape).astype(np.float32)})
+    return tmp_path / "base.zarr", tmp_path / "run.zarr"
+
+
+def test_rows_and_identity_at_step_zero(tmp_path):
+    table = drift_table(*stores(tmp_path), RUN, ["linear_cka", "cosine"])
+    assert len(table) == 2 * 2 * 2  # steps x layers x metrics
+    assert list(table.columns[:5]) == ["task", "method", "lr", "batch_size", "seed"]
+    step0 = table[table.step == 0]
+    assert np.allclose(step0.value, 1.0, atol=1e-6)
+    assert (table[table.step == 5].value < 0.99).all()
+
+
+def test_different_precisions_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="taken in bf16 but .* in fp32"):
+        drift_table(*stores(tmp_path, base_precision="fp32"), RUN, ["linear_cka"])
+
+
+def test_different_probe_sets_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="different probe sets"):
+        drift_table(*stores(tmp_path, run_probe=("a", "b", "c", "d", "x")), RUN, ["linear_cka"])
