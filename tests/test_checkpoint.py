@@ -65,12 +65,18 @@ def test_tampered_predictions_and_metrics_fail(saved_runs, tmp_path):
     result = validate(out, kwargs, predictions=tmp_path / "predictions.json")
     assert not result["passed"]
     assert result["checks"][0]["prediction_mismatches"] == 1 and result["checks"][0]["mismatched_ids"] == [first]
+    assert result["failure"] == f"reloaded model: 1 predictions differ (e.g. {[first]})"
 
     metrics = io.read_json(out / "metrics.json")
     metrics["validation"]["accuracy"] += 0.01
     io.write_json(tmp_path / "metrics.json", metrics)
     result = validate(out, kwargs, metrics=tmp_path / "metrics.json")
     assert not result["passed"] and result["checks"][0]["metric_max_abs_diff"] == pytest.approx(0.01)
+    assert result["failure"] == "reloaded model: metrics differ by up to 0.01"
+
+    (tmp_path / "broken.json").write_text('{"predictions": {')
+    result = validate(out, kwargs, predictions=tmp_path / "broken.json")
+    assert not result["passed"] and result["failure"].startswith(f"{tmp_path / 'broken.json'} unreadable")
 
 
 def test_a_merge_that_drops_the_update_fails(saved_runs, monkeypatch):
@@ -83,3 +89,4 @@ def test_a_merge_that_drops_the_update_fails(saved_runs, monkeypatch):
     merge = result["checks"][1]
     assert not result["passed"] and not merge["passed"]
     assert merge["max_abs_logit_diff"] > 1e-3 and result["checks"][0]["passed"]
+    assert result["failure"].startswith("merged adapter: merged logits differ by")

@@ -74,7 +74,8 @@ def test_config_values_as_snakemake_passes_them_resolve_to_numbers():
 
 @pytest.mark.parametrize("section, key, text, value", [
     ("training", "max_steps", "-1", -1),
-    ("training", "epochs", "8", 8),
+    ("training", "epochs", "8", 8.0),  # numbers in one form: 8 and 8.0 are the same params
+    ("training", "max_steps", "8.0", 8),
     ("training", "warmup_ratio", "3e-4", 3e-4),
     ("training", "gradient_checkpointing", "FALSE", False),
     ("training", "full_determinism", "true", True),
@@ -88,7 +89,8 @@ def test_each_literal_is_read_as_the_key_type(section, key, text, value):
 
 
 @pytest.mark.parametrize("section, key, text, message", [
-    ("training", "max_steps", "8.0", "'8.0' is not of type 'integer'"),
+    ("training", "max_steps", "8.5", "'8.5' is not of type 'integer'"),
+    ("training", "max_steps", "١٢", "'١٢' is not of type 'integer'"),  # ASCII digits only
     ("training", "epochs", "nan", "'nan' is not of type 'number'"),
     ("training", "epochs", "1e999", "'1e999' is not of type 'number'"),
     ("training", "epochs", "1_000", "'1_000' is not of type 'number'"),
@@ -115,7 +117,39 @@ def test_uniqueness_is_checked_after_coercion():
 
 def test_override_strings_are_coerced_and_refused_naming_the_task():
     error = error_of(config_with(task_overrides={"sst2": {"training": {"eval_steps": "x"}}}))
-    assert "config (task_overrides.sst2.training) key 'eval_steps': 'x' is not of type 'integer'" in error
+    assert "config (task sst2) key 'task_overrides.sst2.training.eval_steps': 'x' is not of type 'integer'" in error
+    # an override of a task that is not run now is checked too, and unknown keys are named
+    error = error_of(config_with(tasks=["sst2"], task_overrides={"mrpc": {"training": {"max_stepz": 1}}}))
+    assert "config (task mrpc) key 'task_overrides.mrpc.training': Additional properties are not allowed" in error
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("analysis", "confidence", float("nan")), ("training", "epochs", float("inf")),
+    ("lora", "dropout", float("nan")), ("data", "dev_size", float("inf"))])
+def test_non_finite_numbers_are_refused_naming_the_key(section, key, value):
+    """YAML's .nan and .inf pass every range check (NaN < x is False): they are refused by name."""
+    assert f"key '{section}.{key}': {value} is not a finite number" in error_of(config_with(**{section: {key: value}}))
+
+
+def test_one_number_one_form():
+    """1 and 1.0 (or 8.0 for an integer key) resolve to the same value, so they plan the same jobs."""
+    a = resolve(config_with(training={"max_grad_norm": 1, "max_steps": 8.0}, lora={"alpha": 8}))
+    b = resolve(config_with(training={"max_grad_norm": 1.0, "max_steps": 8}, lora={"alpha": 8.0}))
+    assert a["training"] == b["training"] and a["lora"] == b["lora"]
+    assert type(a["training"]["max_steps"]) is int and type(a["lora"]["alpha"]) is float
+
+
+def test_learning_rates_naming_the_same_run_are_refused():
+    lrs = {"full": {"classification": [0.001, 0.0010000001], "extractive_qa": [1e-4]},
+           "lora": {"classification": [3e-3], "extractive_qa": [5e-3]}}
+    error = error_of(config_with(grid={**BASE["grid"], "learning_rates": lrs}))
+    assert "config key 'grid.learning_rates.full.classification': [0.001, 0.0010000001] name the same runs" in error
+
+
+def test_null_on_the_command_line_is_null_and_dev_size_is_a_count_or_a_fraction():
+    assert resolve(config_with(data_dir="null"))["data_dir"] is None  # --config data_dir=null
+    assert "config key 'data.dev_size' (1.5) for task sst2: a count of examples" in error_of(
+        config_with(data={"dev_size": 1.5}))
 
 
 # --- new keys ---------------------------------------------------------------------------------

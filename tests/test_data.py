@@ -279,3 +279,30 @@ def test_file_duplicate_ids_are_refused(tmp_path):
     with pytest.raises(DataError, match="duplicate id '7' \\(record 1\\)") as err:
         read_glue_tsv(path, CATALOG["rte"], "validation")
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"data": ["x"]}, "data must be a list of objects"),
+    ({"data": [{"paragraphs": ["x"]}]}, r"data\[0\].paragraphs must be a list of objects"),
+    ({"data": [{"paragraphs": [{"context": "c", "qas": None}]}]}, r"data\[0\].paragraphs\[0\].qas must be a list"),
+    ({"data": [{"paragraphs": [{"context": "a b", "qas": [{"id": "q", "question": "?", "is_impossible": "false",
+                                                            "answers": [{"text": "a", "answer_start": 0}]}]}]}]},
+     "question 'q' .*'is_impossible' must be true or false, not 'false'"),
+])
+def test_squad_structure_errors_name_file_and_place(tmp_path, payload, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(DataError, match=message) as err:
+        read_squad_json(path)
+    assert str(path) in str(err.value)
+
+
+def test_non_utf8_and_blank_looking_rows_are_refused(tmp_path):
+    latin = tmp_path / "latin.tsv"
+    latin.write_bytes("sentence\tlabel\ncaf\xe9 \t1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=f"{latin}: not UTF-8 text"):
+        read_glue_tsv(latin, CATALOG["sst2"], "train")
+    tabs = tmp_path / "tabs.tsv"
+    tabs.write_text("sentence\tlabel\nfine \t1\n\t\n\n")  # the empty last line is no row; the tab line is
+    with pytest.raises(DataError, match="row 3: unknown label ''"):
+        read_glue_tsv(tabs, CATALOG["sst2"], "train")

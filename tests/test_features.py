@@ -47,7 +47,7 @@ def _expected_labels(encoded, window: int, start_char: int, end_char: int) -> tu
                                                         ("llama", 28, 4)])
 def test_answers_with_white_space_label_exactly_the_answer(request, family, max_length, stride):
     tok = request.getfixturevalue(family)
-    dataset = encode_qa_train(SPACED, tok, max_length, stride)
+    dataset = encode_qa_train(SPACED, tok, max_length, stride, 64)
     # the same windows, tokenised here directly, give the offsets to decode the labels with
     encoded = tok([r["question"] for r in SPACED], [r["context"] for r in SPACED], truncation="only_second",
                   max_length=max_length, stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
@@ -116,10 +116,10 @@ def test_window_too_small_for_the_stride_names_doc_stride(bert):
         encode_qa_train(records, bert, 32, 13, max_query_length=16)
     with pytest.raises(ValueError, match=r"data\.doc_stride \(4\)"):
         encode_qa_eval(records, bert, 32, 4, max_query_length=16 * 2)
-    # the default max_query_length (64) keeps the whole question: no room is left, and it is said so
+    # max_query_length 64 keeps the whole question: no room is left, and it is said so
     n_question = len(bert(records[0]["question"].lstrip(), add_special_tokens=False)["input_ids"])
     with pytest.raises(ValueError, match=rf"longest question {n_question} tokens .*= {32 - n_question - 3}$"):
-        encode_qa_train(records, bert, 32, 4)
+        encode_qa_train(records, bert, 32, 4, 64)
 
 
 def test_question_cut_ends_with_multibyte_characters(llama):
@@ -142,6 +142,6 @@ def test_probe_cuts_long_questions(bert):
         assert sum(t == 0 for t in item["token_type_ids"]) - 2 <= 16
     assert bert.decode(probe[1]["input_ids"]).startswith("[CLS] when was the mill built? [SEP] the mill on")
     with pytest.raises(ValueError, match="max_query_length 64"):
-        encode_probe(records, bert, "extractive_qa", 32)  # the whole question does not fit
+        encode_probe(records, bert, "extractive_qa", 32, 64)  # the whole question does not fit
     sentences = encode_probe([{"text": "a b c"}], bert, "classification", 8)
     assert bert.decode(sentences[0]["input_ids"]) == "[CLS] a b c [SEP]"

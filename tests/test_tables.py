@@ -93,6 +93,7 @@ def write_run(root, task, method, seed, val, drift_values, metric, pooling, ok=T
     io.write_csv(root / f"{name}.drift.csv", pd.DataFrame(rows))
     io.write_json(root / f"{name}.check.json", {
         "run": run, "passed": ok, "merge_max_abs_logit_diff": 1e-6 if method == "lora" else None,
+        "failure": "" if ok else "base model + adapter: 3 predictions differ (e.g. ['v0'])",
         "checks": [{"check": "reloaded model" if method == "full" else "base model + adapter",
                     "prediction_mismatches": 0 if ok else 3, "passed": ok}]})
     return name
@@ -122,5 +123,14 @@ def test_aggregate_uses_the_configured_drift_and_shows_failed_checks(tmp_path):
     runs = pd.read_csv(outputs["runs"])
     assert runs.val_main_ci_low.notna().all() and list(runs.checkpoint_ok) == [True, True, True, False]
     summary = outputs["summary"].read_text()
-    assert "🔴 FAILED: checkpoint validation" in summary and "| sst2 | lora | 1e-3 | 4 | 2 | 3 |" in summary
+    assert "🔴 FAILED: checkpoint validation" in summary
+    assert "| sst2 | lora | 1e-3 | 4 | 2 | base model + adapter: 3 predictions differ (e.g. ['v0']) |" in summary
     assert "1 − cosine similarity" in summary and "last pooling" in summary
+
+
+def test_predictions_missing_an_example_have_no_interval():
+    """A tampered or truncated predictions.json must not stop the tables (its check fails instead)."""
+    records = [{"id": f"e{i}", "text": "x", "label": i % 2} for i in range(4)]
+    saved = {"predictions": {"e0": 0, "e1": 1, "e2": 0}}
+    low, high = tables.main_metric_ci(records, saved, CATALOG["sst2"], 50, 0.9, seed=1)
+    assert np.isnan(low) and np.isnan(high)

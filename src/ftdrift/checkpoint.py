@@ -73,8 +73,10 @@ def _compare(name: str, saved_predictions: dict, saved_metrics: dict, new: Split
              tolerance: float = RELOAD_TOLERANCE) -> dict:
     ids = prediction_mismatches(saved_predictions, new.predictions, tolerance)
     diff = metric_difference(saved_metrics, new.metrics)
+    reasons = [f"{len(ids)} predictions differ (e.g. {ids[:3]})"] * bool(ids)
+    reasons += [f"metrics differ by up to {diff:.3g}"] * (diff > tolerance)
     return {"check": name, "prediction_mismatches": len(ids), "mismatched_ids": ids[:10],
-            "metric_max_abs_diff": diff, "passed": not ids and diff <= tolerance}
+            "metric_max_abs_diff": diff, "passed": not reasons, "reason": "; ".join(reasons)}
 
 
 def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, model_cfg: dict,
@@ -82,13 +84,20 @@ def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, 
     """Reload `model_dir`, re-predict validation, compare; returns the JSON record (see module doc).
 
     Keys: run, method, precision, n_examples, checks (list of {check, prediction_mismatches,
-    mismatched_ids (first 10), metric_max_abs_diff, passed[, max_abs_logit_diff, tolerance]}),
-    passed (all checks), merge_max_abs_logit_diff (LoRA; None for full).
+    mismatched_ids (first 10), metric_max_abs_diff, passed, reason[, max_abs_logit_diff,
+    tolerance]}), passed (all checks), failure (why not, '' when passed),
+    merge_max_abs_logit_diff (LoRA; None for full). An unreadable predictions.json is a failed check.
     """
     saved = io.read_json(metrics_path)
-    saved_predictions = io.read_json(predictions_path)
     records = io.read_jsonl(validation_path)
     meta = saved["meta"]
+    try:
+        saved_predictions = io.read_json(predictions_path)
+    except ValueError as err:  # unreadable: a failed check, not a crash of the study
+        check = {"check": "saved predictions", "passed": False, "reason": f"{predictions_path} unreadable: {err}"}
+        log.error("%s", check)
+        return {"run": meta["run"], "method": method, "precision": meta["precision"], "n_examples": len(records),
+                "checks": [check], "passed": False, "failure": check["reason"], "merge_max_abs_logit_diff": None}
     precision, batch_size = meta["precision"], int(meta["eval_batch_size"])
     kind = task_kind(task_def)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -126,10 +135,13 @@ def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, 
         reference = (saved_predictions, saved["validation"]) if precision == "fp32" else (
             unmerged.predictions, unmerged.metrics)
         merge = _compare("merged adapter", *reference, merged, tolerance=MERGE_TOLERANCE)
-        merge.update(max_abs_logit_diff=merge_diff, tolerance=MERGE_TOLERANCE,
-                     passed=merge["passed"] and merge_diff <= MERGE_TOLERANCE)
+        if merge_diff > MERGE_TOLERANCE:
+            merge["reason"] = "; ".join(filter(None, [f"merged logits differ by {merge_diff:.3g} "
+                                                      f"> {MERGE_TOLERANCE:g}", merge["reason"]]))
+        merge.update(max_abs_logit_diff=merge_diff, tolerance=MERGE_TOLERANCE, passed=not merge["reason"])
         checks.append(merge)
     for check in checks:
         (log.info if check["passed"] else log.error)("%s: %s", check["check"], check)
+    failure = "; ".join(f"{c['check']}: {c['reason']}" for c in checks if not c["passed"])
     return {"run": meta["run"], "method": method, "precision": precision, "n_examples": len(records),
-            "checks": checks, "passed": all(c["passed"] for c in checks), "merge_max_abs_logit_diff": merge_diff}
+            "checks": checks, "passed": not failure, "failure": failure, "merge_max_abs_logit_diff": merge_diff}

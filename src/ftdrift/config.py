@@ -31,8 +31,8 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key."""
 
 
-_INTEGER = re.compile(r"[-+]?\d+")
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+_NUMBER = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 _MISSING = object()
 
 
@@ -44,12 +44,15 @@ def _resolved(validator, schema: dict) -> dict:
 
 
 def _coerce_string(value: str, types: list[str]) -> Any:
-    """`value` read as the first of `types` whose literal it is; unchanged if none (or strings are allowed)."""
+    """`value` read as the first of `types` whose literal it is; unchanged if none (or strings are
+    allowed, except 'null'/'~' where null is: Snakemake passes `--config data_dir=null` as a string)."""
+    if "null" in types and value in ("null", "~"):
+        return None
     if "string" in types:
         return value
     for kind in types:
-        if kind == "integer" and _INTEGER.fullmatch(value):
-            return int(value)
+        if kind == "integer" and _NUMBER.fullmatch(value) and float(value).is_integer():
+            return int(float(value)) if not _INTEGER.fullmatch(value) else int(value)
         if kind == "number" and _NUMBER.fullmatch(value) and math.isfinite(float(value)):
             return int(value) if _INTEGER.fullmatch(value) else float(value)
         if kind == "boolean" and value.lower() in ("true", "false"):
@@ -60,11 +63,20 @@ def _coerce_string(value: str, types: list[str]) -> Any:
 
 
 def _coerce(validator, value: Any, schema: dict) -> Any:
-    """Strings (also inside arrays) read as the schema's type; objects are coerced when validated."""
+    """Strings (also inside arrays) read as the schema's type; numbers in one canonical form, so
+    that `1` and `1.0` (or `8.0` for an integer) are the same value to the rules' params and do
+    not re-run jobs; objects are coerced when validated."""
     schema = _resolved(validator, schema)
-    if isinstance(value, str) and "type" in schema:
-        types = schema["type"]
-        return _coerce_string(value, [types] if isinstance(types, str) else types)
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, str) and types:
+        value = _coerce_string(value, types)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if "integer" in types and float(value).is_integer():
+            return int(value)
+        if "number" in types:
+            return float(value)
+        return value
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [_coerce(validator, item, schema["items"]) for item in value]
     return value
@@ -92,15 +104,29 @@ def _filling_and_coercing(validator_class):
 _Validator = _filling_and_coercing(jsonschema.Draft7Validator)
 
 
-def _key(path) -> str:
-    return ".".join(str(part) for part in path) or "<top level>"
+def _key(path, prefix: str = "") -> str:
+    return ".".join([prefix] * bool(prefix) + [str(part) for part in path]) or "<top level>"
 
 
-def validate(instance: dict, schema: dict, what: str) -> dict:
-    """Validate `instance` in place (filling defaults, coercing strings); raise ConfigError naming the key."""
+def _non_finite(value: Any, path: tuple = ()):
+    """(path, value) of every NaN or infinite number (they pass every range check: NaN < x is False)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, (*path, index))
+
+
+def validate(instance: dict, schema: dict, what: str, prefix: str = "") -> dict:
+    """Validate `instance` in place (filling defaults, coercing strings); raise ConfigError naming
+    the key (`prefix`: where `instance` sits in the whole config, e.g. 'task_overrides.sst2.training')."""
     errors = sorted(_Validator(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"{what} key '{_key(e.absolute_path)}': {e.message}" for e in errors]
+    lines = [f"{what} key '{_key(e.absolute_path, prefix)}': {e.message}" for e in errors]
+    lines += [f"{what} key '{_key(path, prefix)}': {value} is not a finite number" for path, value in _non_finite(instance)]
+    if lines:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
     return instance
 
@@ -177,8 +203,14 @@ def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
     for task, override in config["task_overrides"].items():
         if task not in catalog:
             raise ConfigError(f"config key 'task_overrides.{task}': no such task in the catalog")
+        task_settings(config, task)  # an override of a task not run now is still checked
+    _check_learning_rates(config)
     for task in config["tasks"]:
         settings = task_settings(config, task)
+        dev_size = settings["data"]["dev_size"]
+        if dev_size >= 1 and not float(dev_size).is_integer():
+            raise ConfigError(f"config key 'data.dev_size' ({dev_size}) for task {task}: a count of examples "
+                              "(an integer > 1) or a fraction of train (0 < x < 1)")
         training = settings["training"]
         if training["save_steps"] % training["eval_steps"]:
             # the best model is tracked at evaluations; checkpoints must land on them to resume cleanly
@@ -206,6 +238,17 @@ def _check_doc_stride(data: dict, task: str, overridden: dict) -> None:
             f" ({QA_SPECIAL_TOKENS} = room for the special tokens of a question/context pair), so that each window"
             f" holds more context than the overlap"
         )
+
+
+def _check_learning_rates(config: dict) -> None:
+    """ConfigError when two learning rates of one list share a run name (they differ beyond the
+    7 significant digits of format_float): the second would never be trained."""
+    for method, kinds in config["grid"]["learning_rates"].items():
+        for kind, values in kinds.items():
+            names = [format_float(v) for v in values]
+            if len(set(names)) < len(names):
+                raise ConfigError(f"config key 'grid.learning_rates.{method}.{kind}': {values} name the same runs "
+                                  f"{names}; learning rates must differ within 7 significant digits")
 
 
 def _check_h2(config: dict) -> None:
@@ -236,7 +279,8 @@ def task_settings(config: dict, task: str) -> dict:
         values = {**copy.deepcopy(config[section]), **copy.deepcopy(override.get(section, {}))}
         sub = dict(schema["definitions"][definition])
         sub["definitions"] = schema["definitions"]
-        merged[section] = validate(values, sub, f"config (task_overrides.{task}.{section})")
+        where = f"task_overrides.{task}.{section}" if section in override else section
+        merged[section] = validate(values, sub, f"config (task {task})", prefix=where)
     return merged
 
 

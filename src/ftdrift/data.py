@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,11 @@ def read_glue_tsv(path: Path, task_def: dict, split: str) -> list[dict]:
     """
     if not path.is_file():
         raise DataError(f"{path}: file not found. {HOW_TO_PROVIDE}")
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        lines = [(number, line.rstrip("\r\n")) for number, line in enumerate(handle, start=1)]
-    lines = [(number, line) for number, line in lines if line.strip()]
+    # split as reading the file line by line does (\n, \r\n, \r), not at str.splitlines' other breaks
+    rows = StringIO(_read_text(path), newline="")
+    lines = [(number, line.rstrip("\r\n")) for number, line in enumerate(rows, start=1)]
+    # only empty lines are skipped: a line of tabs or spaces is a row, and refused if malformed
+    lines = [(number, line) for number, line in lines if line]
     has_header = task_def.get("header", True)
     if not lines or (has_header and len(lines) < 2):
         raise DataError(f"{path}: empty file (no data rows)")
@@ -95,17 +98,21 @@ def read_squad_json(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: file not found. {HOW_TO_PROVIDE}")
     try:
-        with open(path, encoding="utf-8") as handle:
-            payload = json.load(handle)
+        payload = json.loads(_read_text(path))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: broken JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list) or not payload["data"]:
         raise DataError(f"{path}: not SQuAD JSON (expected a non-empty top-level 'data' list)")
     records = []
-    for a, article in enumerate(payload["data"]):
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
-            for question in paragraph.get("qas", []):
-                answers = [] if question.get("is_impossible", False) else question.get("answers", [])
+    for a, article in enumerate(_objects(payload["data"], path, "data")):
+        paragraphs = _objects(article.get("paragraphs", []), path, f"data[{a}].paragraphs")
+        for p, paragraph in enumerate(paragraphs):
+            for question in _objects(paragraph.get("qas", []), path, f"data[{a}].paragraphs[{p}].qas"):
+                impossible = question.get("is_impossible", False)
+                if not isinstance(impossible, bool):
+                    raise DataError(f"{path}, question {question.get('id')!r} (data[{a}].paragraphs[{p}]): "
+                                    f"'is_impossible' must be true or false, not {impossible!r}")
+                answers = [] if impossible else question.get("answers", [])
                 if not isinstance(answers, list) or not all(isinstance(x, dict) for x in answers):
                     raise DataError(f"{path}, question {question.get('id')!r} (data[{a}].paragraphs[{p}]): "
                                     f"'answers' must be a list of objects")
@@ -121,6 +128,22 @@ def read_squad_json(path: Path) -> list[dict]:
         raise DataError(f"{path}: no questions")
     validate_records(records, {"type": "extractive_qa"}, path)
     return records
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text (a BOM is dropped); DataError naming the file otherwise."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); GLUE and SQuAD files are "
+                        "UTF-8") from None
+
+
+def _objects(value, path: Path, where: str) -> list[dict]:
+    """`value` if it is a list of JSON objects; DataError naming the file and the place otherwise."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise DataError(f"{path}: {where} must be a list of objects")
+    return value
 
 
 def read_hub(task_def: dict, split: str) -> list[dict]:

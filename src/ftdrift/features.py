@@ -63,7 +63,7 @@ def _qa_windows(records: list[dict], tokenizer, max_length: int, stride: int, ma
 
 
 def encode_qa_train(records: list[dict], tokenizer, max_length: int, stride: int,
-                    max_query_length: int = 64) -> Dataset:
+                    max_query_length: int) -> Dataset:
     """Sliding windows with start/end token labels; a window without the answer points at token 0.
 
     Windows hold at most `max_length` tokens and overlap by `stride` context tokens; questions are
@@ -106,7 +106,7 @@ def encode_qa_train(records: list[dict], tokenizer, max_length: int, stride: int
 
 
 def encode_qa_eval(records: list[dict], tokenizer, max_length: int, stride: int,
-                   max_query_length: int = 64) -> tuple[Dataset, list[dict]]:
+                   max_query_length: int) -> tuple[Dataset, list[dict]]:
     """Windows for prediction as in encode_qa_train, plus per-window metadata.
 
     meta[w]: {"example_index": index into `records`, "offsets": (start, end) characters in the
@@ -126,13 +126,15 @@ def encode_qa_eval(records: list[dict], tokenizer, max_length: int, stride: int,
 
 
 def encode_probe(records: list[dict], tokenizer, kind: str, max_length: int,
-                 max_query_length: int = 64) -> list[dict]:
+                 max_query_length: int | None = None) -> list[dict]:
     """Model inputs for the probe set: one sequence per example (first window for QA).
 
     For extractive_qa, questions are cut to `max_query_length` tokens; ValueError when no context
     token would fit.
     """
     if kind == "extractive_qa":
+        if max_query_length is None:
+            raise ValueError("encode_probe: extractive_qa needs max_query_length (config key 'data.max_query_length')")
         questions = _qa_questions(records, tokenizer, max_length, 0, max_query_length)
         encoded = tokenizer(questions, [r["context"] for r in records],
                             truncation="only_second", max_length=max_length)
