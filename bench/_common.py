@@ -27,19 +27,19 @@ def data_dir(arg: str | None = None) -> Path:
 
 def default_config() -> dict:
     """The embedded default config (config/config.yaml), resolved with the schema defaults."""
-    from ftdrift import config as ftconfig
+    from ftdrift.study import config as ftconfig
 
     return ftconfig.resolve(ftconfig.load_yaml(REPO / "config" / "config.yaml"))
 
 
 def prepare(task: str, data: Path, out_root: Path, probe_size: int = 1000,
             max_validation: int | None = None) -> tuple[Path, dict]:
-    """Prepare one task's splits with ftdrift.data (embedded-default settings; probe size and
+    """Prepare one task's splits with ftdrift.data.tasks (embedded-default settings; probe size and
     validation cap as given). Returns (folder with train/dev/validation/probe.jsonl, the task's
     resolved settings). The files go to a scratch folder outside the repository.
     """
-    from ftdrift import config as ftconfig
-    from ftdrift.data import prepare_task
+    from ftdrift.data.tasks import prepare_task
+    from ftdrift.study import config as ftconfig
 
     cfg = default_config()
     settings = ftconfig.task_settings(cfg, task)

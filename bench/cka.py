@@ -3,7 +3,7 @@
 * naive   -- the textbook Gram-matrix formulation of Kornblith et al. (2019) as in their reference
   notebook, per (snapshot, layer) pair with nothing shared: K = X X^T, L = Y Y^T, both
   double-centred, CKA = <Kc, Lc> / (||Kc||_F ||Lc||_F), float64.
-* ftdrift -- `ftdrift.similarity.cka_matrix(base, snapshots)` (CPU, numpy backend), what the
+* ftdrift -- `ftdrift.core.similarity.cka_matrix(base, snapshots)` (CPU, numpy backend), what the
   drift rule calls.
 
 Inputs: synthetic pooled representations shaped like a MiniLM run ([L, n, d] base and
@@ -105,7 +105,7 @@ def run(layers: int = 7, snapshots: int = 10, n: int = 1000, d: int = 384, repea
         blas_threads: int = 1, sketch: bool = True) -> dict:
     from threadpoolctl import threadpool_limits
 
-    from ftdrift.similarity import cka_matrix
+    from ftdrift.core.similarity import cka_matrix
 
     base, snaps = make_inputs(layers, snapshots, n, d)
     load_before = load()

@@ -6,7 +6,7 @@ with the same micro-batch, optimizer, schedule, number of optimizer steps and th
 what padding itself is worth is benchmark 2). W&B is disabled.
 
 * baseline -- `transformers.Trainer`, no callbacks of ours, no evaluation, no checkpoints.
-* ftdrift  -- `ftdrift.train.finetune(...)`, the real job: TrainingMonitor (NaN guard on the
+* ftdrift  -- `ftdrift.training.recipe.finetune(...)`, the real job: TrainingMonitor (NaN guard on the
   Trainer's own gradient norm, per-parameter norms at logging steps), logging, SnapshotCallback, BestModelCallback, evaluation and a checkpoint
   at the last step, then the final evaluations and the atomic outputs.
 
@@ -42,7 +42,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import MINILM, data_dir, load, median, prepare, threads as limit_threads  # noqa: E402
+from _common import MINILM, data_dir, load, median, prepare  # noqa: E402
+from _common import threads as limit_threads
 
 
 class StepTimer:
@@ -72,7 +73,7 @@ class StepTimer:
 
 def tokens_seen(lengths: list[int], batch: int, steps: int, seed: int) -> int:
     """Real (non-padding) tokens of the first `steps` batches of the seeded length-grouped order."""
-    from ftdrift.train import EpochSeededLengthSampler
+    from ftdrift.training.recipe import EpochSeededLengthSampler
 
     sampler = EpochSeededLengthSampler(batch, lengths=lengths, seed=seed)
     sampler.set_epoch(0)
@@ -95,9 +96,10 @@ def run_baseline(folder: Path, settings: dict, work: Path, steps: int, batch: in
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
-    from ftdrift import io, models
-    from ftdrift.features import encode_classification
-    from ftdrift.train import EpochSeededLengthSampler
+    from ftdrift.core import io
+    from ftdrift.data.features import encode_classification
+    from ftdrift.modeling import models
+    from ftdrift.training.recipe import EpochSeededLengthSampler
 
     torch.set_num_threads(n_threads)
     t0 = time.perf_counter()
@@ -137,10 +139,10 @@ def run_ftdrift(folder: Path, settings: dict, work: Path, steps: int, batch: int
     """ftdrift's real fine-tuning job, instrumented from the outside."""
     import pandas as pd
 
-    import ftdrift.train as ftrain
-    from ftdrift.monitor import TrainingMonitor
-    from ftdrift.representations import SnapshotCallback
-    from ftdrift.train import RunOutputs, finetune
+    import ftdrift.training.recipe as ftrain
+    from ftdrift.representations.snapshots import SnapshotCallback
+    from ftdrift.training.monitor import TrainingMonitor
+    from ftdrift.training.recipe import RunOutputs, finetune
 
     timings = {"snapshot": [], "evaluate": [], "save_checkpoint": [], "callbacks_in_loop": []}
     timer = StepTimer()
@@ -238,8 +240,9 @@ def run_ftdrift(folder: Path, settings: dict, work: Path, steps: int, batch: int
 
 
 def _catalog():
-    from ftdrift import config as ftconfig
     from _common import REPO
+
+    from ftdrift.study import config as ftconfig
 
     return ftconfig.load_catalog(REPO / "config" / "tasks.yaml")
 
@@ -254,7 +257,7 @@ def run(data: str | None = None, steps: int = 24, batch: int = 16, lr: float = 1
     try:
         # validation capped at the probe size: the job's final evaluation is not what is measured
         folder, settings = prepare("sst2", data_dir(data), scratch, probe_size=probe, max_validation=probe)
-        from ftdrift.data import load_split
+        from ftdrift.data.tasks import load_split
 
         full_validation = len(load_split(_catalog()["sst2"], data_dir(data), "validation")[0])
         with limit_threads(n_threads):

@@ -19,7 +19,8 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import MINILM, data_dir, load, median, prepare, threads as limit_threads  # noqa: E402
+from _common import MINILM, data_dir, load, median, prepare  # noqa: E402
+from _common import threads as limit_threads
 
 
 def _timeit(fn, repeats: int) -> float:
@@ -37,8 +38,8 @@ def monitor(n_threads: int = 1, batch: int = 16, seq: int = 24, repeats: int = 1
     and a whole training step of MiniLM at SST-2-like length."""
     import torch
 
-    from ftdrift import models
-    from ftdrift.monitor import TrainingMonitor
+    from ftdrift.modeling import models
+    from ftdrift.training.monitor import TrainingMonitor
 
     with limit_threads(n_threads):
         tokenizer = models.load_tokenizer(MINILM)
@@ -77,10 +78,10 @@ def monitor(n_threads: int = 1, batch: int = 16, seq: int = 24, repeats: int = 1
 
 
 def blas_threads(repeats: int = 2) -> dict:
+    import cka
     from threadpoolctl import threadpool_limits
 
-    import cka
-    from ftdrift.similarity import cka_matrix
+    from ftdrift.core.similarity import cka_matrix
 
     base, snaps = cka.make_inputs(7, 10, 1000, 384)
     out = {"load_avg_before": load()}

@@ -7,7 +7,7 @@ variant affordable on 2 cores), on the prepared SST-2 and RTE train splits:
 * padded  -- random order, every example padded to 512 tokens (the study's classification
   max_length), what `padding="max_length"` in a tokenizer call gives;
 * dynamic -- ftdrift's training input: ftdrift's seeded length-grouped sampler
-  (ftdrift.train.EpochSeededLengthSampler) and DataCollatorWithPadding (pad to the longest
+  (ftdrift.training.recipe.EpochSeededLengthSampler) and DataCollatorWithPadding (pad to the longest
   example of each batch).
 
 Both truncate at 512 and see batches of the same size from the same split; examples/s and
@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import MINILM, data_dir, load, prepare, threads as limit_threads  # noqa: E402
+from _common import MINILM, data_dir, load, prepare  # noqa: E402
+from _common import threads as limit_threads
 
 MAX_LENGTH = 512
 
@@ -54,9 +55,10 @@ def bench_task(task: str, folder: Path, batch: int, dynamic_steps: int, padded_s
     import torch
     from transformers import DataCollatorWithPadding, set_seed
 
-    from ftdrift import io, models
-    from ftdrift.features import encode_classification
-    from ftdrift.train import EpochSeededLengthSampler
+    from ftdrift.core import io
+    from ftdrift.data.features import encode_classification
+    from ftdrift.modeling import models
+    from ftdrift.training.recipe import EpochSeededLengthSampler
 
     tokenizer = models.load_tokenizer(MINILM)
     set_seed(seed)

@@ -6,24 +6,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # use this checkout's library
 
-from ftdrift import config as ftconfig
-from ftdrift import resources as ftresources
-from ftdrift.versions import CODE_VERSIONS
+from ftdrift.study import config as ftconfig
+from ftdrift.study import grid as ftgrid
+from ftdrift.study import resources as ftresources
+from ftdrift.study.versions import CODE_VERSIONS
 
 try:
     CONFIG = ftconfig.resolve(config, base_dir=workflow.basedir)
 except ftconfig.ConfigError as err:
     raise WorkflowError(str(err)) from None
 config.update(CONFIG)  # scripts see the validated values, defaults filled in
-RUNS = ftconfig.grid(CONFIG)
+RUNS = ftgrid.grid(CONFIG)
 DATA_DIR = ftconfig.resolve_data_dir(CONFIG["data_dir"])
-RUN_PATTERN = "{task}/{method}/lr{lr}_bs{batch_size}_seed{seed}"
+RUN_PATTERN = ftgrid.RUN_PATTERN
 
 
 wildcard_constraints:
     task="|".join(CONFIG["tasks"]),
     method="full|lora",
-    # loose on purpose: any spelling reaches ftconfig.check_run, which names the grid's values
+    # loose on purpose: any spelling reaches ftgrid.check_run, which names the grid's values
     lr=r"[^/_]+",
     batch_size=r"[^/_]+",
     seed=r"[^/_.]+",
@@ -59,7 +60,7 @@ def lora_params(wildcards):
 def run_data(wildcards):
     """The prepared splits of a fine-tuning job; a target off the grid (or with a learning rate
     not in canonical form) is refused here, naming the grid's values, instead of planning a job."""
-    ftconfig.check_run(CONFIG, RUNS, wildcards)
+    ftgrid.check_run(CONFIG, RUNS, wildcards)
     return {split: f"results/data/{wildcards.task}/{split}.jsonl" for split in ("train", "dev", "validation", "probe")}
 
 

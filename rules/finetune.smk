@@ -1,7 +1,7 @@
 # One job per (task, method, lr, batch size, seed). Checkpoints live in results/work/,
 # outside the declared outputs, so a killed or preempted job resumes when re-run.
 # No Snakemake retries: an out-of-memory error is retried inside the job with half the
-# micro-batch (ftdrift.train.finetune); any other failure stops at once.
+# micro-batch (ftdrift.training.recipe.finetune); any other failure stops at once.
 rule finetune:
     input:
         unpack(run_data),

@@ -8,7 +8,7 @@
 # results/tables/weights.csv; a verdicts table (results/tables/verdicts.csv) is used when one
 # is produced, else the verdicts are read from summary.md.
 #
-# ftdrift.plots (matplotlib, pandas) is imported only when a label is computed at report time,
+# ftdrift.report.plots (matplotlib, pandas) is imported only when a label is computed at report time,
 # never while the workflow is parsed: every job parses this file.
 import importlib
 
@@ -33,7 +33,7 @@ rule report_overview:
         **_VERDICTS,
     output:
         page=report(f"{REPORT_DIR}/overview/overview.html", category="Overview", subcategory="Study",
-                    labels=lambda wildcards, output: importlib.import_module("ftdrift.plots").read_headline(output.headline),
+                    labels=lambda wildcards, output: importlib.import_module("ftdrift.report.plots").read_headline(output.headline),
                     caption="../report/overview.rst"),
         headline=f"{REPORT_DIR}/overview/headline.json",
     params:
@@ -169,7 +169,7 @@ rule report_training:
         runs=report(directory(f"{REPORT_DIR}/training/{{task}}/runs"),
                     patterns=["{method}/lr{lr}_bs{batch_size}_seed{seed}.svg"], category="Training",
                     subcategory="Per-run diagnostics", caption="../report/training_run.rst",
-                    labels=lambda wildcards, input: importlib.import_module("ftdrift.plots").run_entry_labels(
+                    labels=lambda wildcards, input: importlib.import_module("ftdrift.report.plots").run_entry_labels(
                         PLANNED_RUNS, input.runs, wildcards)),
         all_runs=report(f"{REPORT_DIR}/training/{{task}}/all_runs.svg", category="Training",
                         subcategory="All runs of a task", labels={"task": "{task}"},

@@ -85,9 +85,9 @@ def write_squad(data_dir: Path) -> None:
 
 def write_tiny_llama(model_dir: Path, texts: list[str]) -> Path:
     """A randomly initialised 2-block Llama with a small BPE tokenizer trained on `texts`."""
+    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
-    import torch
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -5,11 +5,11 @@ update are caught."""
 import json
 
 import pytest
-
-from ftdrift import io
-from ftdrift.checkpoint import MERGE_TOLERANCE, validate_run
-from ftdrift.train import finetune
 from test_train import run_kwargs, tiny  # noqa: F401 - tiny: the fixture, used by name
+
+from ftdrift.analysis.checkpoints import MERGE_TOLERANCE, validate_run
+from ftdrift.core import io
+from ftdrift.training.recipe import finetune
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,18 @@ from pathlib import Path
 
 import datasets
 import pytest
-
-from ftdrift import config as ftconfig
-from ftdrift.data import (DataError, carve_dev, prepare_task, read_glue_tsv, read_squad_json, records_from_hub,
-                          validate_records)
 from helpers import squad_payload, write_glue, write_squad
+
+from ftdrift.data.tasks import (
+    DataError,
+    carve_dev,
+    prepare_task,
+    read_glue_tsv,
+    read_squad_json,
+    records_from_hub,
+    validate_records,
+)
+from ftdrift.study import config as ftconfig
 
 CATALOG = ftconfig.load_catalog(ftconfig.CONFIG_DIR / "tasks.yaml")
 SHARED_GLUE = Path("/work/shared/data/glue")
@@ -162,7 +169,7 @@ def test_no_data_dir_and_no_hub_says_how(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    from ftdrift.data import load_split
+    from ftdrift.data.tasks import load_split
 
     with pytest.raises(DataError, match="data_dir"):
         load_split(CATALOG["rte"], None, "train")

@@ -1,11 +1,11 @@
-"""ftdrift.drift on small stores written here: rows per step, layer, pooling and metric, and
+"""ftdrift.analysis.drift on small stores written here: rows per step, layer, pooling and metric, and
 refusals when the run and the base were taken on different probes or in different precisions."""
 
 import numpy as np
 import pytest
 
-from ftdrift.drift import drift_table
-from ftdrift.store import SnapshotStore, write_base
+from ftdrift.analysis.drift import drift_table
+from ftdrift.core.store import SnapshotStore, write_base
 
 RUN = {"task": "sst2", "method": "lora", "lr": "1e-3", "batch_size": 4, "seed": 1}
 

@@ -11,11 +11,14 @@ and both task kinds:
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, write_tiny_llama
 from peft import LoraConfig, TaskType, get_peft_model
 
-from ftdrift import lora, loss, models, train
-from ftdrift.config import load_catalog
-from helpers import REPO, write_tiny_llama
+from ftdrift.core import loss
+from ftdrift.modeling import lora, models
+from ftdrift.study import families
+from ftdrift.study.config import load_catalog
+from ftdrift.training import recipe as train
 
 CATALOG = load_catalog(REPO / "config" / "tasks.yaml")
 TASKS = {"classification": CATALOG["mrpc"], "extractive_qa": CATALOG["squad_v2"]}
@@ -59,7 +62,7 @@ def test_lora_at_initialisation_is_the_base_task_model(model_cfgs, family, kind)
         assert batch["token_type_ids"].any()  # the second segment is marked: token types matter here
     base, _, _ = train.build_model(cfg, TASKS[kind], "full", None, seed=7)
     adapted, targets, _ = train.build_model(cfg, TASKS[kind], "lora", LORA, seed=7)
-    assert targets == list(models.family(family).lora_target_modules)
+    assert targets == list(families.family(family).lora_target_modules)
     assert any("lora_B" in name for name, _ in adapted.named_parameters())
     base_heads, base_hidden = outputs(base, batch)
     lora_heads, lora_hidden = outputs(adapted, batch)

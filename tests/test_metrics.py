@@ -1,4 +1,4 @@
-"""Tests for ftdrift.metrics.
+"""Tests for ftdrift.core.metrics.
 
 Classification metrics are checked against formulas on hand-counted confusion
 matrices; SQuAD v2 against values worked out by hand for a small fixture
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from ftdrift.metrics import (
+from ftdrift.core.metrics import (
     bootstrap_ci,
     classification_metrics,
     normalize_answer,

@@ -1,4 +1,4 @@
-"""Report figures and tables (ftdrift.plots) on synthetic tables with the workflow's schemas."""
+"""Report figures and tables (ftdrift.report.plots) on synthetic tables with the workflow's schemas."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ftdrift import plots
+from ftdrift.report import plots
 
 TASKS = {"sst2": "accuracy", "mrpc": "f1", "squad_v2": "f1"}
 LRS = {"full": ["1e-5", "3e-5"], "lora": ["1e-4", "3e-4"]}

@@ -408,7 +408,7 @@ def test_gcp_jobs_map_to_intended_machines(planned, monkeypatch):
 
 def test_gcp_finetune_gpu_fits_the_memory_estimate(planned):
     """The A100 40GB (not an L4) is needed: check against the workflow's own estimate."""
-    from ftdrift import config, resources
+    from ftdrift.study import config, resources
 
     accel = planned.gcp_rendered["set-resources"]["finetune"]["nvidia_gpu"]
     # the profiles pass --configfile config/study.yaml, which then stands alone

@@ -24,7 +24,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, run_snakemake
 
 CATEGORIES = ["Overview", "Performance", "Drift", "Training"]  # + "Weight space" once weights.csv exists

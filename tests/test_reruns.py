@@ -5,7 +5,6 @@ import shutil
 from pathlib import Path
 
 import yaml
-
 from helpers import REPO, run_snakemake
 
 

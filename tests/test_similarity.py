@@ -1,4 +1,4 @@
-"""Tests for ftdrift.similarity against independent reference computations.
+"""Tests for ftdrift.core.similarity against independent reference computations.
 
 The references below follow the textbook definitions (explicit centering
 matrix H, Song et al.'s unbiased HSIC written term by term on *uncentred*
@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.linalg import orthogonal_procrustes
 
-from ftdrift.similarity import (
+from ftdrift.core.similarity import (
     cka_matrix,
     cosine_matrix,
     linear_cka,

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from helpers import REPO, make_tiny_workdir, run_snakemake
 
 pytestmark = pytest.mark.slow

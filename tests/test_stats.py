@@ -1,4 +1,4 @@
-"""Tests for ftdrift.stats: hand-computed intervals, scipy's own t-tests as an
+"""Tests for ftdrift.core.stats: hand-computed intervals, scipy's own t-tests as an
 independent reference, and a coverage simulation for the delta-method CI."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from ftdrift.stats import (
+from ftdrift.core.stats import (
     drift_from_cka,
     mean_ci,
     paired_difference,

@@ -5,11 +5,12 @@ and failed checkpoint checks reaching summary.md."""
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import REPO
 from scipy import stats as st
 
-from ftdrift import io, tables
-from ftdrift.config import load_catalog
-from helpers import REPO
+from ftdrift.analysis import tables
+from ftdrift.core import io
+from ftdrift.study.config import load_catalog
 
 CATALOG = load_catalog(REPO / "config" / "tasks.yaml")
 ANALYSIS = {"confidence": 0.9, "bootstrap_resamples": 200, "h1_max_relative_drop": 0.03,

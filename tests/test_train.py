@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-
-from ftdrift import config as ftconfig
-from ftdrift.data import prepare_task
-from ftdrift.resources import micro_batch_plan
-from ftdrift.train import RunOutputs, finetune
-from ftdrift.workdir import MIRROR_ENV
 from helpers import make_tiny_workdir
+
+from ftdrift.data.tasks import prepare_task
+from ftdrift.study import config as ftconfig
+from ftdrift.study.resources import micro_batch_plan
+from ftdrift.training.recipe import RunOutputs, finetune
+from ftdrift.training.workdir import MIRROR_ENV
 
 CATALOG = ftconfig.load_catalog(ftconfig.CONFIG_DIR / "tasks.yaml")
 
@@ -92,7 +92,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tiny, tmp_path, monkeypatch, 
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from pathlib import Path\n"
         "import test_train as t\n"
-        "from ftdrift import config as c\n"
+        "from ftdrift.study import config as c\n"
         f"w = Path({str(tiny[0])!r})\n"
         "cfg = c.resolve(c.load_yaml(w / 'tiny.yaml'))\n"
         "data = {'sst2': c.task_settings(cfg, 'sst2')}\n"
@@ -221,9 +221,10 @@ def test_logged_loss_is_the_mean_cross_entropy_of_the_first_batch(tiny, tmp_path
     import torch
     from transformers import DataCollatorWithPadding
 
-    from ftdrift import io, models
-    from ftdrift.features import encode_classification
-    from ftdrift.train import EpochSeededLengthSampler, build_model
+    from ftdrift.core import io
+    from ftdrift.data.features import encode_classification
+    from ftdrift.modeling import models
+    from ftdrift.training.recipe import EpochSeededLengthSampler, build_model
 
     workdir, cfg, data = tiny
     finetune(**no_dropout_kwargs(tiny, tmp_path, "sst2", "full", max_micro_batch=2))
@@ -314,7 +315,7 @@ def test_step0_snapshot_is_the_base_model_s_representation(tiny, tmp_path, famil
     for BERT-style inputs with token types (the embedded MiniLM) and for Llama; also in bf16
     (autocast on the CPU here, the study's precision on GPUs), where the Trainer's autocast
     stays on the model and the base model must be extracted in the same precision."""
-    from ftdrift.extract import base_representations
+    from ftdrift.representations.base import base_representations
 
     workdir, cfg, data = tiny
     kwargs = run_kwargs(tiny, tmp_path, task=task, method="lora", lr="5e-3", max_steps=1, save_steps=1,

@@ -1,4 +1,4 @@
-"""ftdrift.weight_analysis against computations done here by hand: the saved safetensors files
+"""ftdrift.analysis.weights against computations done here by hand: the saved safetensors files
 are read directly and every spectrum and intruder count is recomputed with numpy."""
 
 import json
@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import REPO, write_tiny_llama
 from safetensors.numpy import load_file
 
-from ftdrift import io, lora, models
-from ftdrift.config import load_catalog
-from ftdrift.weight_analysis import aggregate_weights, analyse_run, lora_core
-from helpers import REPO, write_tiny_llama
+from ftdrift.analysis.weights import aggregate_weights, analyse_run, lora_core
+from ftdrift.core import io
+from ftdrift.modeling import lora, models
+from ftdrift.study.config import load_catalog
 
 TASK = load_catalog(REPO / "config" / "tasks.yaml")["sst2"]
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}

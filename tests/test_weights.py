@@ -1,4 +1,4 @@
-"""Tests for ftdrift.weights against hand-computed values and explicit loops."""
+"""Tests for ftdrift.core.spectra against hand-computed values and explicit loops."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ftdrift.weights import (
+from ftdrift.core.spectra import (
     effective_rank,
     intruder_dimensions,
     lora_delta,

@@ -8,10 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-
-from helpers import REPO, make_tiny_workdir, run_snakemake
-
 from conftest import SECRETS
+from helpers import REPO, make_tiny_workdir, run_snakemake
 
 RUNS = 8  # 4 tasks x (full, lora) x 1 lr x 1 batch size x 1 seed
 

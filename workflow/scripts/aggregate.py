@@ -1,5 +1,5 @@
 from ftdrift import smk
-from ftdrift.tables import aggregate
+from ftdrift.analysis.tables import aggregate
 
 smk.start(snakemake)
 aggregate(

@@ -1,5 +1,5 @@
 from ftdrift import smk
-from ftdrift.extract import base_representations
+from ftdrift.representations.base import base_representations
 
 smk.start(snakemake)
 base_representations(

@@ -1,6 +1,6 @@
 from ftdrift import smk
-from ftdrift.drift import drift_table
-from ftdrift.io import write_csv
+from ftdrift.analysis.drift import drift_table
+from ftdrift.core.io import write_csv
 
 smk.start(snakemake)
 write_csv(snakemake.output.table,

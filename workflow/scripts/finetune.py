@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from ftdrift import smk
-from ftdrift.train import RunOutputs, finetune
+from ftdrift.training.recipe import RunOutputs, finetune
 
 smk.start(snakemake)
 finetune(

@@ -1,6 +1,6 @@
-# Report figures and tables: the rule's `params.kind` picks what ftdrift.plots writes.
+# Report figures and tables: the rule's `params.kind` picks what ftdrift.report.plots writes.
 from ftdrift import smk
-from ftdrift.plots import run
+from ftdrift.report.plots import run
 
 smk.start(snakemake)
 run(

@@ -1,8 +1,8 @@
 from pathlib import Path
 
 from ftdrift import smk
-from ftdrift.config import resolve_data_dir
-from ftdrift.data import prepare_task
+from ftdrift.data.tasks import prepare_task
+from ftdrift.study.config import resolve_data_dir
 
 smk.start(snakemake)
 prepare_task(

@@ -1,8 +1,9 @@
-from ftdrift import io, smk
+from ftdrift import smk
+from ftdrift.core import io
 
 smk.start(snakemake)  # before transformers is imported, so its log handler writes to the rule's log
 
-from ftdrift.checkpoint import validate_run  # noqa: E402
+from ftdrift.analysis.checkpoints import validate_run  # noqa: E402
 
 io.write_json(snakemake.output.check, validate_run(
     model_dir=snakemake.input.model,

@@ -1,8 +1,9 @@
-from ftdrift import io, smk
+from ftdrift import smk
+from ftdrift.core import io
 
 smk.start(snakemake)  # before transformers is imported, so its log handler writes to the rule's log
 
-from ftdrift.weight_analysis import analyse_run  # noqa: E402
+from ftdrift.analysis.weights import analyse_run  # noqa: E402
 
 rows, summary = analyse_run(
     model_dir=snakemake.input.model,

@@ -8,10 +8,10 @@ BERT) and for both methods, the weight update ΔW is
 
 and each row records ΔW's spectrum (effective rank, stable rank, Frobenius norm, top singular
 value) and the intruder dimensions of W_ft = W_base + ΔW against W_base (Shuttleworth et al.
-2024). All of it runs in float64 on the CPU through `ftdrift.weights`.
+2024). All of it runs in float64 on the CPU through `ftdrift.core.spectra`.
 
 (That the merged adapter computes what the trained adapter computes is checked by
-ftdrift.checkpoint, on the validation split.)
+ftdrift.analysis.checkpoints, on the validation split.)
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ import pandas as pd
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-from ftdrift import models
-from ftdrift.config import task_kind
-from ftdrift.weights import intruder_dimensions, lora_delta, spectrum_summary
+from ftdrift.core.spectra import intruder_dimensions, lora_delta, spectrum_summary
+from ftdrift.modeling import models
+from ftdrift.study import families
+from ftdrift.study.config import task_kind
+from ftdrift.study.grid import RUN_KEYS
 
-log = logging.getLogger("ftdrift.weight_analysis")
+log = logging.getLogger("ftdrift.analysis.weights")
 
-RUN_KEYS = ["task", "method", "lr", "batch_size", "seed"]
 ROW_KEYS = ["module", "layer", "matrix", "effective_rank", "stable_rank", "frobenius_norm",
             "top_singular_value", "intruder_dims"]
 ADAPTER = "default"  # peft's adapter name (train.py saves the one adapter under it)
@@ -144,7 +145,7 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora
         raise ValueError(f"unknown method '{method}' (known: full, lora)")
     started = time.time()
     model_dir = Path(model_dir)
-    family = models.family(model_cfg["family"])
+    family = families.family(model_cfg["family"])
     kind = task_kind(task_def)
     num_labels = len(task_def["labels"]) if kind == "classification" else None
     targets = list(target_modules or (lora_cfg or {}).get("target_modules") or family.lora_target_modules)

@@ -3,7 +3,7 @@
 In a fresh process, the run's `model/` folder is reloaded as a user would load it (the full
 task model; or the base task model plus the LoRA adapter with its trained head) and the
 validation split is predicted again through the training job's own prediction path
-(ftdrift.predict: same batches, same precision). The predictions must equal predictions.json
+(ftdrift.training.predict: same batches, same precision). The predictions must equal predictions.json
 and the metrics metrics.json. For LoRA the adapter is then merged into the base weights
 (`merge_and_unload`, what deployment uses) and the merged model must give the unmerged
 model's logits to MERGE_TOLERANCE and the same predictions, in float32 without TF32.
@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-from ftdrift import io, lora, models
-from ftdrift.config import task_kind
-from ftdrift.predict import SplitPrediction, predict_split, predictor
+from ftdrift.core import io
+from ftdrift.modeling import lora, models
+from ftdrift.study.config import task_kind
+from ftdrift.training.predict import SplitPrediction, predict_split, predictor
 
-log = logging.getLogger("ftdrift.checkpoint")
+log = logging.getLogger("ftdrift.analysis.checkpoints")
 
 MERGE_TOLERANCE = 1e-4  # largest |logit| difference, merged vs unmerged, float32
 # a reloaded model computes what the saved run computed (same code, batches and precision):

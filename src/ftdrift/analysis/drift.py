@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ftdrift import similarity
-from ftdrift.store import SnapshotStore, read_base
+from ftdrift.core import similarity
+from ftdrift.core.store import SnapshotStore, read_base
 
 
 def _metric_matrix(metric: str, base: np.ndarray, snapshots: np.ndarray) -> np.ndarray:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ftdrift import io
-from ftdrift.config import task_kind
+from ftdrift.core import io
+from ftdrift.study.config import task_kind
 
 
 class DataError(ValueError):

@@ -1,5 +1,5 @@
 """Loading tokenizers and task models the way every stage of the study does, by family
-(the registry of what differs between architectures is ftdrift.families)."""
+(the registry of what differs between architectures is ftdrift.study.families)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ftdrift.families import FAMILIES, Family, family  # noqa: F401 (re-exported)
+from ftdrift.study.families import family
 
 EMBEDDED_PREFIX = "embedded:"
 

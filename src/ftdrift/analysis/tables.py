@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from ftdrift import io, metrics, qa, stats
-from ftdrift.drift_metrics import metric_info, to_drift
+from ftdrift.core import io, metrics, stats
+from ftdrift.core.drift_metrics import metric_info, to_drift
+from ftdrift.data import qa
+from ftdrift.study.grid import RUN_KEYS, SETTING_KEYS
 
-RUN_KEYS = ["task", "method", "lr", "batch_size", "seed"]
-SETTING_KEYS = ["task", "method", "lr", "batch_size"]
-log = logging.getLogger("ftdrift.tables")
+log = logging.getLogger("ftdrift.analysis.tables")
 
 
 def runs_frame(metrics_paths) -> pd.DataFrame:
@@ -56,7 +56,7 @@ def main_metric_ci(records: list[dict], saved_predictions: dict, task_def: dict,
 
 
 def checks_frame(check_paths) -> pd.DataFrame:
-    """One row per run from the checkpoint validator (ftdrift.checkpoint)."""
+    """One row per run from the checkpoint validator (ftdrift.analysis.checkpoints)."""
     rows = []
     for path in check_paths:
         check = io.read_json(path)
@@ -125,7 +125,7 @@ def aggregate(*, metrics_paths, predictions_paths, validation_paths: dict, drift
     `validation_paths`: {task: validation.jsonl}; `analysis`: the config's analysis section
     (confidence, bootstrap_resamples, H1/H2 thresholds, h2_metric, h2_pooling).
     """
-    from ftdrift.weight_analysis import aggregate_weights
+    from ftdrift.analysis.weights import aggregate_weights
 
     confidence = analysis["confidence"]
     runs = runs_frame(metrics_paths)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 from transformers import AutoModel
 
-from ftdrift import io, models
-from ftdrift.config import task_kind
-from ftdrift.features import encode_probe
-from ftdrift.precision import resolve_precision
-from ftdrift.representations import extract, make_batches
-from ftdrift.store import write_base
+from ftdrift.core import io
+from ftdrift.core.precision import resolve_precision
+from ftdrift.core.store import write_base
+from ftdrift.data.features import encode_probe
+from ftdrift.modeling import models
+from ftdrift.representations.extract import extract, make_batches
+from ftdrift.study import families
+from ftdrift.study.config import task_kind
 
 
 def base_representations(*, probe_path, store_path, model_cfg: dict, task_def: dict, data_settings: dict,
@@ -24,7 +26,7 @@ def base_representations(*, probe_path, store_path, model_cfg: dict, task_def: d
     path = models.resolve_model_path(model_cfg["name_or_path"])
     model = AutoModel.from_pretrained(path, revision=model_cfg.get("revision"), dtype=torch.float32)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    family = models.family(model_cfg["family"])
+    family = families.family(model_cfg["family"])
     batches = make_batches(encode_probe(records, tokenizer, kind, data_settings["max_length"][kind],
                                         data_settings["max_query_length"]),
                            tokenizer, rep_settings["batch_size"])

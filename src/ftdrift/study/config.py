@@ -11,18 +11,16 @@ import functools
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from ftdrift.families import FAMILIES
+from ftdrift.study.families import FAMILIES
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the repository: src/ftdrift/study/config.py
 CONFIG_DIR = PACKAGE_ROOT / "config"
-METHODS = ("full", "lora")
 QA_TYPES = ("extractive_qa",)
 QA_SPECIAL_TOKENS = 4  # room for the special tokens of a question/context pair
 
@@ -31,8 +29,9 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key."""
 
 
-_INTEGER = re.compile(r"[-+]?[0-9]+")
-_NUMBER = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
+# literals a string is read as when the schema wants a number (ASCII digits only)
+INTEGER_LITERAL = re.compile(r"[-+]?[0-9]+")
+NUMBER_LITERAL = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 _MISSING = object()
 
 
@@ -51,10 +50,10 @@ def _coerce_string(value: str, types: list[str]) -> Any:
     if "string" in types:
         return value
     for kind in types:
-        if kind == "integer" and _NUMBER.fullmatch(value) and float(value).is_integer():
-            return int(float(value)) if not _INTEGER.fullmatch(value) else int(value)
-        if kind == "number" and _NUMBER.fullmatch(value) and math.isfinite(float(value)):
-            return int(value) if _INTEGER.fullmatch(value) else float(value)
+        if kind == "integer" and NUMBER_LITERAL.fullmatch(value) and float(value).is_integer():
+            return int(float(value)) if not INTEGER_LITERAL.fullmatch(value) else int(value)
+        if kind == "number" and NUMBER_LITERAL.fullmatch(value) and math.isfinite(float(value)):
+            return int(value) if INTEGER_LITERAL.fullmatch(value) else float(value)
         if kind == "boolean" and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if kind == "null" and value in ("null", "~"):
@@ -204,7 +203,6 @@ def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
         if task not in catalog:
             raise ConfigError(f"config key 'task_overrides.{task}': no such task in the catalog")
         task_settings(config, task)  # an override of a task not run now is still checked
-    _check_learning_rates(config)
     for task in config["tasks"]:
         settings = task_settings(config, task)
         dev_size = settings["data"]["dev_size"]
@@ -240,17 +238,6 @@ def _check_doc_stride(data: dict, task: str, overridden: dict) -> None:
         )
 
 
-def _check_learning_rates(config: dict) -> None:
-    """ConfigError when two learning rates of one list share a run name (they differ beyond the
-    7 significant digits of format_float): the second would never be trained."""
-    for method, kinds in config["grid"]["learning_rates"].items():
-        for kind, values in kinds.items():
-            names = [format_float(v) for v in values]
-            if len(set(names)) < len(names):
-                raise ConfigError(f"config key 'grid.learning_rates.{method}.{kind}': {values} name the same runs "
-                                  f"{names}; learning rates must differ within 7 significant digits")
-
-
 def _check_h2(config: dict) -> None:
     """ConfigError naming analysis.h2_metric / h2_pooling if H2 would be judged on data never computed."""
     analysis, metrics = config["analysis"], config["drift"]["metrics"]
@@ -282,88 +269,6 @@ def task_settings(config: dict, task: str) -> dict:
         where = f"task_overrides.{task}.{section}" if section in override else section
         merged[section] = validate(values, sub, f"config (task {task})", prefix=where)
     return merged
-
-
-def format_float(value: float) -> str:
-    """Canonical scientific notation for paths: 1e-05 -> '1e-5', 0.0003 -> '3e-4', 2.5e-5 -> '2.5e-5'."""
-    mantissa, exponent = f"{float(value):.6e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"
-
-
-@dataclass(frozen=True)
-class Run:
-    """One fine-tuning job: a point of the grid."""
-
-    task: str
-    method: str
-    lr: str  # canonical string (format_float) so paths and wildcards agree
-    batch_size: int
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"lr{self.lr}_bs{self.batch_size}_seed{self.seed}"
-
-    @property
-    def path(self) -> str:
-        return f"{self.task}/{self.method}/{self.name}"
-
-    @property
-    def wildcards(self) -> dict:
-        return {"task": self.task, "method": self.method, "lr": self.lr,
-                "batch_size": self.batch_size, "seed": self.seed}
-
-
-def grid(config: dict) -> list[Run]:
-    """Every (task, method, lr, batch size, seed) of the study, in a stable order."""
-    runs = []
-    for task in config["tasks"]:
-        kind = task_kind(config["task_defs"][task])
-        for method in METHODS:
-            for lr in config["grid"]["learning_rates"][method][kind]:
-                for batch_size in config["grid"]["batch_sizes"]:
-                    for seed in config["grid"]["seeds"]:
-                        runs.append(Run(task, method, format_float(lr), int(batch_size), int(seed)))
-    return runs
-
-
-def _canonical_int(text: str) -> str | None:
-    return str(int(text)) if _INTEGER.fullmatch(text) else None
-
-
-def _canonical_lr(text: str) -> str | None:
-    return format_float(float(text)) if _NUMBER.fullmatch(text) and math.isfinite(float(text)) else None
-
-
-def check_run(config: dict, runs: list[Run], wildcards) -> None:
-    """Refuse a target that is not a grid point spelled as `grid()` spells it: another spelling
-    (lr1e-03, bs08) or an off-grid value would plan a new fine-tuning job.
-
-    `runs` is `grid(config)`; `wildcards` maps task, method, lr, batch_size, seed to strings.
-    Raises ConfigError naming the target's value and what to write instead.
-    """
-    w = {key: str(wildcards[key]) for key in ("task", "method", "lr", "batch_size", "seed")}
-    target = f"{w['task']}/{w['method']}/lr{w['lr']}_bs{w['batch_size']}_seed{w['seed']}"
-    points = [run for run in runs if (run.task, run.method) == (w["task"], w["method"])]
-    if not points:
-        raise ConfigError(f"target {target}: task '{w['task']}' with method '{w['method']}' is not in the grid "
-                          f"(tasks: {config['tasks']}, methods: {list(METHODS)})")
-    kind = task_kind(config["task_defs"][w["task"]])
-    for field, prefix, key, canonical in (
-            ("lr", "lr", f"grid.learning_rates.{w['method']}.{kind}", _canonical_lr),
-            ("batch_size", "bs", "grid.batch_sizes", _canonical_int),
-            ("seed", "seed", "grid.seeds", _canonical_int)):
-        allowed = list(dict.fromkeys(str(getattr(run, field)) for run in points))
-        value, spelled = w[field], canonical(w[field])
-        if value in allowed:
-            continue
-        if spelled in allowed:
-            raise ConfigError(f"target {target}: '{prefix}{value}' is not in canonical form; write '{prefix}{spelled}'")
-        how = f" (canonical form: '{prefix}{spelled}')" if spelled not in (None, value) else ""
-        raise ConfigError(f"target {target}: '{prefix}{value}'{how} is not a point of the grid for "
-                          f"{w['task']}/{w['method']}: config key '{key}' gives "
-                          + ", ".join(prefix + a for a in allowed))
 
 
 def resolve_data_dir(data_dir: str | None) -> Path | None:

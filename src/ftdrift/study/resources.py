@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-
 BYTES_PER_PARAM = {"full": 16, "lora": 2.2}  # weights+grads+Adam (fp32 master) vs frozen bf16 weights
 
 
@@ -40,7 +39,7 @@ def micro_batch_plan(batch_size: int, max_micro_batch: int, attempt: int = 1) ->
 def finetune_job(config: dict, task: str, method: str, batch_size: int) -> dict:
     """Resources of one fine-tuning job, sized for its first micro-batch plan (an out-of-memory
     retry inside the job only lowers the activation memory)."""
-    from ftdrift.config import task_kind, task_settings
+    from ftdrift.study.config import task_kind, task_settings
 
     res, shape = config["resources"], config["resources"]["model_shape"]
     settings = task_settings(config, task)

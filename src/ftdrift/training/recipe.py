@@ -2,7 +2,7 @@
 
 Work files (checkpoints, best weights, in-progress snapshots, W&B) live in `work_dir`,
 outside the rule's declared outputs, so a killed job resumes instead of starting over
-(ftdrift.workdir: only state of the same job definition is resumed; optionally mirrored).
+(ftdrift.training.workdir: only state of the same job definition is resumed; optionally mirrored).
 Outputs are written at the end, each atomically, `metrics.json` last.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.data import SequentialSampler
 from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
+from torch.utils.data import SequentialSampler
 from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
@@ -32,17 +32,21 @@ from transformers import (
 from transformers.integrations import WandbCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from ftdrift import io, lora, loss, metrics, models, workdir
-from ftdrift.config import task_kind
-from ftdrift.features import encode_classification, encode_probe, encode_qa_train
-from ftdrift.monitor import BestModelCallback, TrainingMonitor
-from ftdrift.precision import resolve_precision
-from ftdrift.predict import predict_split, predictor
-from ftdrift.representations import SnapshotCallback, make_batches
-from ftdrift.store import SnapshotStore
-from ftdrift.resources import micro_batch_plan
+from ftdrift.core import io, loss, metrics
+from ftdrift.core.precision import resolve_precision
+from ftdrift.core.store import SnapshotStore
+from ftdrift.data.features import encode_classification, encode_probe, encode_qa_train
+from ftdrift.modeling import lora, models
+from ftdrift.representations.extract import make_batches
+from ftdrift.representations.snapshots import SnapshotCallback
+from ftdrift.study import families
+from ftdrift.study.config import task_kind
+from ftdrift.study.resources import micro_batch_plan
+from ftdrift.training import workdir
+from ftdrift.training.monitor import BestModelCallback, TrainingMonitor
+from ftdrift.training.predict import predict_split, predictor
 
-log = logging.getLogger("ftdrift.train")
+log = logging.getLogger("ftdrift.training.recipe")
 
 
 @dataclass
@@ -76,7 +80,7 @@ class EpochSeededLengthSampler(LengthGroupedSampler):
 
 class StudyTrainer(Trainer):
     """Trainer whose training order survives a restart bit for bit (see EpochSeededLengthSampler),
-    whose loss is the study's per-example mean over the effective batch (ftdrift.loss), and
+    whose loss is the study's per-example mean over the effective batch (ftdrift.core.loss), and
     whose predictions come back in dataset order."""
 
     # compute_loss below divides by the effective batch's example count itself: the Trainer
@@ -90,7 +94,7 @@ class StudyTrainer(Trainer):
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        # N of ftdrift.loss: the examples of all micro-batches of this optimizer step
+        # N of ftdrift.core.loss: the examples of all micro-batches of this optimizer step
         return batches, sum(len(batch["input_ids"]) for batch in batches)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -211,7 +215,7 @@ def build_model(model_cfg: dict, task_def: dict, method: str, lora_cfg: dict | N
     total_params = sum(p.numel() for p in model.parameters())
     if method != "lora":
         return model, None, total_params
-    targets = list(lora_cfg["target_modules"] or models.family(model_cfg["family"]).lora_target_modules)
+    targets = list(lora_cfg["target_modules"] or families.family(model_cfg["family"]).lora_target_modules)
     _check_targets(model, model_cfg, targets)
     return lora.wrap(model, lora_cfg, targets), targets, total_params
 
@@ -297,7 +301,7 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
     `callbacks` are added to the Trainer after ftdrift's own (benchmarks and tests observe the
     real job through them). An out-of-memory error is retried here, in the same process and
     from the last checkpoint, with half the micro-batch and twice the accumulation (the same
-    effective batch and, see ftdrift.loss, the same objective); from the third attempt with
+    effective batch and, see ftdrift.core.loss, the same objective); from the third attempt with
     activation checkpointing too. Any other error propagates at once. Returns metrics.json's content.
     """
     data_dir, work_dir = Path(data_dir), Path(work_dir)
@@ -339,7 +343,7 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
         clear_device_cache(garbage_collection=True)
         attempt += 1
 
-    # -- best dev weights back in, then the final evaluations (ftdrift.predict: the validator's path)
+    # -- best dev weights back in, then the final evaluations (ftdrift.training.predict: the validator's path)
     best_info = info["best"].restore(model)
     predict = predictor(model, data.tokenizer, eval_batch_size, precision)
     dev = predict_split(predict, data.splits["dev"], task_def, data.tokenizer, data_settings)
@@ -391,7 +395,7 @@ def train_attempt(*, run: dict, task_def: dict, settings: dict, model_cfg: dict,
         lora.check_passes_inputs(model, data.probe_batches[0][0])
     trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    family = models.family(model_cfg["family"])
+    family = families.family(model_cfg["family"])
     store = SnapshotStore(work_dir / "representations.zarr", attrs={
         "model": model_cfg["name_or_path"], "poolings": list(family.poolings), "run": run, "precision": precision,
         "probe_ids": [r["id"] for r in data.splits["probe"]],

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from transformers import TrainerCallback
 
-from ftdrift import io
+from ftdrift.core import io
 
 log = logging.getLogger(__name__)
 

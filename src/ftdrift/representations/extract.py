@@ -1,15 +1,13 @@
-"""Layer representations of the probe set: pooling, extraction, and the snapshot callback."""
+"""Layer representations of the probe set: pooling and extraction (one forward pass per batch)."""
 
 from __future__ import annotations
-
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding, TrainerCallback
+from transformers import DataCollatorWithPadding
 
-from ftdrift.precision import autocast
-from ftdrift.store import SnapshotStore
+from ftdrift.core.precision import autocast
 
 POOLINGS = ("mean", "last")
 
@@ -42,7 +40,7 @@ def extract(model, batches: list[tuple[dict, list[int]]], poolings: tuple[str, .
             progress: str | None = None, precision: str = "fp32") -> dict[str, np.ndarray]:
     """Pooled hidden states of every layer: {pooling: [layer, example, hidden]} in `dtype`.
 
-    The forward pass runs under autocast in `precision` (ftdrift.precision: the training
+    The forward pass runs under autocast in `precision` (ftdrift.core.precision: the training
     precision, for base models and snapshots alike); pooling is done in float32.
     """
     was_training = model.training
@@ -65,29 +63,3 @@ def extract(model, batches: list[tuple[dict, list[int]]], poolings: tuple[str, .
     inverse = torch.empty(len(positions), dtype=torch.long)
     inverse[torch.tensor(positions)] = torch.arange(len(positions))
     return {p: torch.cat(chunks, dim=1)[:, inverse].numpy().astype(dtype) for p, chunks in out.items()}
-
-
-class SnapshotCallback(TrainerCallback):
-    """Snapshots the probe-set representations at step 0, every N steps, and at the end."""
-
-    def __init__(self, store: SnapshotStore, batches: list[dict], poolings: tuple[str, ...],
-                 every: int, dtype: str, precision: str = "fp32"):
-        self.store, self.batches, self.poolings = store, batches, poolings
-        self.every, self.dtype, self.precision = every, dtype, precision
-
-    def _snapshot(self, model, step: int) -> None:
-        if step in self.store.steps():
-            return  # taken before a restart: resume keeps it
-        self.store.append(step, extract(model, self.batches, self.poolings, self.dtype, precision=self.precision))
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        # a resumed run redoes the steps after its checkpoint: drop the snapshots it will retake
-        self.store.truncate_after(state.global_step)
-        self._snapshot(model, state.global_step)
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every == 0:
-            self._snapshot(model, state.global_step)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self._snapshot(model, state.global_step)

@@ -35,8 +35,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from ftdrift import io  # noqa: E402
-from ftdrift.drift_metrics import metric_info, to_drift  # noqa: E402
+from ftdrift.core import io  # noqa: E402
+from ftdrift.core.drift_metrics import metric_info, to_drift  # noqa: E402
 
 # --------------------------------------------------------------------------- style
 

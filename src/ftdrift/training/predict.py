@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-from ftdrift import metrics, qa
-from ftdrift.config import task_kind
-from ftdrift.features import encode_classification, encode_qa_eval
+from ftdrift.core import metrics
+from ftdrift.data import qa
+from ftdrift.data.features import encode_classification, encode_qa_eval
+from ftdrift.study.config import task_kind
 
 
 @dataclass

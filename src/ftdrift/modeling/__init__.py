@@ -1,0 +1,1 @@
+"""Loading tokenizers and task models by family, and LoRA through peft."""

@@ -1,0 +1,1 @@
+"""The HTML report's figures and pages (snakemake --report)."""

@@ -1,0 +1,1 @@
+"""Layer representations of the probe set: extraction, base-model stores, training snapshots."""

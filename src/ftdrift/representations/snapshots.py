@@ -1,0 +1,34 @@
+"""Snapshots of the probe set's representations during training (a Trainer callback)."""
+
+from __future__ import annotations
+
+from transformers import TrainerCallback
+
+from ftdrift.core.store import SnapshotStore
+from ftdrift.representations.extract import extract
+
+
+class SnapshotCallback(TrainerCallback):
+    """Snapshots the probe-set representations at step 0, every N steps, and at the end."""
+
+    def __init__(self, store: SnapshotStore, batches: list[dict], poolings: tuple[str, ...],
+                 every: int, dtype: str, precision: str = "fp32"):
+        self.store, self.batches, self.poolings = store, batches, poolings
+        self.every, self.dtype, self.precision = every, dtype, precision
+
+    def _snapshot(self, model, step: int) -> None:
+        if step in self.store.steps():
+            return  # taken before a restart: resume keeps it
+        self.store.append(step, extract(model, self.batches, self.poolings, self.dtype, precision=self.precision))
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # a resumed run redoes the steps after its checkpoint: drop the snapshots it will retake
+        self.store.truncate_after(state.global_step)
+        self._snapshot(model, state.global_step)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self._snapshot(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._snapshot(model, state.global_step)

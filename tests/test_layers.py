@@ -1,0 +1,54 @@
+"""The package's layers, bottom up: a module imports only from its own layer or the ones below.
+
+    core             kernels: similarity, spectra, statistics, metrics, loss, precision, stores, I/O
+    study            the study's definition: config, task catalog, families, grid and run names
+    data             task files, splits, features, QA post-processing
+    modeling         tokenizers and task models by family, LoRA
+    representations  extraction, base stores, training snapshots
+    training         the fine-tuning recipe, its monitor, work folder, prediction path
+    analysis         drift, weight space, checkpoint validation, tables
+    report           the HTML report
+"""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ftdrift"
+LAYERS = ["core", "study", "data", "modeling", "representations", "training", "analysis", "report"]
+
+
+def ftdrift_imports(path: Path) -> set[str]:
+    """Every ftdrift module `path` imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ftdrift":
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "ftdrift")
+    return found
+
+
+def layer_of(dotted: str) -> int | None:
+    parts = dotted.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_every_module_sits_in_a_layer():
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "smk.py"))
+    assert not loose, f"modules outside the layers: {loose}"
+    assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(LAYERS)
+
+
+def test_no_import_runs_up_the_layers():
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = "ftdrift." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        own = layer_of(module)
+        for imported in ftdrift_imports(path):
+            theirs = layer_of(imported)
+            if own is None:  # ftdrift.smk: the scripts' start-up helper imports no other module
+                upward.append(f"{module} imports {imported}")
+            elif theirs is not None and theirs > own:
+                upward.append(f"{module} ({LAYERS[own]}) imports {imported} ({LAYERS[theirs]})")
+    assert not upward, "\n".join(upward)
