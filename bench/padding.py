@@ -7,7 +7,7 @@ variant affordable on 2 cores), on the prepared SST-2 and RTE train splits:
 * padded  -- random order, every example padded to 512 tokens (the study's classification
   max_length), what `padding="max_length"` in a tokenizer call gives;
 * dynamic -- ftdrift's training input: ftdrift's seeded length-grouped sampler
-  (ftdrift.training.recipe.EpochSeededLengthSampler) and DataCollatorWithPadding (pad to the longest
+  (ftdrift.training.trainer.EpochSeededLengthSampler) and DataCollatorWithPadding (pad to the longest
   example of each batch).
 
 Both truncate at 512 and see batches of the same size from the same split; examples/s and
@@ -58,7 +58,7 @@ def bench_task(task: str, folder: Path, batch: int, dynamic_steps: int, padded_s
     from ftdrift.core import io
     from ftdrift.data.features import encode_classification
     from ftdrift.modeling import models
-    from ftdrift.training.recipe import EpochSeededLengthSampler
+    from ftdrift.training.trainer import EpochSeededLengthSampler
 
     tokenizer = models.load_tokenizer(MINILM)
     set_seed(seed)

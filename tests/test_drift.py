@@ -39,3 +39,11 @@ def test_different_precisions_are_refused(tmp_path):
 def test_different_probe_sets_are_refused(tmp_path):
     with pytest.raises(ValueError, match="different probe sets"):
         drift_table(*stores(tmp_path, run_probe=("a", "b", "c", "d", "x")), RUN, ["linear_cka"])
+
+
+def test_the_schema_offers_exactly_the_registered_metrics():
+    """One registry: config/schema.yaml's drift-metric enum is the registry's keys."""
+    from ftdrift.core.drift_metrics import DRIFT_METRICS
+    from ftdrift.study.config import load_schema
+
+    assert load_schema("schema.yaml")["definitions"]["drift_metric"]["enum"] == list(DRIFT_METRICS)

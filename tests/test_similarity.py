@@ -14,7 +14,6 @@ from ftdrift.core.similarity import (
     cka_matrix,
     cosine_matrix,
     linear_cka,
-    minibatch_linear_cka,
     procrustes_distance,
 )
 
@@ -284,48 +283,7 @@ def test_cosine_matrix_matches_naive_loop():
 
 
 # ----------------------------------------------------------------------------
-# minibatch CKA
 # ----------------------------------------------------------------------------
-def test_minibatch_cka_matches_explicit_batch_loop():
-    rng = np.random.default_rng(8)
-    n, bs, seed = 26, 8, 3  # batches of 8, 8, 10 (tail of 2 merged)
-    x, y = related_pair(rng, n, 5, 6, noise=2.0)
-    perm = np.random.default_rng(seed).permutation(n)
-    batches = [perm[0:8], perm[8:16], perm[16:26]]
-    hxy = np.mean([ref_hsic_unbiased(x[b] @ x[b].T, y[b] @ y[b].T) for b in batches])
-    hxx = np.mean([ref_hsic_unbiased(x[b] @ x[b].T, x[b] @ x[b].T) for b in batches])
-    hyy = np.mean([ref_hsic_unbiased(y[b] @ y[b].T, y[b] @ y[b].T) for b in batches])
-    expected = hxy / np.sqrt(hxx * hyy)
-    assert minibatch_linear_cka(x, y, bs, seed=seed) == pytest.approx(expected, rel=1e-10)
-
-
-def test_minibatch_single_batch_equals_debiased_cka(rng):
-    x, y = related_pair(rng, 30, 4, 5)
-    assert minibatch_linear_cka(x, y, batch_size=30) == pytest.approx(
-        ref_cka(x, y, debiased=True), rel=1e-10
-    )
-    assert minibatch_linear_cka(x, y, batch_size=100) == pytest.approx(
-        ref_cka(x, y, debiased=True), rel=1e-10
-    )
-
-
-def test_minibatch_approximates_full_cka_and_self_is_one():
-    rng = np.random.default_rng(9)
-    x, y = related_pair(rng, 600, 8, 8, noise=3.0)
-    full = ref_cka(x, y, debiased=True)
-    assert minibatch_linear_cka(x, y, batch_size=100) == pytest.approx(full, abs=0.03)
-    assert minibatch_linear_cka(x, x, batch_size=64) == pytest.approx(1.0, abs=1e-12)
-
-
-def test_minibatch_errors_and_constant(rng):
-    x = rng.standard_normal((20, 3))
-    with pytest.raises(ValueError, match="batch_size"):
-        minibatch_linear_cka(x, x, batch_size=3)
-    with pytest.raises(ValueError, match="same number"):
-        minibatch_linear_cka(x, x[:10], batch_size=4)
-    assert minibatch_linear_cka(np.ones((20, 3)), x, batch_size=5) == 0.0
-
-
 # ----------------------------------------------------------------------------
 # Procrustes
 # ----------------------------------------------------------------------------

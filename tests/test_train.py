@@ -224,7 +224,8 @@ def test_logged_loss_is_the_mean_cross_entropy_of_the_first_batch(tiny, tmp_path
     from ftdrift.core import io
     from ftdrift.data.features import encode_classification
     from ftdrift.modeling import models
-    from ftdrift.training.recipe import EpochSeededLengthSampler, build_model
+    from ftdrift.training.recipe import build_model
+    from ftdrift.training.trainer import EpochSeededLengthSampler
 
     workdir, cfg, data = tiny
     finetune(**no_dropout_kwargs(tiny, tmp_path, "sst2", "full", max_micro_batch=2))

@@ -3,6 +3,7 @@ are read directly and every spectrum and intruder count is recomputed with numpy
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import torch
 from helpers import REPO, write_tiny_llama
 from safetensors.numpy import load_file
 
-from ftdrift.analysis.weights import aggregate_weights, analyse_run, lora_core
+from ftdrift.analysis.weights import aggregate_weights, analyse_run, lora_core, lora_update
 from ftdrift.core import io
 from ftdrift.modeling import lora, models
 from ftdrift.study.config import load_catalog
@@ -123,10 +124,100 @@ def test_lora_core_has_the_dense_update_s_singular_values(rslora):
     a, b = rng.normal(size=(3, 20)), rng.normal(size=(12, 3))
     scale = 6.0 / (math.sqrt(3) if rslora else 3)
     dense = np.linalg.svd(scale * b @ a, compute_uv=False)
-    core = lora_core(torch.from_numpy(a).float(), torch.from_numpy(b).float(), 6.0, 3, rslora).numpy()
+    core = lora_core(torch.from_numpy(a).float(), torch.from_numpy(b).float(), scale).numpy()
     assert core.shape == (3, 3)
     assert np.linalg.svd(core, compute_uv=False) == pytest.approx(dense[:3], rel=1e-5)
-    assert np.abs(lora_core(torch.from_numpy(a).float(), torch.zeros(12, 3), 6.0, 3, rslora).numpy()).max() == 0
+    assert np.abs(lora_core(torch.from_numpy(a).float(), torch.zeros(12, 3), scale).numpy()).max() == 0
+
+
+def tiny_lora_layer(seed=0, **config):
+    """A peft lora.Linear (48 -> 40, r = 4) around a random float32 nn.Linear, B made non-zero."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential()
+    net.add_module("proj", torch.nn.Linear(48, 40))
+    model = get_peft_model(net, LoraConfig(r=4, lora_alpha=6, target_modules=["proj"], **config))
+    layer = model.base_model.model.proj
+    with torch.no_grad():
+        layer.lora_B["default"].weight.copy_(torch.randn(40, 4))
+    return layer
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_lora_core_spectrum_equals_peft_delta_weight_spectrum(rslora):
+    """The spectrum rows report (the r x r core, scaled by peft's module.scaling) is that of the
+    ΔW peft merges (get_delta_weight, float32 here), to 1e-6 relative; ΔW itself is peft's."""
+    layer = tiny_lora_layer(use_rslora=rslora)
+    assert layer.scaling["default"] == pytest.approx(6 / (2 if rslora else 4))  # α/√r or α/r
+    delta, core = lora_update(layer)
+    with torch.no_grad():
+        peft_delta = layer.get_delta_weight("default")
+    np.testing.assert_array_equal(delta, peft_delta.double().numpy())
+    assert core.shape == (4, 4)
+    s_peft = np.linalg.svd(peft_delta.double().numpy(), compute_uv=False)
+    s_core = np.linalg.svd(core, compute_uv=False)
+    assert s_core == pytest.approx(s_peft[:4], rel=1e-6)
+    assert s_peft[4:].max() < 1e-6 * s_peft[0]  # the dense SVD's round-off tail, absent from the core
+
+
+@pytest.mark.parametrize("config, reason", [
+    ({"use_dora": True}, "DoRA"),
+    ({"lora_bias": True}, "lora_bias"),
+])
+def test_lora_layers_the_analysis_cannot_describe_are_refused(config, reason):
+    with pytest.raises(ValueError, match=reason):
+        lora_update(tiny_lora_layer(**config))
+
+
+def test_fan_in_fan_out_lora_layers_are_refused():
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    net = torch.nn.Sequential()
+    net.add_module("c_attn", Conv1D(40, 48))  # GPT-2 style: weight stored [in, out]
+    model = get_peft_model(net, LoraConfig(r=4, lora_alpha=6, target_modules=["c_attn"], fan_in_fan_out=True))
+    with pytest.raises(ValueError, match="fan_in_fan_out"):
+        lora_update(model.base_model.model.c_attn)
+
+
+def test_intruder_counts_match_peft_reduce_intruder_dimension(base, lora_dir):
+    """ftdrift's intruder counts equal those peft 0.21.2's `reduce_intruder_dimension` logs.
+
+    peft (tuners/lora/intruders.py) defines the count as ftdrift does: thin SVDs of W = base
+    weight and W + get_delta_weight; for each of the top_k left singular vectors of the merged
+    matrix, its maximum |cosine| with the base's left singular vectors; those below
+    threshold_epsilon are intruders. It logs "<layer>: Intruders: n" or "<layer>: No intruders"
+    (and then rewrites the adapter, here into a second one). The one difference is precision:
+    peft's SVDs run in float32, ftdrift's in float64, so the comparison first checks that no
+    top-k cosine lies within 1e-3 of epsilon, where both must agree.
+    """
+    from peft import PeftModel
+    from peft.tuners.lora.intruders import reduce_intruder_dimension
+
+    rows, _ = analyse(base, lora_dir, "lora")
+    model = PeftModel.from_pretrained(base_task_model(base), str(lora_dir))
+    for layer, matrix in TARGETS:  # margin: float32 and float64 cannot land on different sides
+        module = getattr(model.base_model.model.model.layers[layer].self_attn, matrix)
+        w = module.get_base_layer().weight.detach().double().numpy()
+        delta, _ = lora_update(module)
+        u_base = np.linalg.svd(w, full_matrices=False)[0]
+        u_ft = np.linalg.svd(w + delta, full_matrices=False)[0][:, :10]
+        assert np.abs(np.abs(u_base.T @ u_ft).max(axis=0) - 0.5).min() > 1e-3, (layer, matrix)
+
+    logged = []
+    with torch.no_grad():
+        reduce_intruder_dimension(model, top_k=10, threshold_epsilon=0.5, logging_sink=logged.append)
+    peft_counts = {}
+    for line in logged:
+        found = re.fullmatch(r"base_model\.model\.model\.layers\.(\d+)\.self_attn\.(\w+): "
+                             r"(?:Intruders: (\d+)|No intruders)", line)
+        if found:
+            peft_counts[(int(found[1]), found[2])] = int(found[3] or 0)
+    ours = {(int(r.layer), r.matrix): int(r.intruder_dims) for r in rows.itertuples()}
+    assert set(peft_counts) == set(TARGETS)
+    assert ours == peft_counts
+    assert any(ours.values())  # a case with intruders, not only zeros
 
 
 def test_adapter_that_disagrees_with_the_config_is_refused(base, lora_dir):

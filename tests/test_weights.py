@@ -9,7 +9,6 @@ import torch
 from ftdrift.core.spectra import (
     effective_rank,
     intruder_dimensions,
-    lora_delta,
     spectrum_summary,
     stable_rank,
 )
@@ -36,35 +35,6 @@ def test_stable_rank_hand_values():
     assert stable_rank(np.eye(5)) == pytest.approx(5.0)
     assert stable_rank(torch.eye(3, dtype=torch.float16)) == pytest.approx(3.0)
     assert stable_rank(np.zeros((2, 3))) == 0.0
-
-
-def test_lora_delta_against_explicit_sum():
-    rng = np.random.default_rng(0)
-    r, n_in, n_out, alpha = 4, 6, 5, 16.0
-    a = rng.standard_normal((r, n_in))
-    b = rng.standard_normal((n_out, r))
-    expected = np.zeros((n_out, n_in))
-    for o in range(n_out):
-        for i in range(n_in):
-            expected[o, i] = alpha / r * sum(b[o, k] * a[k, i] for k in range(r))
-    out_np = lora_delta(a, b, alpha, r)
-    np.testing.assert_allclose(out_np, expected, rtol=1e-12)
-    out_t = lora_delta(torch.from_numpy(a), torch.from_numpy(b), alpha, r)
-    assert isinstance(out_t, torch.Tensor) and out_t.shape == (n_out, n_in)
-    np.testing.assert_allclose(out_t.numpy(), expected, rtol=1e-12)
-    # float16 adapters are computed in (at least) float32
-    out_h = lora_delta(torch.from_numpy(a).half(), torch.from_numpy(b).half(), alpha, r)
-    assert out_h.dtype == torch.float32
-    np.testing.assert_allclose(out_h.numpy(), expected, rtol=2e-2, atol=2e-2)
-    # rsLoRA scaling alpha / sqrt(r)
-    np.testing.assert_allclose(lora_delta(a, b, alpha, r, use_rslora=True), expected * math.sqrt(r))
-
-
-def test_lora_delta_shape_errors():
-    with pytest.raises(ValueError, match="lora_A"):
-        lora_delta(np.zeros((3, 6)), np.zeros((5, 4)), 8, 4)
-    with pytest.raises(ValueError, match="lora_B"):
-        lora_delta(np.zeros((4, 6)), np.zeros((5, 3)), 8, 4)
 
 
 def test_intruder_dimensions_hand_examples():

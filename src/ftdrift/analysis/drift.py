@@ -5,22 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ftdrift.core import similarity
+from ftdrift.core import drift_metrics
 from ftdrift.core.store import SnapshotStore, read_base
-
-
-def _metric_matrix(metric: str, base: np.ndarray, snapshots: np.ndarray) -> np.ndarray:
-    """[snapshot, layer] values of one similarity metric."""
-    if metric == "linear_cka":
-        return similarity.cka_matrix(base, snapshots)
-    if metric == "debiased_cka":
-        return similarity.cka_matrix(base, snapshots, debiased=True)
-    if metric == "cosine":
-        return similarity.cosine_matrix(base, snapshots)
-    if metric == "procrustes":
-        return np.array([[similarity.procrustes_distance(base[l], snap[l]) for l in range(base.shape[0])]
-                         for snap in snapshots])
-    raise ValueError(f"config key 'drift.metrics': unknown metric '{metric}'")
+from ftdrift.study.grid import RUN_KEYS
 
 
 def drift_table(base_path, run_path, run: dict, metrics: list[str]) -> pd.DataFrame:
@@ -39,13 +26,13 @@ def drift_table(base_path, run_path, run: dict, metrics: list[str]) -> pd.DataFr
     for pooling in attrs["poolings"]:
         steps, snapshots = store.read(pooling)
         for metric in metrics:
-            values = _metric_matrix(metric, base[pooling], snapshots)
+            values = drift_metrics.compute(metric, base[pooling], snapshots)
             s_idx, l_idx = np.meshgrid(np.arange(len(steps)), np.arange(values.shape[1]), indexing="ij")
             frames.append(pd.DataFrame({
                 "step": steps[s_idx.ravel()], "layer": l_idx.ravel(),
                 "layer_name": np.array(attrs["layer_names"])[l_idx.ravel()],
                 "pooling": pooling, "metric": metric, "value": values.ravel()}))
     table = pd.concat(frames, ignore_index=True)
-    for key in ("task", "method", "lr", "batch_size", "seed"):
-        table.insert(list(run).index(key), key, run[key])
+    for i, key in enumerate(RUN_KEYS):
+        table.insert(i, key, run[key])
     return table

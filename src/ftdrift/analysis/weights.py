@@ -3,7 +3,9 @@
 For every matrix the family adapts with LoRA (e.g. q_proj/v_proj for Llama, query/value for
 BERT) and for both methods, the weight update ΔW is
 
-    LoRA:  ΔW = scale · B·A   (scale = α/r, or α/√r with rsLoRA; read from the saved adapter)
+    LoRA:  ΔW = peft's own `get_delta_weight` of the layer, the update `merge` adds to W_base
+           (for a plain lora.Linear: scaling·B·A, with peft's `module.scaling[adapter]`,
+           α/r or α/√r with rsLoRA)
     full:  ΔW = W_ft − W_base
 
 and each row records ΔW's spectrum (effective rank, stable rank, Frobenius norm, top singular
@@ -17,7 +19,6 @@ ftdrift.analysis.checkpoints, on the validation split.)
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import pandas as pd
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-from ftdrift.core.spectra import intruder_dimensions, lora_delta, spectrum_summary
+from ftdrift.core.spectra import intruder_dimensions, spectrum_summary
 from ftdrift.modeling import models
 from ftdrift.study import families
 from ftdrift.study.config import task_kind
@@ -82,36 +83,67 @@ def matrix_row(w_base: np.ndarray, delta: np.ndarray, top_k: int, epsilon: float
             "intruder_dims": intruder_dimensions(w_base, w_base + delta, k=top_k, epsilon=epsilon)}
 
 
-def lora_core(lora_A: torch.Tensor, lora_B: torch.Tensor, alpha: float, r: int, use_rslora: bool) -> torch.Tensor:
-    """An r x r matrix with the singular values of scale·B·A (float64).
+def lora_core(lora_A: torch.Tensor, lora_B: torch.Tensor, scale: float) -> torch.Tensor:
+    """An r x r matrix with the singular values of scale·B·A (float64 torch tensor).
 
-    With B = Q_b R_b and Aᵀ = Q_a R_a (thin QR, orthonormal Q), scale·B·A = Q_b (scale·R_b R_aᵀ) Q_aᵀ,
-    so its singular values are those of the core scale·R_b·R_aᵀ: an r x r SVD instead of an
-    out x in one, and no round-off tail of spurious tiny values beyond rank r.
+    Shapes as in peft: `lora_A` is [r, in_features], `lora_B` is [out_features, r] (any float
+    dtype and device; computed in float64 on that device). With B = Q_b R_b and Aᵀ = Q_a R_a
+    (thin QR, orthonormal Q), scale·B·A = Q_b (scale·R_b R_aᵀ) Q_aᵀ, so its singular values are
+    those of the core scale·R_b·R_aᵀ: an r x r SVD instead of an out x in one, and no round-off
+    tail of spurious tiny values beyond rank r.
     """
-    r_b = torch.linalg.qr(lora_B.to(torch.float64))[1]
-    r_a = torch.linalg.qr(lora_A.to(torch.float64).T)[1]
-    return lora_delta(r_a.T, r_b, alpha, r, use_rslora=use_rslora)
+    if lora_A.ndim != 2 or lora_B.ndim != 2 or lora_B.shape[1] != lora_A.shape[0]:
+        raise ValueError(f"lora_A must be [r, in] and lora_B [out, r], got {tuple(lora_A.shape)} "
+                         f"and {tuple(lora_B.shape)}")
+    r_b = torch.linalg.qr(lora_B.detach().to(torch.float64))[1]
+    r_a = torch.linalg.qr(lora_A.detach().to(torch.float64).T)[1]
+    return float(scale) * (r_b @ r_a.T)
 
 
 def _as64(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to(device="cpu", dtype=torch.float64).numpy()
 
 
-def _lora_scale_args(module, peft_config) -> tuple[float, int, bool]:
-    """alpha, r, rsLoRA of one LoRA layer, checked against the scale peft itself applies."""
-    if module.use_dora.get(ADAPTER, False):
-        raise ValueError("weight analysis: DoRA adapters are not plain B·A updates (not supported)")
+def _check_plain_lora(module, adapter: str) -> None:
+    """Refuse LoRA layers whose merged update is not W_base + get_delta_weight = W_base + scaling·B·A."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    if module.use_dora.get(adapter, False):
+        raise ValueError("weight analysis: DoRA adapters are not plain B·A updates (peft merges a "
+                         "magnitude-rescaled W + scaling·B·A, not W + get_delta_weight; not supported)")
+    if adapter in getattr(module, "lora_variant", {}):
+        raise ValueError(f"weight analysis: LoRA variant {type(module.lora_variant[adapter]).__name__} "
+                         "is not a plain B·A update (peft merges it otherwise than W + get_delta_weight; "
+                         "not supported)")
+    if not isinstance(module, LoraLinear):
+        raise ValueError(f"weight analysis: {type(module).__name__} LoRA layers are not supported "
+                         "(only peft's lora.Linear, whose update is scaling·B·A)")
     if getattr(module, "fan_in_fan_out", False):
-        raise ValueError("weight analysis: fan_in_fan_out LoRA layers (Conv1D models) are not supported")
-    if getattr(module.lora_B[ADAPTER], "bias", None) is not None:
-        raise ValueError("weight analysis: LoRA adapters with a bias (lora_bias) are not supported")
-    alpha, r = module.lora_alpha[ADAPTER], module.r[ADAPTER]
-    rslora = bool(getattr(peft_config, "use_rslora", False))
-    scale = alpha / (math.sqrt(r) if rslora else r)
-    if not math.isclose(scale, float(module.scaling[ADAPTER]), rel_tol=1e-9):
-        raise ValueError(f"weight analysis: LoRA scale {module.scaling[ADAPTER]} is not alpha/r = {scale}")
-    return alpha, r, rslora
+        raise ValueError("weight analysis: fan_in_fan_out LoRA layers (Conv1D models) are not supported "
+                         "(their weights are stored [in, out], so the intruder count would compare input-side "
+                         "singular vectors instead of output-side ones)")
+    if module.lora_bias.get(adapter, False) or getattr(module.lora_B[adapter], "bias", None) is not None:
+        raise ValueError("weight analysis: LoRA adapters with a bias (lora_bias) are not supported "
+                         "(peft also merges a bias update, which ΔW of the weight leaves out)")
+
+
+def lora_update(module, adapter: str = ADAPTER) -> tuple[np.ndarray, np.ndarray]:
+    """ΔW of one LoRA layer exactly as peft merges it, and an r x r core with its spectrum.
+
+    ΔW is peft's `module.get_delta_weight(adapter)` ([out, in], the layout of nn.Linear.weight):
+    in peft 0.21.2 `lora.Linear.get_delta_weight` computes scaling·B·A in the adapter's dtype
+    (fp16/bf16 on the CPU through float32 and back) and `merge` adds exactly it to the base
+    weight; here it is widened to float64. The core is `lora_core(A, B, module.scaling[adapter])`
+    (float64): its singular values are ΔW's non-zero ones, without ΔW's round-off tail.
+
+    Raises ValueError for layers ΔW cannot describe: DoRA and other LoRA variants (merged
+    otherwise), non-Linear LoRA layers, fan_in_fan_out (Conv1D) layers, and LoRA biases.
+    """
+    _check_plain_lora(module, adapter)
+    with torch.no_grad():
+        delta = module.get_delta_weight(adapter)
+        core = lora_core(module.lora_A[adapter].weight, module.lora_B[adapter].weight, module.scaling[adapter])
+    return _as64(delta), _as64(core)
 
 
 def _check_lora_config(lora_cfg: dict | None, peft_config, model_dir) -> None:
@@ -167,13 +199,10 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora
             trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             found = analysed_modules(model, family.name, targets, lora=True)
             for name, layer, matrix, module in found:
-                alpha, r, rslora = _lora_scale_args(module, peft_config)
-                lora_a, lora_b = module.lora_A[ADAPTER].weight, module.lora_B[ADAPTER].weight
-                delta = lora_delta(lora_a.to(torch.float64), lora_b.to(torch.float64), alpha, r, use_rslora=rslora)
-                core = lora_core(lora_a, lora_b, alpha, r, rslora)
+                delta, core = lora_update(module, ADAPTER)
                 rows.append({"module": name, "layer": layer, "matrix": matrix,
-                             **matrix_row(_as64(module.base_layer.weight), _as64(delta), top_k, epsilon,
-                                          same_spectrum=_as64(core))})
+                             **matrix_row(_as64(module.get_base_layer().weight), delta, top_k, epsilon,
+                                          same_spectrum=core)})
                 log.info("%s: %s", name, rows[-1])
             lora_info = {"r": peft_config.r, "alpha": peft_config.lora_alpha,
                          "use_rslora": bool(getattr(peft_config, "use_rslora", False)),

@@ -1,17 +1,36 @@
-"""The drift metrics the study can compute: names, labels and which way is "unchanged".
+"""The drift metrics: one registry of what each is called, which way is "unchanged", and how
+it is computed. The config schema's `drift.metrics` enum is checked against it (tests), drift
+tables compute through it, tables and the report label with it.
 
-Light on purpose (no numpy/torch): the config check, the tables and the report read it.
+Light to import: ftdrift.core.similarity (numpy, torch) is loaded only when a value is computed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+def _similarity():
+    from ftdrift.core import similarity  # heavy: only where drift is computed
+
+    return similarity
+
+
+def _procrustes(base: np.ndarray, snapshots: np.ndarray) -> np.ndarray:
+    sim = _similarity()
+    return np.array([[sim.procrustes_distance(base[layer], snapshot[layer]) for layer in range(base.shape[0])]
+                     for snapshot in snapshots])
 
 
 @dataclass(frozen=True)
 class MetricInfo:
     name: str
     similarity: bool  # True: 1 = identical to the base model; False: a distance, 0 = identical
+    # base [layer, example, hidden], snapshots [snapshot, layer, example, hidden] -> [snapshot, layer]
+    compute: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     @property
     def drift_label(self) -> str:
@@ -23,15 +42,23 @@ class MetricInfo:
 
 
 DRIFT_METRICS = {
-    "linear_cka": MetricInfo("linear CKA", True),
-    "debiased_cka": MetricInfo("debiased linear CKA", True),
-    "cosine": MetricInfo("cosine similarity", True),
-    "procrustes": MetricInfo("Procrustes distance", False),
+    "linear_cka": MetricInfo("linear CKA", True, lambda base, snaps: _similarity().cka_matrix(base, snaps)),
+    "debiased_cka": MetricInfo("debiased linear CKA", True,
+                               lambda base, snaps: _similarity().cka_matrix(base, snaps, debiased=True)),
+    "cosine": MetricInfo("cosine similarity", True, lambda base, snaps: _similarity().cosine_matrix(base, snaps)),
+    "procrustes": MetricInfo("Procrustes distance", False, _procrustes),
 }
 
 
 def metric_info(metric: str) -> MetricInfo:
     return DRIFT_METRICS.get(metric, MetricInfo(metric.replace("_", " "), True))
+
+
+def compute(metric: str, base: np.ndarray, snapshots: np.ndarray) -> np.ndarray:
+    """[snapshot, layer] values of `metric` for every snapshot layer against the same base layer."""
+    if metric not in DRIFT_METRICS:
+        raise ValueError(f"config key 'drift.metrics': unknown metric '{metric}' (known: {sorted(DRIFT_METRICS)})")
+    return DRIFT_METRICS[metric].compute(base, snapshots)
 
 
 def to_drift(metric: str, values):

@@ -47,7 +47,6 @@ __all__ = [
     "linear_cka",
     "cka_matrix",
     "cosine_matrix",
-    "minibatch_linear_cka",
     "procrustes_distance",
 ]
 
@@ -437,71 +436,8 @@ def cosine_matrix(
 
 
 # --------------------------------------------------------------------------- #
-# minibatch CKA and Procrustes
+# Procrustes
 # --------------------------------------------------------------------------- #
-def _unbiased_hsic_terms(xc: np.ndarray, yc: np.ndarray) -> np.ndarray:
-    """Unbiased HSIC_1 (Song et al. 2012) for (x,y), (x,x), (y,y), properly scaled.
-
-    Unlike in a single CKA the 1/(n(n-3)) factor matters here, because
-    minibatches of different sizes are averaged.
-    """
-    n = xc.shape[0]
-    gram = max(xc.shape[1], yc.shape[1]) >= n
-    cxx, rx, gx = _self_terms(xc, gram)
-    cyy, ry, gy = _self_terms(yc, gram)
-    if gram:
-        cxy = np.vdot(gx, gy)
-    else:
-        p = yc.T @ xc
-        cxy = np.vdot(p, p)
-    a = n / (n - 2.0)
-    b = 1.0 / ((n - 1.0) * (n - 2.0))
-    sx, sy = rx.sum(), ry.sum()
-    h = np.array(
-        [
-            cxy - a * (rx @ ry) + b * sx * sy,
-            cxx - a * (rx @ rx) + b * sx * sx,
-            cyy - a * (ry @ ry) + b * sy * sy,
-        ]
-    )
-    return h / (n * (n - 3.0))
-
-
-def minibatch_linear_cka(x: Any, y: Any, batch_size: int, seed: int = 0) -> float:
-    """Minibatch linear CKA (Nguyen et al. 2021, "Do Wide and Deep Networks...").
-
-    Examples are shuffled with ``np.random.default_rng(seed).permutation(n)``
-    and cut into consecutive batches of ``batch_size``; a final remainder of
-    fewer than 4 examples (too few for the unbiased estimator) is merged into
-    the previous batch. Unbiased HSIC_1 is averaged over batches and
-    ``CKA = mean HSIC(x,y) / sqrt(mean HSIC(x,x) * mean HSIC(y,y))``;
-    0.0 when that denominator is <= 0 or a representation is constant.
-    """
-    xa, ya = _rep_2d(x, "x"), _rep_2d(y, "y")
-    n = _check_pair(xa, ya)
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 4:
-        raise ValueError(f"batch_size must be an integer >= 4, got {batch_size!r}")
-    if n < 4:
-        raise ValueError(f"minibatch CKA needs at least 4 examples, got n={n}")
-    batch_size = int(batch_size)
-    if _center(xa)[1] or _center(ya)[1]:
-        return 0.0
-    perm = np.random.default_rng(seed).permutation(n)
-    bounds = list(range(0, n, batch_size)) + [n]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 4:
-        del bounds[-2]  # merge the short tail into the previous batch
-    sums = np.zeros(3)
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        idx = perm[lo:hi]
-        xb, yb = xa[idx], ya[idx]
-        # Centring does not change HSIC_1; it only keeps the sums well scaled.
-        sums += _unbiased_hsic_terms(xb - xb.mean(0), yb - yb.mean(0))
-    hxy, hxx, hyy = sums / (len(bounds) - 1)
-    if hxx <= 0 or hyy <= 0:
-        return 0.0
-    return float(hxy / np.sqrt(hxx * hyy))
-
-
 def procrustes_distance(x: Any, y: Any) -> float:
     """Orthogonal Procrustes distance between two representations, in [0, 2].
 

@@ -1,4 +1,4 @@
-"""Weight-space diagnostics: spectra of weight updates, LoRA deltas, intruder dimensions.
+"""Weight-space diagnostics: spectra of weight updates, intruder dimensions.
 
 All decompositions run in float64 (weights are often stored in half precision,
 and the small singular values that drive effective rank are the first to be
@@ -15,7 +15,6 @@ import torch
 __all__ = [
     "effective_rank",
     "stable_rank",
-    "lora_delta",
     "intruder_dimensions",
     "spectrum_summary",
 ]
@@ -68,34 +67,6 @@ def stable_rank(matrix: Any) -> float:
     return float(np.sum(m * m) / top**2)
 
 
-def lora_delta(
-    lora_A: Any, lora_B: Any, alpha: float, r: int, use_rslora: bool = False
-) -> Any:
-    """Dense weight update of a LoRA adapter: ``(alpha / r) * B @ A``.
-
-    Shapes as in peft: ``A`` is ``[r, in_features]``, ``B`` is ``[out, r]``, so
-    the result is ``[out, in]`` (same layout as ``nn.Linear.weight``). With
-    ``use_rslora`` the scale is ``alpha / sqrt(r)`` (peft's rsLoRA option).
-    Returns a torch tensor (float32 or wider) if either input is a tensor,
-    else a float64 numpy array.
-    """
-    if int(r) != r or r <= 0:
-        raise ValueError(f"r must be a positive integer, got {r!r}")
-    if tuple(lora_A.shape)[:1] != (r,) or len(lora_A.shape) != 2:
-        raise ValueError(f"lora_A must be [r={r}, in_features], got {tuple(lora_A.shape)}")
-    if len(lora_B.shape) != 2 or lora_B.shape[1] != r:
-        raise ValueError(f"lora_B must be [out_features, r={r}], got {tuple(lora_B.shape)}")
-    scale = alpha / (np.sqrt(r) if use_rslora else r)
-    if isinstance(lora_A, torch.Tensor) or isinstance(lora_B, torch.Tensor):
-        a = torch.as_tensor(lora_A).detach()
-        b = torch.as_tensor(lora_B).detach().to(a.device)
-        # Half-precision matmul on CPU is slow/unsupported and loses digits;
-        # compute at least in float32.
-        dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-        return scale * (b.to(dtype) @ a.to(dtype))
-    return scale * (np.asarray(lora_B, dtype=np.float64) @ np.asarray(lora_A, dtype=np.float64))
-
-
 def intruder_dimensions(w_base: Any, w_ft: Any, k: int = 10, epsilon: float = 0.5) -> int:
     """Number of intruder dimensions (Shuttleworth et al. 2024, "LoRA vs Full
     Fine-tuning: An Illusion of Equivalence").
@@ -105,6 +76,9 @@ def intruder_dimensions(w_base: Any, w_ft: Any, k: int = 10, epsilon: float = 0.
     SVD: the ``min(out, in)`` vectors of the column space; the rest of a full
     basis is arbitrary when out > in); counts those below ``epsilon``. Singular
     vectors have unit norm, so the cosine is just ``|U_base^T u|``.
+    This is the detection step of peft's ``reduce_intruder_dimension``
+    (``peft.tuners.lora.intruders``), which logs the same per-layer count but runs
+    its SVDs in the weights' own precision (float32 for fp32/fp16/bf16 weights).
     """
     wb, wf = _matrix64(w_base, "w_base"), _matrix64(w_ft, "w_ft")
     if wb.shape != wf.shape:

@@ -37,7 +37,6 @@ __all__ = [
     "paired_difference",
     "welch_difference",
     "relative_change_ci",
-    "drift_from_cka",
     "verdict_h1",
     "verdict_h2",
 ]
@@ -162,17 +161,6 @@ def relative_change_ci(
     return out
 
 
-def drift_from_cka(cka: Any) -> np.ndarray:
-    """Per-seed drift ``mean(1 - CKA)`` over all axes after the first (seed) axis.
-
-    ``cka`` is ``[n_seeds]`` or ``[n_seeds, ...]`` (e.g. layers, snapshots).
-    """
-    c = np.asarray(cka, dtype=np.float64)
-    if c.ndim == 0:
-        raise ValueError("cka must have a leading seed axis")
-    return (1.0 - c).reshape(c.shape[0], -1).mean(axis=1)
-
-
 def _verdict(
     rc: dict[str, Any], threshold: float, supported_below: bool
 ) -> tuple[str, str]:
@@ -226,8 +214,7 @@ def verdict_h2(
 ) -> dict[str, Any]:
     """H2: "LoRA's representations drift at least ``reduction`` (relative) less".
 
-    Inputs are per-seed drift values, drift = mean(1 - CKA) (see
-    ``drift_from_cka``). relative_reduction = (full - lora) / full with a
+    Inputs are per-seed drift values, drift = mean(1 - CKA) . relative_reduction = (full - lora) / full with a
     delta-method CI; "supported" if ci_low >= reduction, "not supported" if
     ci_high < reduction, else "inconclusive" (also for n < 2 in an arm).
     """

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from transformers import (
@@ -83,10 +82,3 @@ def layer_names(num_hidden_layers: int) -> list[str]:
     return ["embeddings"] + [f"block_{i}" for i in range(num_hidden_layers)]
 
 
-def model_path_for_logs(model_cfg: dict) -> str:
-    """What to record as the model's identity (the embedded name, not a site-packages path)."""
-    return model_cfg["name_or_path"]
-
-
-def is_local(path: str) -> bool:
-    return Path(path).exists()

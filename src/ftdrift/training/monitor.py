@@ -100,7 +100,9 @@ class TrainingMonitor(TrainerCallback):
                 extra[f"gpu{d}_allocated_mb"] = torch.cuda.memory_allocated(d) / 2**20
                 extra[f"gpu{d}_reserved_mb"] = torch.cuda.memory_reserved(d) / 2**20
                 extra[f"gpu{d}_peak_mb"] = torch.cuda.max_memory_allocated(d) / 2**20
-        logs.update(extra)
+        logs.update(extra)  # what later callbacks (W&B) send
+        # The Trainer appends a copy of `logs` to log_history before callbacks run, and there is no
+        # public way to add to an entry: update that copy too, so train_log.csv has the statistics.
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(extra)
 

@@ -1,38 +1,32 @@
-"""One fine-tuning run: the study's protocol on transformers' Trainer, with peft for LoRA.
+"""One fine-tuning job as a recipe of named stages, on transformers' Trainer with peft for LoRA.
 
-Work files (checkpoints, best weights, in-progress snapshots, W&B) live in `work_dir`,
-outside the rule's declared outputs, so a killed job resumes instead of starting over
-(ftdrift.training.workdir: only state of the same job definition is resumed; optionally mirrored).
-Outputs are written at the end, each atomically, `metrics.json` last.
+    finetune(...)       the whole job, as the `finetune` rule runs it
+      claim_work_dir    stage 0: the resumable state of this job definition only (ftdrift.training.workdir)
+      load_data         stage 1: the prepared splits, tokenised once
+      train             stages 2-4: build_model, the Trainer, trainer.train(); out-of-memory
+                        errors retried with a smaller micro-batch (ftdrift.training.oom)
+      evaluate          stage 5: the best dev weights back in; dev and validation predictions
+                        (ftdrift.training.predict, the checkpoint validator's code path)
+      save              stage 6: the run's outputs, each atomic, metrics.json last
+
+Work files (checkpoints, best weights, snapshots so far, W&B) live in the job's work folder,
+outside the rule's declared outputs, so a killed job resumes instead of starting over.
+Benchmarks and tests drive the same stages, and observe training through `callbacks`.
 """
 
 from __future__ import annotations
 
-import gc
-import json
 import logging
-import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
-from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
-from torch.utils.data import SequentialSampler
-from transformers import (
-    DataCollatorWithPadding,
-    EarlyStoppingCallback,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-    set_seed,
-)
-from transformers.integrations import WandbCallback
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainerCallback, set_seed
 
-from ftdrift.core import io, loss, metrics
+from ftdrift.core import io, metrics
 from ftdrift.core.precision import resolve_precision
 from ftdrift.core.store import SnapshotStore
 from ftdrift.data.features import encode_classification, encode_probe, encode_qa_train
@@ -41,12 +35,13 @@ from ftdrift.representations.extract import make_batches
 from ftdrift.representations.snapshots import SnapshotCallback
 from ftdrift.study import families
 from ftdrift.study.config import task_kind
-from ftdrift.study.resources import micro_batch_plan
-from ftdrift.training import workdir
+from ftdrift.training import oom, tracking, workdir
 from ftdrift.training.monitor import BestModelCallback, TrainingMonitor
-from ftdrift.training.predict import predict_split, predictor
+from ftdrift.training.predict import SplitPrediction, predict_split, predictor
+from ftdrift.training.trainer import StudyTrainer, last_complete_checkpoint, training_arguments
 
 log = logging.getLogger("ftdrift.training.recipe")
+SPLITS = ("train", "dev", "validation", "probe")
 
 
 @dataclass
@@ -58,119 +53,95 @@ class RunOutputs:
     model: Path
 
 
-class EpochSeededLengthSampler(LengthGroupedSampler):
-    """Length-grouped batches whose order is a pure function of (seed, epoch).
+@dataclass
+class Job:
+    """What one fine-tuning job is: a grid point and the settings that reach it."""
 
-    transformers' own group_by_length sampler draws from the global RNG when an epoch's
-    iterator is created, which on resume happens before the checkpoint's RNG state is
-    restored: the resumed epoch would see another order. Seeding per epoch makes resume exact.
-    """
+    run: dict  # task, method, lr (canonical string), batch_size, seed
+    task_def: dict
+    settings: dict  # data, training, representations (task overrides applied)
+    model_cfg: dict
+    lora_cfg: dict | None
+    wandb_cfg: dict
+    data_dir: Path  # the prepared splits
+    work_dir: Path
+    outputs: RunOutputs
+    resolved_config: dict | None = None  # sent to W&B
+    code_version: int | None = None
+    callbacks: tuple[TrainerCallback, ...] = ()
 
-    def __init__(self, *args, seed: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.seed, self.epoch = seed, 0
+    @property
+    def name(self) -> str:
+        r = self.run
+        return f"{r['task']}-{r['method']}-lr{r['lr']}-bs{r['batch_size']}-seed{r['seed']}"
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    @property
+    def kind(self) -> str:
+        return task_kind(self.task_def)
 
-    def __iter__(self):
-        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return super().__iter__()
+    @property
+    def precision(self) -> str:
+        return resolve_precision(self.settings["training"]["precision"])
 
+    @property
+    def eval_batch_size(self) -> int:
+        # the final evaluation and the validator use one fixed batch size, not the micro-batch
+        return self.settings["representations"]["batch_size"]
 
-class StudyTrainer(Trainer):
-    """Trainer whose training order survives a restart bit for bit (see EpochSeededLengthSampler),
-    whose loss is the study's per-example mean over the effective batch (ftdrift.core.loss), and
-    whose predictions come back in dataset order."""
-
-    # compute_loss below divides by the effective batch's example count itself: the Trainer
-    # must not divide by the accumulation steps again (documented Trainer attribute)
-    loss_is_scaled_for_ga = True
-
-    def __init__(self, *args, train_lengths: list[int], monitor: TrainingMonitor | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.train_lengths = train_lengths
-        self.monitor = monitor
-
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        # N of ftdrift.core.loss: the examples of all micro-batches of this optimizer step
-        return batches, sum(len(batch["input_ids"]) for batch in batches)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = {key: inputs[key] for key in loss.LABEL_KEYS if key in inputs}
-        outputs = model(**{key: value for key, value in inputs.items() if key not in labels})
-        # evaluation batches are averaged by the Trainer itself, weighted by their size
-        n = num_items_in_batch if model.training else None
-        value = loss.batch_loss(outputs, labels, inputs.get("attention_mask"), int(n) if n else None)
-        return (value, outputs) if return_outputs else value
-
-    def _get_grad_norm(self, model, grad_norm=None):
-        # the pre-clip norm the Trainer computes every step feeds the monitor's NaN guard, so it
-        # needs no second pass over the gradients (private hook, transformers pinned in pyproject)
-        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        if self.monitor is not None:
-            self.monitor.observe_grad_norm(grad_norm)
-        return grad_norm
-
-    def _get_train_sampler(self, train_dataset=None):
-        return EpochSeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=self.train_lengths, seed=self.args.data_seed)
-
-    def _get_eval_sampler(self, eval_dataset):
-        # transformers also length-groups evaluation batches under group_by_length, which returns
-        # predictions in a shuffled order; ours are matched to examples by position
-        return SequentialSampler(eval_dataset)
+    @property
+    def split_files(self) -> dict[str, Path]:
+        return {name: Path(self.data_dir) / f"{name}.jsonl" for name in SPLITS}
 
 
-def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest checkpoint whose trainer state (written last by the Trainer) is readable.
+@dataclass
+class Trained:
+    """What the training stages leave behind."""
 
-    The Trainer writes checkpoints in place, so a kill mid-save leaves a partial folder; it is
-    removed here and the previous checkpoint is used instead.
-    """
-    if not checkpoint_dir.is_dir():
-        return None
-    found = sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
-    for path in found:
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            return str(path)
-        except (OSError, ValueError):
-            log.warning("removing incomplete checkpoint %s (the job was killed while writing it)", path)
-            shutil.rmtree(path, ignore_errors=True)
-    return None
+    model: object
+    trainer: StudyTrainer
+    best: BestModelCallback
+    store: SnapshotStore
+    resumed_from: str | None
+    train_seconds: float
+    trainable_params: int
+    total_params: int
+    attempts: int = 1
+    plan: dict = field(default_factory=dict)
+    best_info: dict | None = None  # {step, eval_loss} of the restored best dev-loss weights
 
 
-def _wandb_env(cfg: dict, run_name: str, group: str, tags: list[str], work_dir: Path) -> list[str]:
-    """Configure W&B through its environment variables; return the Trainer's report_to."""
-    if cfg["mode"] == "disabled":
-        return []
-    os.environ.setdefault("WANDB_MODE", cfg["mode"])  # the user's own WANDB_MODE wins
-    os.environ["WANDB_PROJECT"] = cfg["project"]
-    if cfg.get("entity"):
-        os.environ["WANDB_ENTITY"] = cfg["entity"]
-    os.environ["WANDB_RUN_GROUP"] = group
-    os.environ["WANDB_TAGS"] = ",".join(tags)
-    os.environ["WANDB_NAME"] = run_name
-    os.environ["WANDB_DIR"] = str(work_dir)
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ["WANDB_LOG_MODEL"] = "false"  # weights stay in results/, not in W&B
-    return ["wandb"]
+def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora_cfg: dict | None, wandb_cfg: dict,
+             data_dir: Path, work_dir: Path, outputs: RunOutputs, threads: int | None = None,
+             resolved_config: dict | None = None, code_version: int | None = None,
+             callbacks: tuple[TrainerCallback, ...] = ()) -> dict:
+    """One fine-tuning job, stage by stage (see the module doc). Returns metrics.json's content."""
+    job = Job(run, task_def, settings, model_cfg, lora_cfg, wandb_cfg, Path(data_dir), Path(work_dir), outputs,
+              resolved_config, code_version, tuple(callbacks))
+    if threads:
+        torch.set_num_threads(threads)
+    mirror = claim_work_dir(job)
+    data = load_data(job.split_files, task_def, model_cfg, settings["data"], settings["representations"])
+    trained = train(job, data, mirror)
+    dev, validation = evaluate(job, data, trained)
+    result = save(job, data, trained, dev, validation)
+    if mirror:
+        mirror.discard()
+    return result
 
 
-class _ConfigToWandb(TrainerCallback):
-    """Adds the resolved ftdrift config to the W&B run once the WandbCallback created it."""
-
-    def __init__(self, resolved: dict):
-        self.resolved = resolved
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        import wandb
-
-        if wandb.run is not None:
-            wandb.run.config.update({"ftdrift": self.resolved}, allow_val_change=True)
+def claim_work_dir(job: Job):
+    """Stage 0: keep the work folder's state only if it is this job definition's (else empty it),
+    fill it from the checkpoint mirror when there is one; returns the mirror (or None)."""
+    # the micro-batch plan is not part of the definition (it does not change the objective), so
+    # an out-of-memory retry resumes the same state
+    fingerprint = workdir.fingerprint({"run": job.run, "task": job.task_def, "settings": job.settings,
+                                       "model": job.model_cfg, "lora": job.lora_cfg if job.run["method"] == "lora"
+                                       else None, "code_version": job.code_version}, list(job.split_files.values()))
+    workdir.claim(job.work_dir, fingerprint)
+    mirror = workdir.WorkDirMirror.from_env(job.name, job.work_dir, fingerprint)
+    if mirror and last_complete_checkpoint(job.work_dir / "checkpoints") is None:
+        mirror.restore()
+    return mirror
 
 
 @dataclass
@@ -240,200 +211,99 @@ def check_feasible(model, max_length: int, num_labels: int | None, records: list
                              f"{num_labels} labels")
 
 
-def is_out_of_memory(err: BaseException) -> bool:
-    """CUDA/CPU allocation failures (accelerate's classification); nothing else is retried."""
-    return isinstance(err, torch.OutOfMemoryError) or should_reduce_batch_size(err)
+def train(job: Job, data: TaskData, mirror=None) -> Trained:
+    """Stages 2-4 with the out-of-memory retry policy (ftdrift.training.oom)."""
+    training = job.settings["training"]
+    trained, attempts, plan = oom.with_retries(lambda plan, number: train_attempt(job, data, plan, mirror),
+                                               int(job.run["batch_size"]), training["max_micro_batch"])
+    trained.attempts, trained.plan = attempts, plan
+    return trained
 
 
-def training_arguments(*, run: dict, training: dict, plan: dict, precision: str, eval_batch_size: int,
-                       checkpoint_dir: Path, report_to: list[str]) -> TrainingArguments:
-    """Stage 3: the study's protocol as TrainingArguments."""
-    seed = int(run["seed"])
-    return TrainingArguments(
-        output_dir=str(checkpoint_dir),
-        run_name=run_name(run),
-        learning_rate=float(run["lr"]),
-        per_device_train_batch_size=plan["micro_batch"],
-        gradient_accumulation_steps=plan["accumulation"],
-        per_device_eval_batch_size=eval_batch_size,
-        num_train_epochs=training["epochs"],
-        max_steps=training["max_steps"],
-        warmup_steps=training["warmup_ratio"],  # a float < 1 is a ratio of the total steps
-        lr_scheduler_type=training["lr_scheduler"],
-        weight_decay=training["weight_decay"],
-        max_grad_norm=training["max_grad_norm"],
-        eval_strategy="steps",
-        eval_steps=training["eval_steps"],
-        save_strategy="steps",
-        save_steps=training["save_steps"],
-        save_total_limit=training["save_total_limit"],
-        logging_steps=training["logging_steps"],
-        logging_nan_inf_filter=False,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        restore_callback_states_from_checkpoint=True,
-        seed=seed,
-        data_seed=seed,
-        full_determinism=training["full_determinism"],
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        activation_checkpointing=training["gradient_checkpointing"] or plan["gradient_checkpointing"],
-        train_sampling_strategy="group_by_length",  # with our seeded sampler, see StudyTrainer
-        include_num_input_tokens_seen="non_padding",
-        optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
-        dataloader_pin_memory=torch.cuda.is_available(),
-        report_to=report_to,
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=False,
-    )
-
-
-def run_name(run: dict) -> str:
-    return f"{run['task']}-{run['method']}-lr{run['lr']}-bs{run['batch_size']}-seed{run['seed']}"
-
-
-def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora_cfg: dict | None, wandb_cfg: dict,
-             data_dir: Path, work_dir: Path, outputs: RunOutputs, threads: int | None = None,
-             resolved_config: dict | None = None, code_version: int | None = None,
-             callbacks: tuple[TrainerCallback, ...] = ()) -> dict:
-    """One fine-tuning job: train, evaluate on dev and validation, write the run's outputs.
-
-    `callbacks` are added to the Trainer after ftdrift's own (benchmarks and tests observe the
-    real job through them). An out-of-memory error is retried here, in the same process and
-    from the last checkpoint, with half the micro-batch and twice the accumulation (the same
-    effective batch and, see ftdrift.core.loss, the same objective); from the third attempt with
-    activation checkpointing too. Any other error propagates at once. Returns metrics.json's content.
-    """
-    data_dir, work_dir = Path(data_dir), Path(work_dir)
-    split_files = {name: data_dir / f"{name}.jsonl" for name in ("train", "dev", "validation", "probe")}
-    method, batch_size = run["method"], int(run["batch_size"])
-    training, data_settings, rep_settings = settings["training"], settings["data"], settings["representations"]
-    # what the resumable state depends on; the micro-batch plan is not part of it (it does not
-    # change the objective), so an out-of-memory retry resumes the same state
-    job = workdir.fingerprint({"run": run, "task": task_def, "settings": settings, "model": model_cfg,
-                               "lora": lora_cfg if method == "lora" else None,
-                               "code_version": code_version}, list(split_files.values()))
-    workdir.claim(work_dir, job)
-    mirror = workdir.WorkDirMirror.from_env(run_name(run), work_dir, job)
-    if mirror and last_complete_checkpoint(work_dir / "checkpoints") is None:
-        mirror.restore()
-    if threads:
-        torch.set_num_threads(threads)
-    precision = resolve_precision(training["precision"])
-    eval_batch_size = rep_settings["batch_size"]  # final evaluation and validator: fixed, not the micro-batch
-    data = load_data(split_files, task_def, model_cfg, data_settings, rep_settings)
-
-    attempt = 1
-    while True:
-        plan = micro_batch_plan(batch_size, training["max_micro_batch"], attempt)
-        try:
-            model, trainer, info = train_attempt(
-                run=run, task_def=task_def, settings=settings, model_cfg=model_cfg, lora_cfg=lora_cfg,
-                wandb_cfg=wandb_cfg, work_dir=work_dir, data=data, plan=plan, precision=precision,
-                eval_batch_size=eval_batch_size, mirror=mirror, resolved_config=resolved_config,
-                callbacks=callbacks)
-            break
-        except Exception as err:  # noqa: BLE001 - re-raised unless it is an out-of-memory error
-            if not is_out_of_memory(err) or micro_batch_plan(batch_size, training["max_micro_batch"],
-                                                              attempt + 1) == plan:
-                raise
-            log.warning("out of memory at micro-batch %d (attempt %d): %s; retrying from the last checkpoint "
-                        "with half the micro-batch", plan["micro_batch"], attempt, err)
-        gc.collect()  # the failed attempt's model, optimizer and activations
-        clear_device_cache(garbage_collection=True)
-        attempt += 1
-
-    # -- best dev weights back in, then the final evaluations (ftdrift.training.predict: the validator's path)
-    best_info = info["best"].restore(model)
-    predict = predictor(model, data.tokenizer, eval_batch_size, precision)
-    dev = predict_split(predict, data.splits["dev"], task_def, data.tokenizer, data_settings)
-    validation = predict_split(predict, data.splits["validation"], task_def, data.tokenizer, data_settings)
-    state = trainer.state
-    meta = {
-        "run": run, "attempts": attempt, "precision": precision, **plan, "eval_batch_size": eval_batch_size,
-        "steps": state.global_step, "max_steps": state.max_steps,
-        "stopped_early": state.global_step < state.max_steps,
-        "best_step": best_info["step"] if best_info else None,
-        "best_dev_loss": best_info["eval_loss"] if best_info else None,
-        "trainable_params": info["trainable_params"], "total_params": info["total_params"],
-        "trainable_fraction": info["trainable_params"] / info["total_params"],
-        "train_seconds": info["train_seconds"], "resumed_from": info["resumed_from"],
-        "snapshot_steps": info["store"].steps(),
-    }
-
-    # -- outputs, each atomic; metrics.json last marks the run complete
-    with io.atomic_path(outputs.representations) as tmp:
-        shutil.copytree(info["store"].path, tmp)
-    with io.atomic_path(outputs.model) as tmp:
-        model.save_pretrained(tmp)  # peft saves the adapter plus the trained head
-        data.tokenizer.save_pretrained(tmp)
-    io.write_json(outputs.predictions, validation.predictions)
-    io.write_csv(outputs.train_log, pd.DataFrame(state.log_history))
-    result = {"task": run["task"], "main_metric": task_def["main_metric"], "dev": dev.metrics,
-              "validation": validation.metrics, "meta": meta}
-    io.write_json(outputs.metrics, result)
-    if mirror:
-        mirror.discard()
-    return result
-
-
-def train_attempt(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora_cfg: dict | None,
-                  wandb_cfg: dict, work_dir: Path, data: TaskData, plan: dict, precision: str,
-                  eval_batch_size: int, mirror, resolved_config: dict | None,
-                  callbacks: tuple[TrainerCallback, ...]) -> tuple:
-    """Stages 2-3: build the model and the Trainer for one micro-batch plan, train (resuming
-    from the last complete checkpoint in `work_dir`). Returns (model, trainer, info)."""
-    kind = task_kind(task_def)
-    training, data_settings, rep_settings = settings["training"], settings["data"], settings["representations"]
-    method, seed = run["method"], int(run["seed"])
-    num_labels = len(task_def["labels"]) if kind == "classification" else None
-    model, lora_targets, total_params = build_model(model_cfg, task_def, method, lora_cfg, seed,
-                                                    training["full_determinism"])
+def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
+    """Build the model and the Trainer for one micro-batch plan and train, resuming from the last
+    complete checkpoint in the work folder."""
+    run, training, data_settings = job.run, job.settings["training"], job.settings["data"]
+    rep_settings, kind, precision = job.settings["representations"], job.kind, job.precision
+    num_labels = len(job.task_def["labels"]) if kind == "classification" else None
+    model, lora_targets, total_params = build_model(job.model_cfg, job.task_def, run["method"], job.lora_cfg,
+                                                    int(run["seed"]), training["full_determinism"])
     check_feasible(model, data_settings["max_length"][kind], num_labels,
                    data.splits["train"] + data.splits["dev"] if kind == "classification" else [])
     if lora_targets is not None:
         lora.check_passes_inputs(model, data.probe_batches[0][0])
-    trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    family = families.family(model_cfg["family"])
-    store = SnapshotStore(work_dir / "representations.zarr", attrs={
-        "model": model_cfg["name_or_path"], "poolings": list(family.poolings), "run": run, "precision": precision,
+    family = families.family(job.model_cfg["family"])
+    store = SnapshotStore(job.work_dir / "representations.zarr", attrs={
+        "model": job.model_cfg["name_or_path"], "poolings": list(family.poolings), "run": run, "precision": precision,
         "probe_ids": [r["id"] for r in data.splits["probe"]],
         "layer_names": models.layer_names(model.config.num_hidden_layers)})
-    checkpoint_dir = work_dir / "checkpoints"
-    report_to = _wandb_env(wandb_cfg, run_name(run), f"{run['task']}-{method}",
-                           [run["task"], method, f"seed_{seed}"], work_dir)
-    args = training_arguments(run=run, training=training, plan=plan, precision=precision,
-                              eval_batch_size=eval_batch_size, checkpoint_dir=checkpoint_dir, report_to=report_to)
-    best = BestModelCallback(work_dir / "best")
+    checkpoint_dir = job.work_dir / "checkpoints"
+    report_to = tracking.report_to(job.wandb_cfg, job.name, f"{run['task']}-{run['method']}",
+                                   [run["task"], run["method"], f"seed_{run['seed']}"], job.work_dir)
+    args = training_arguments(run=run, name=job.name, training=training, plan=plan, precision=precision,
+                              eval_batch_size=job.eval_batch_size, checkpoint_dir=checkpoint_dir, report_to=report_to)
+    best = BestModelCallback(job.work_dir / "best")
     monitor = TrainingMonitor(int(run["batch_size"]), checkpoint_dir, check_finite=precision != "fp16")
-    trainer_callbacks = [monitor, SnapshotCallback(store, data.probe_batches, family.poolings,
-                                                   rep_settings["snapshot_steps"], rep_settings["dtype"], precision),
-                         best]
+    snapshots = SnapshotCallback(store, data.probe_batches, family.poolings, rep_settings["snapshot_steps"],
+                                 rep_settings["dtype"], precision)
+    callbacks = [monitor, snapshots, best]
     if training["early_stopping_patience"]:
-        trainer_callbacks.append(EarlyStoppingCallback(training["early_stopping_patience"]))
+        callbacks.append(EarlyStoppingCallback(training["early_stopping_patience"]))
     if mirror:
-        trainer_callbacks.append(mirror)  # after the others: it copies what they wrote
-    trainer_callbacks.extend(callbacks)
+        callbacks.append(mirror)  # after the others: it copies what they wrote
+    callbacks.extend(job.callbacks)
+
     def compute_metrics(prediction):  # dev metrics at each evaluation (QA: dev loss only)
         return metrics.classification_metrics(prediction.label_ids, prediction.predictions.argmax(-1),
-                                              task_def["metrics"])
+                                              job.task_def["metrics"])
 
     trainer = StudyTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.dev,
                            data_collator=DataCollatorWithPadding(data.tokenizer), processing_class=data.tokenizer,
                            compute_metrics=compute_metrics if kind == "classification" else None,
-                           callbacks=trainer_callbacks,
-                           train_lengths=data.train["length"], monitor=monitor)
+                           callbacks=callbacks, train_lengths=data.train["length"], monitor=monitor)
     if report_to:
-        # our monitor must enrich the log entries before W&B sends them
-        trainer.pop_callback(WandbCallback)
-        trainer.add_callback(WandbCallback)
-        trainer.add_callback(_ConfigToWandb(resolved_config or {}))
+        tracking.attach(trainer, job.resolved_config)
     last = last_complete_checkpoint(checkpoint_dir)
     if last:
-        log.info("resuming %s from %s", run_name(run), last)
+        log.info("resuming %s from %s", job.name, last)
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
-    return model, trainer, {"best": best, "store": store, "resumed_from": last,
-                            "train_seconds": time.time() - started, "trainable_params": trainable_params,
-                            "total_params": total_params}
+    return Trained(model, trainer, best, store, last, time.time() - started,
+                   sum(p.numel() for p in model.parameters() if p.requires_grad), total_params)
+
+
+def evaluate(job: Job, data: TaskData, trained: Trained) -> tuple[SplitPrediction, SplitPrediction]:
+    """Stage 5: the best dev-loss weights back in; dev and validation predictions and metrics."""
+    trained.best_info = trained.best.restore(trained.model)
+    predict = predictor(trained.model, data.tokenizer, job.eval_batch_size, job.precision)
+    settings = job.settings["data"]
+    return (predict_split(predict, data.splits["dev"], job.task_def, data.tokenizer, settings),
+            predict_split(predict, data.splits["validation"], job.task_def, data.tokenizer, settings))
+
+
+def save(job: Job, data: TaskData, trained: Trained, dev: SplitPrediction, validation: SplitPrediction) -> dict:
+    """Stage 6: the run's outputs, each atomic; metrics.json last marks the run complete."""
+    state, best_info, outputs = trained.trainer.state, trained.best_info, job.outputs
+    meta = {
+        "run": job.run, "attempts": trained.attempts, "precision": job.precision, **trained.plan,
+        "eval_batch_size": job.eval_batch_size, "steps": state.global_step, "max_steps": state.max_steps,
+        "stopped_early": state.global_step < state.max_steps,
+        "best_step": best_info["step"] if best_info else None,
+        "best_dev_loss": best_info["eval_loss"] if best_info else None,
+        "trainable_params": trained.trainable_params, "total_params": trained.total_params,
+        "trainable_fraction": trained.trainable_params / trained.total_params,
+        "train_seconds": trained.train_seconds, "resumed_from": trained.resumed_from,
+        "snapshot_steps": trained.store.steps(),
+    }
+    with io.atomic_path(outputs.representations) as tmp:
+        shutil.copytree(trained.store.path, tmp)
+    with io.atomic_path(outputs.model) as tmp:
+        trained.model.save_pretrained(tmp)  # peft saves the adapter plus the trained head
+        data.tokenizer.save_pretrained(tmp)
+    io.write_json(outputs.predictions, validation.predictions)
+    io.write_csv(outputs.train_log, pd.DataFrame(state.log_history))
+    result = {"task": job.run["task"], "main_metric": job.task_def["main_metric"], "dev": dev.metrics,
+              "validation": validation.metrics, "meta": meta}
+    io.write_json(outputs.metrics, result)
+    return result

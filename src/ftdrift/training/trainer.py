@@ -1,0 +1,150 @@
+"""The study's Trainer: seeded length-grouped batches that survive a restart, the study's loss,
+predictions in dataset order, and the protocol as TrainingArguments."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from torch.utils.data import SequentialSampler
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from ftdrift.core import loss
+from ftdrift.training.monitor import TrainingMonitor
+
+log = logging.getLogger("ftdrift.training.trainer")
+
+
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """Length-grouped batches whose order is a pure function of (seed, epoch).
+
+    transformers' own group_by_length sampler draws from the global RNG when an epoch's
+    iterator is created, which on resume happens before the checkpoint's RNG state is
+    restored: the resumed epoch would see another order. Seeding per epoch makes resume exact.
+    """
+
+    def __init__(self, *args, seed: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return super().__iter__()
+
+
+class StudyTrainer(Trainer):
+    """Trainer whose training order survives a restart bit for bit (see EpochSeededLengthSampler),
+    whose loss is the study's per-example mean over the effective batch (ftdrift.core.loss), and
+    whose predictions come back in dataset order."""
+
+    # compute_loss below divides by the effective batch's example count itself: the Trainer
+    # must not divide by the accumulation steps again (documented Trainer attribute)
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, train_lengths: list[int], monitor: TrainingMonitor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_lengths = train_lengths
+        self.monitor = monitor
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        # N of ftdrift.core.loss: the examples of all micro-batches of this optimizer step
+        return batches, sum(len(batch["input_ids"]) for batch in batches)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = {key: inputs[key] for key in loss.LABEL_KEYS if key in inputs}
+        outputs = model(**{key: value for key, value in inputs.items() if key not in labels})
+        # evaluation batches are averaged by the Trainer itself, weighted by their size
+        n = num_items_in_batch if model.training else None
+        value = loss.batch_loss(outputs, labels, inputs.get("attention_mask"), int(n) if n else None)
+        return (value, outputs) if return_outputs else value
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # Private hook, on purpose: callbacks see the pre-clip gradient norm only at logging
+        # steps, but the NaN guard needs it at every step before the optimizer applies it. This
+        # hook hands over the norm the Trainer already computed; the public alternative (a
+        # second pass over every gradient in on_pre_optimizer_step) cost 2 % of each step.
+        # transformers is pinned in pyproject.toml; tests/test_train.py's NaN test guards it.
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if self.monitor is not None:
+            self.monitor.observe_grad_norm(grad_norm)
+        return grad_norm
+
+    def _get_train_sampler(self, train_dataset=None):
+        return EpochSeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=self.train_lengths, seed=self.args.data_seed)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers also length-groups evaluation batches under group_by_length, which returns
+        # predictions in a shuffled order; ours are matched to examples by position
+        return SequentialSampler(eval_dataset)
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest checkpoint whose trainer state (written last by the Trainer) is readable.
+
+    The Trainer writes checkpoints in place, so a kill mid-save leaves a partial folder; it is
+    removed here and the previous checkpoint is used instead.
+    """
+    if not checkpoint_dir.is_dir():
+        return None
+    found = sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for path in found:
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            log.warning("removing incomplete checkpoint %s (the job was killed while writing it)", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def training_arguments(*, run: dict, name: str, training: dict, plan: dict, precision: str, eval_batch_size: int,
+                       checkpoint_dir: Path, report_to: list[str]) -> TrainingArguments:
+    """The study's protocol (config `training.*`) for one micro-batch plan as TrainingArguments."""
+    seed = int(run["seed"])
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        run_name=name,
+        learning_rate=float(run["lr"]),
+        per_device_train_batch_size=plan["micro_batch"],
+        gradient_accumulation_steps=plan["accumulation"],
+        per_device_eval_batch_size=eval_batch_size,
+        num_train_epochs=training["epochs"],
+        max_steps=training["max_steps"],
+        warmup_steps=training["warmup_ratio"],  # a float < 1 is a ratio of the total steps
+        lr_scheduler_type=training["lr_scheduler"],
+        weight_decay=training["weight_decay"],
+        max_grad_norm=training["max_grad_norm"],
+        eval_strategy="steps",
+        eval_steps=training["eval_steps"],
+        save_strategy="steps",
+        save_steps=training["save_steps"],
+        save_total_limit=training["save_total_limit"],
+        logging_steps=training["logging_steps"],
+        logging_nan_inf_filter=False,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        restore_callback_states_from_checkpoint=True,
+        seed=seed,
+        data_seed=seed,
+        full_determinism=training["full_determinism"],
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        activation_checkpointing=training["gradient_checkpointing"] or plan["gradient_checkpointing"],
+        train_sampling_strategy="group_by_length",  # with our seeded sampler, see StudyTrainer
+        include_num_input_tokens_seen="non_padding",
+        optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
+        dataloader_pin_memory=torch.cuda.is_available(),
+        report_to=report_to,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
