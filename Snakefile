@@ -26,7 +26,7 @@ include: "rules/report.smk"  # after every rule that writes results/tables/*
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
         REPORT_TARGETS,
-    default_target: True

@@ -9,8 +9,13 @@ rule aggregate:
         weights=run_paths("results/weights/{run}.csv"),
         checks=run_paths("results/checks/{run}.json"),
     output:
-        runs=report("results/tables/runs.csv", category="Performance", subcategory="Tables", labels={"table": "all runs"},
-                    caption="../report/runs.rst"),
+        runs=report(
+            "results/tables/runs.csv",
+            category="Performance",
+            subcategory="Tables",
+            labels={"table": "all runs"},
+            caption="../report/runs.rst",
+        ),
         drift="results/tables/drift.csv",
         best="results/tables/best.csv",
         verdicts="results/tables/verdicts.csv",
@@ -18,17 +23,17 @@ rule aggregate:
         summary="results/tables/summary.md",
         latex="results/tables/tables.tex",
         weights="results/tables/weights.csv",
+    log:
+        "results/logs/aggregate.log",
+    conda:
+        "../envs/ftdrift.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=20,
     params:
         tasks=CONFIG["tasks"],
         task_defs=CONFIG["task_defs"],
         analysis=CONFIG["analysis"],
         code_version=CODE_VERSIONS["aggregate"],
-    log:
-        "results/logs/aggregate.log",
-    resources:
-        mem_mb=4000,
-        runtime=20,
-    conda:
-        "../envs/ftdrift.yaml"
     script:
         "../workflow/scripts/aggregate.py"

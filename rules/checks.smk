@@ -8,19 +8,19 @@ rule validate_checkpoint:
         validation="results/data/{task}/validation.jsonl",
     output:
         check=f"results/checks/{RUN_PATTERN}.json",
-    params:
-        model=CONFIG["model"],
-        task_def=task_def,
-        data=lambda wc: settings(wc, "data"),
-        code_version=CODE_VERSIONS["validate_checkpoint"],
     log:
         f"results/logs/validate_checkpoint/{RUN_PATTERN}.log",
+    conda:
+        "../envs/ftdrift.yaml"
     threads: CONFIG["resources"]["analysis_threads"]
     resources:
         mem_mb=lambda wc: ftresources.light_gpu_job(CONFIG)["mem_mb"],
         runtime=60,
         gpu=lambda wc: ftresources.light_gpu_job(CONFIG)["gpu"],
-    conda:
-        "../envs/ftdrift.yaml"
+    params:
+        model=CONFIG["model"],
+        task_def=task_def,
+        data=lambda wc: settings(wc, "data"),
+        code_version=CODE_VERSIONS["validate_checkpoint"],
     script:
         "../workflow/scripts/validate_checkpoint.py"

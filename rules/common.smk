@@ -30,8 +30,6 @@ wildcard_constraints:
     seed=r"[^/_.]+",
 
 
-
-
 def task_def(wildcards):
     return CONFIG["task_defs"][wildcards.task]
 
@@ -48,8 +46,13 @@ def task_files(wildcards):
 
 
 def run_params(wildcards):
-    return {"task": wildcards.task, "method": wildcards.method, "lr": wildcards.lr,
-            "batch_size": int(wildcards.batch_size), "seed": int(wildcards.seed)}
+    return {
+        "task": wildcards.task,
+        "method": wildcards.method,
+        "lr": wildcards.lr,
+        "batch_size": int(wildcards.batch_size),
+        "seed": int(wildcards.seed),
+    }
 
 
 def lora_params(wildcards):

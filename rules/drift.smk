@@ -4,16 +4,16 @@ rule drift:
         run=f"results/runs/{RUN_PATTERN}/representations.zarr",
     output:
         table=f"results/drift/{RUN_PATTERN}.csv",
+    log:
+        f"results/logs/drift/{RUN_PATTERN}.log",
+    conda:
+        "../envs/ftdrift.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=30,
     params:
         run=run_params,
         metrics=CONFIG["drift"]["metrics"],
         code_version=CODE_VERSIONS["drift"],
-    log:
-        f"results/logs/drift/{RUN_PATTERN}.log",
-    resources:
-        mem_mb=8000,
-        runtime=30,
-    conda:
-        "../envs/ftdrift.yaml"
     script:
         "../workflow/scripts/drift.py"

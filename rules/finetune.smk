@@ -11,6 +11,18 @@ rule finetune:
         predictions=f"results/runs/{RUN_PATTERN}/predictions.json",
         representations=directory(f"results/runs/{RUN_PATTERN}/representations.zarr"),
         model=directory(f"results/runs/{RUN_PATTERN}/model"),
+    log:
+        f"results/logs/finetune/{RUN_PATTERN}.log",
+    retries: 0
+    conda:
+        "../envs/ftdrift.yaml"
+    threads: CONFIG["resources"]["finetune_threads"]
+    resources:
+        mem_mb=lambda wc: finetune_resources(wc)["mem_mb"],
+        runtime=lambda wc: finetune_resources(wc)["runtime"],
+        gpu=lambda wc: finetune_resources(wc)["gpu"],
+        gpu_model=lambda wc: finetune_resources(wc)["gpu_model"],
+        cpus_per_gpu=lambda wc: finetune_resources(wc)["cpus_per_gpu"],
     params:
         run=run_params,
         task_def=task_def,
@@ -19,17 +31,5 @@ rule finetune:
         lora=lora_params,
         work_dir=lambda wc: f"results/work/{RUN_PATTERN.format(**wc)}",
         code_version=CODE_VERSIONS["finetune"],
-    log:
-        f"results/logs/finetune/{RUN_PATTERN}.log",
-    threads: CONFIG["resources"]["finetune_threads"]
-    retries: 0
-    resources:
-        mem_mb=lambda wc: finetune_resources(wc)["mem_mb"],
-        runtime=lambda wc: finetune_resources(wc)["runtime"],
-        gpu=lambda wc: finetune_resources(wc)["gpu"],
-        gpu_model=lambda wc: finetune_resources(wc)["gpu_model"],
-        cpus_per_gpu=lambda wc: finetune_resources(wc)["cpus_per_gpu"],
-    conda:
-        "../envs/ftdrift.yaml"
     script:
         "../workflow/scripts/finetune.py"

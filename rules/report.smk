@@ -1,14 +1,13 @@
 # The report: `snakemake --report report.html` after a run (also `report.zip`).
 # Rules here only read the aggregate tables and the runs' training logs and write SVG / HTML /
-# CSV files flagged with report(); all plotting lives in src/ftdrift/plots.py.
+# CSV files flagged with report(); each rule's script calls one function of src/ftdrift/report/
+# (report_overview -> ftdrift.report.overview.write_overview, ...).
 #
 # Categories (left menu): Overview, Performance, Drift, Weight space, Training. Every entry has
 # labels (the columns a reader picks from: task, method, seed, metric, pooling, ...) and a
-# caption in report/*.rst. Weight-space figures appear once a rule produces
-# results/tables/weights.csv; a verdicts table (results/tables/verdicts.csv) is used when one
-# is produced, else the verdicts are read from summary.md.
+# caption in report/*.rst.
 #
-# ftdrift.report.plots (matplotlib, pandas) is imported only when a label is computed at report time,
+# ftdrift.report.labels (pandas) is imported only when a label is computed at report time,
 # never while the workflow is parsed: every job parses this file.
 import importlib
 
@@ -20,45 +19,61 @@ REPORT_DIR = "results/report"
 TABLES = "results/tables"
 QA_TASKS = [t for t in CONFIG["tasks"] if CONFIG["task_defs"][t]["type"] == "extractive_qa"]
 PLANNED_RUNS = [run.wildcards for run in RUNS]
-# optional inputs: used when some rule included before this file writes them
-_KNOWN_OUTPUTS = {str(out) for rule in workflow.rules for out in rule.output}
-_VERDICTS = {"verdicts": f"{TABLES}/verdicts.csv"} if f"{TABLES}/verdicts.csv" in _KNOWN_OUTPUTS else {}
 
 
 rule report_overview:
     input:
         runs=f"{TABLES}/runs.csv",
         best=f"{TABLES}/best.csv",
+        verdicts=f"{TABLES}/verdicts.csv",
         summary=f"{TABLES}/summary.md",
-        **_VERDICTS,
     output:
-        page=report(f"{REPORT_DIR}/overview/overview.html", category="Overview", subcategory="Study",
-                    labels=lambda wildcards, output: importlib.import_module("ftdrift.report.plots").read_headline(output.headline),
-                    caption="../report/overview.rst"),
+        page=report(
+            f"{REPORT_DIR}/overview/overview.html",
+            category="Overview",
+            subcategory="Study",
+            labels=lambda wildcards, output: importlib.import_module("ftdrift.report.labels").read_headline(
+                output.headline
+            ),
+            caption="../report/overview.rst",
+        ),
         headline=f"{REPORT_DIR}/overview/headline.json",
-    params:
-        kind="overview",
-        study={key: CONFIG[key] for key in ("model", "tasks", "task_defs", "grid", "lora", "analysis")},
-        planned=PLANNED_RUNS,
-        code_version=CODE_VERSIONS["plots"],
     log:
         "results/logs/report/overview.log",
+    conda:
+        "../envs/ftdrift.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/ftdrift.yaml"
+    params:
+        study={key: CONFIG[key] for key in ("model", "tasks", "task_defs", "grid", "lora", "analysis")},
+        planned=PLANNED_RUNS,
+        code_version=CODE_VERSIONS["report"],
     script:
-        "../workflow/scripts/plots.py"
+        "../workflow/scripts/report_overview.py"
 
 
-_QA_OUTPUTS = {
-    "qa": report(directory(f"{REPORT_DIR}/performance/qa"), patterns=["{task}.svg"], category="Performance",
-                 subcategory="SQuAD v2: answerable vs unanswerable", labels={"task": "{task}"},
-                 caption="../report/qa_breakdown.rst"),
-    "qa_csv": report(f"{REPORT_DIR}/performance/qa_breakdown.csv", category="Performance", subcategory="Tables",
-                     labels={"table": "QA scores by seed (CSV)"}, caption="../report/tables_performance.rst"),
-} if QA_TASKS else {}
+_QA_OUTPUTS = (
+    {
+        "qa": report(
+            directory(f"{REPORT_DIR}/performance/qa"),
+            patterns=["{task}.svg"],
+            category="Performance",
+            subcategory="SQuAD v2: answerable vs unanswerable",
+            labels={"task": "{task}"},
+            caption="../report/qa_breakdown.rst",
+        ),
+        "qa_csv": report(
+            f"{REPORT_DIR}/performance/qa_breakdown.csv",
+            category="Performance",
+            subcategory="Tables",
+            labels={"table": "QA scores by seed (CSV)"},
+            caption="../report/tables_performance.rst",
+        ),
+    }
+    if QA_TASKS
+    else {}
+)
 
 
 rule report_performance:
@@ -66,39 +81,65 @@ rule report_performance:
         runs=f"{TABLES}/runs.csv",
         best=f"{TABLES}/best.csv",
     output:
-        validation=report(f"{REPORT_DIR}/performance/validation.svg", category="Performance",
-                          subcategory="Validation metric", labels={"figure": "chosen settings, all tasks"},
-                          caption="../report/validation.rst"),
-        table_html=report(f"{REPORT_DIR}/performance/chosen_settings.html", category="Performance",
-                          subcategory="Tables", labels={"table": "chosen settings (view)"},
-                          caption="../report/tables_performance.rst"),
-        table_csv=report(f"{REPORT_DIR}/performance/chosen_settings.csv", category="Performance",
-                         subcategory="Tables", labels={"table": "chosen settings (CSV)"},
-                         caption="../report/tables_performance.rst"),
-        grid_csv=report(f"{REPORT_DIR}/performance/grid.csv", category="Performance", subcategory="Tables",
-                        labels={"table": "hyperparameter grid (CSV)"}, caption="../report/tables_performance.rst"),
-        grid=report(directory(f"{REPORT_DIR}/performance/grid"), patterns=["{task}.svg"], category="Performance",
-                    subcategory="Hyperparameter grid", labels={"task": "{task}"}, caption="../report/grid.rst"),
         **_QA_OUTPUTS,
-    params:
-        kind="performance",
-        tasks=CONFIG["tasks"],
-        qa_tasks=QA_TASKS,
-        confidence=CONFIG["analysis"]["confidence"],
-        code_version=CODE_VERSIONS["plots"],
+        validation=report(
+            f"{REPORT_DIR}/performance/validation.svg",
+            category="Performance",
+            subcategory="Validation metric",
+            labels={"figure": "chosen settings, all tasks"},
+            caption="../report/validation.rst",
+        ),
+        table_html=report(
+            f"{REPORT_DIR}/performance/chosen_settings.html",
+            category="Performance",
+            subcategory="Tables",
+            labels={"table": "chosen settings (view)"},
+            caption="../report/tables_performance.rst",
+        ),
+        table_csv=report(
+            f"{REPORT_DIR}/performance/chosen_settings.csv",
+            category="Performance",
+            subcategory="Tables",
+            labels={"table": "chosen settings (CSV)"},
+            caption="../report/tables_performance.rst",
+        ),
+        grid_csv=report(
+            f"{REPORT_DIR}/performance/grid.csv",
+            category="Performance",
+            subcategory="Tables",
+            labels={"table": "hyperparameter grid (CSV)"},
+            caption="../report/tables_performance.rst",
+        ),
+        grid=report(
+            directory(f"{REPORT_DIR}/performance/grid"),
+            patterns=["{task}.svg"],
+            category="Performance",
+            subcategory="Hyperparameter grid",
+            labels={"task": "{task}"},
+            caption="../report/grid.rst",
+        ),
     log:
         "results/logs/report/performance.log",
+    conda:
+        "../envs/ftdrift.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/ftdrift.yaml"
+    params:
+        tasks=CONFIG["tasks"],
+        qa_tasks=QA_TASKS,
+        confidence=CONFIG["analysis"]["confidence"],
+        drift_metric=CONFIG["analysis"]["h2_metric"],  # the drift of best.csv
+        code_version=CODE_VERSIONS["report"],
     script:
-        "../workflow/scripts/plots.py"
+        "../workflow/scripts/report_performance.py"
 
 
-_DRIFT_FIGURES = dict(patterns=["{metric}/{pooling}.svg"], category="Drift",
-                      labels={"task": "{task}", "metric": "{metric}", "pooling": "{pooling}"})
+_DRIFT_FIGURES = dict(
+    patterns=["{metric}/{pooling}.svg"],
+    category="Drift",
+    labels={"task": "{task}", "metric": "{metric}", "pooling": "{pooling}"},
+)
 
 
 rule report_drift:
@@ -107,29 +148,48 @@ rule report_drift:
         runs=f"{TABLES}/runs.csv",
         best=f"{TABLES}/best.csv",
     output:
-        heatmaps=report(directory(f"{REPORT_DIR}/drift/{{task}}/heatmaps"), subcategory="Layer × step heatmaps",
-                    caption="../report/drift_heatmaps.rst", **_DRIFT_FIGURES),
-        by_layer=report(directory(f"{REPORT_DIR}/drift/{{task}}/by_layer"), subcategory="Final-step drift by layer",
-                    caption="../report/drift_by_layer.rst", **_DRIFT_FIGURES),
-        over_training=report(directory(f"{REPORT_DIR}/drift/{{task}}/over_training"), subcategory="Drift over training",
-                    caption="../report/drift_over_training.rst", **_DRIFT_FIGURES),
-        vs_metric=report(directory(f"{REPORT_DIR}/drift/{{task}}/vs_metric"), subcategory="Validation metric vs drift",
-                    caption="../report/metric_vs_drift.rst", **_DRIFT_FIGURES),
-        table=report(f"{REPORT_DIR}/drift/{{task}}/final_drift_by_layer.csv", category="Drift", subcategory="Tables",
-                     labels={"task": "{task}", "table": "final-step drift by layer (CSV)"},
-                     caption="../report/drift_table.rst"),
-    params:
-        kind="drift",
-        code_version=CODE_VERSIONS["plots"],
+        heatmaps=report(
+            directory(f"{REPORT_DIR}/drift/{{task}}/heatmaps"),
+            subcategory="Layer × step heatmaps",
+            caption="../report/drift_heatmaps.rst",
+            **_DRIFT_FIGURES,
+        ),
+        by_layer=report(
+            directory(f"{REPORT_DIR}/drift/{{task}}/by_layer"),
+            subcategory="Final-step drift by layer",
+            caption="../report/drift_by_layer.rst",
+            **_DRIFT_FIGURES,
+        ),
+        over_training=report(
+            directory(f"{REPORT_DIR}/drift/{{task}}/over_training"),
+            subcategory="Drift over training",
+            caption="../report/drift_over_training.rst",
+            **_DRIFT_FIGURES,
+        ),
+        vs_metric=report(
+            directory(f"{REPORT_DIR}/drift/{{task}}/vs_metric"),
+            subcategory="Validation metric vs drift",
+            caption="../report/metric_vs_drift.rst",
+            **_DRIFT_FIGURES,
+        ),
+        table=report(
+            f"{REPORT_DIR}/drift/{{task}}/final_drift_by_layer.csv",
+            category="Drift",
+            subcategory="Tables",
+            labels={"task": "{task}", "table": "final-step drift by layer (CSV)"},
+            caption="../report/drift_table.rst",
+        ),
     log:
         "results/logs/report/drift/{task}.log",
+    conda:
+        "../envs/ftdrift.yaml"
     resources:
         mem_mb=4000,
         runtime=20,
-    conda:
-        "../envs/ftdrift.yaml"
+    params:
+        code_version=CODE_VERSIONS["report"],
     script:
-        "../workflow/scripts/plots.py"
+        "../workflow/scripts/report_drift.py"
 
 
 rule report_weights:
@@ -137,28 +197,42 @@ rule report_weights:
         weights=f"{TABLES}/weights.csv",
         best=f"{TABLES}/best.csv",
     output:
-        effective_rank=report(directory(f"{REPORT_DIR}/weights/effective_rank"), patterns=["{task}.svg"],
-                              category="Weight space", subcategory="Effective rank of ΔW", labels={"task": "{task}"},
-                              caption="../report/weights_rank.rst"),
-        intruders=report(directory(f"{REPORT_DIR}/weights/intruders"), patterns=["{task}.svg"],
-                         category="Weight space", subcategory="Intruder dimensions", labels={"task": "{task}"},
-                         caption="../report/weights_intruders.rst"),
-        table=report(f"{REPORT_DIR}/weights/weights_by_layer.csv", category="Weight space", subcategory="Tables",
-                     labels={"table": "ΔW diagnostics by layer (CSV)"}, caption="../report/weights_table.rst"),
-    params:
-        kind="weights",
-        tasks=CONFIG["tasks"],
-        lora_rank=CONFIG["lora"]["r"],
-        code_version=CODE_VERSIONS["plots"],
+        effective_rank=report(
+            directory(f"{REPORT_DIR}/weights/effective_rank"),
+            patterns=["{task}.svg"],
+            category="Weight space",
+            subcategory="Effective rank of ΔW",
+            labels={"task": "{task}"},
+            caption="../report/weights_rank.rst",
+        ),
+        intruders=report(
+            directory(f"{REPORT_DIR}/weights/intruders"),
+            patterns=["{task}.svg"],
+            category="Weight space",
+            subcategory="Intruder dimensions",
+            labels={"task": "{task}"},
+            caption="../report/weights_intruders.rst",
+        ),
+        table=report(
+            f"{REPORT_DIR}/weights/weights_by_layer.csv",
+            category="Weight space",
+            subcategory="Tables",
+            labels={"table": "ΔW diagnostics by layer (CSV)"},
+            caption="../report/weights_table.rst",
+        ),
     log:
         "results/logs/report/weights.log",
+    conda:
+        "../envs/ftdrift.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/ftdrift.yaml"
+    params:
+        tasks=CONFIG["tasks"],
+        lora_rank=CONFIG["lora"]["r"],
+        code_version=CODE_VERSIONS["report"],
     script:
-        "../workflow/scripts/plots.py"
+        "../workflow/scripts/report_weights.py"
 
 
 rule report_training:
@@ -166,40 +240,45 @@ rule report_training:
         runs=f"{TABLES}/runs.csv",
         logs=lambda wc: [f"results/runs/{run.path}/train_log.csv" for run in RUNS if run.task == wc.task],
     output:
-        runs=report(directory(f"{REPORT_DIR}/training/{{task}}/runs"),
-                    patterns=["{method}/lr{lr}_bs{batch_size}_seed{seed}.svg"], category="Training",
-                    subcategory="Per-run diagnostics", caption="../report/training_run.rst",
-                    labels=lambda wildcards, input: importlib.import_module("ftdrift.report.plots").run_entry_labels(
-                        PLANNED_RUNS, input.runs, wildcards)),
-        all_runs=report(f"{REPORT_DIR}/training/{{task}}/all_runs.svg", category="Training",
-                        subcategory="All runs of a task", labels={"task": "{task}"},
-                        caption="../report/training_all.rst"),
-    params:
-        kind="training",
-        runs=lambda wc: [run.wildcards for run in RUNS if run.task == wc.task],
-        main_metric=lambda wc: CONFIG["task_defs"][wc.task]["main_metric"],
-        code_version=CODE_VERSIONS["plots"],
+        runs=report(
+            directory(f"{REPORT_DIR}/training/{{task}}/runs"),
+            patterns=[f"{{method}}/{ftgrid.RUN_NAME}.svg"],
+            category="Training",
+            subcategory="Per-run diagnostics",
+            caption="../report/training_run.rst",
+            labels=lambda wildcards, input: importlib.import_module("ftdrift.report.labels").run_entry_labels(
+                PLANNED_RUNS, input.runs, wildcards
+            ),
+        ),
+        all_runs=report(
+            f"{REPORT_DIR}/training/{{task}}/all_runs.svg",
+            category="Training",
+            subcategory="All runs of a task",
+            labels={"task": "{task}"},
+            caption="../report/training_all.rst",
+        ),
     log:
         "results/logs/report/training/{task}.log",
+    conda:
+        "../envs/ftdrift.yaml"
     resources:
         mem_mb=2000,
         runtime=20,
-    conda:
-        "../envs/ftdrift.yaml"
+    params:
+        planned=lambda wc: [run.wildcards for run in RUNS if run.task == wc.task],
+        main_metric=lambda wc: CONFIG["task_defs"][wc.task]["main_metric"],
+        code_version=CODE_VERSIONS["report"],
     script:
-        "../workflow/scripts/plots.py"
+        "../workflow/scripts/report_training.py"
 
 
-# Everything `rule all` must build for the report: one output of every report job. Include this
-# file after the rules that write the tables; the weight-space figures join once a rule writes
-# results/tables/weights.csv.
+# Everything `rule all` must build for the report: one output of every report job.
 REPORT_TARGETS = (
-    [f"{REPORT_DIR}/overview/overview.html", f"{REPORT_DIR}/performance/validation.svg"]
+    [
+        f"{REPORT_DIR}/overview/overview.html",
+        f"{REPORT_DIR}/performance/validation.svg",
+        f"{REPORT_DIR}/weights/weights_by_layer.csv",
+    ]
     + expand(f"{REPORT_DIR}/drift/{{task}}/final_drift_by_layer.csv", task=CONFIG["tasks"])
     + expand(f"{REPORT_DIR}/training/{{task}}/all_runs.svg", task=CONFIG["tasks"])
-    + (
-        [f"{REPORT_DIR}/weights/weights_by_layer.csv"]
-        if f"{TABLES}/weights.csv" in {str(out) for rule in workflow.rules for out in rule.output}
-        else []
-    )
 )

@@ -6,6 +6,16 @@ rule weight_analysis:
     output:
         table=f"results/weights/{RUN_PATTERN}.csv",
         summary=f"results/weights/{RUN_PATTERN}.json",
+    log:
+        f"results/logs/weight_analysis/{RUN_PATTERN}.log",
+    conda:
+        "../envs/ftdrift.yaml"
+    threads: CONFIG["resources"]["analysis_threads"]
+    resources:
+        # full: the fine-tuned model plus the base's adapted matrices; LoRA: the base model plus
+        # the adapter; float32 throughout
+        mem_mb=lambda wc: ftresources.light_gpu_job(CONFIG)["mem_mb"],
+        runtime=120,
     params:
         run=run_params,
         model=CONFIG["model"],
@@ -15,15 +25,5 @@ rule weight_analysis:
         target_modules=CONFIG["lora"]["target_modules"],
         weights=CONFIG["weights"],
         code_version=CODE_VERSIONS["weight_analysis"],
-    log:
-        f"results/logs/weight_analysis/{RUN_PATTERN}.log",
-    threads: CONFIG["resources"]["analysis_threads"]
-    resources:
-        # full: the fine-tuned model plus the base's adapted matrices; LoRA: the base model plus
-        # the adapter; float32 throughout
-        mem_mb=lambda wc: ftresources.light_gpu_job(CONFIG)["mem_mb"],
-        runtime=120,
-    conda:
-        "../envs/ftdrift.yaml"
     script:
         "../workflow/scripts/weight_analysis.py"

@@ -1,4 +1,4 @@
-"""Report figures and tables (ftdrift.report.plots) on synthetic tables with the workflow's schemas."""
+"""Report figures, tables and pages (ftdrift.report) on synthetic tables with the workflow's schemas."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ftdrift.report import plots
+from ftdrift.report import drift, html, overview, performance, training, weights
+from ftdrift.report import frames as report_frames
+from ftdrift.report import labels as report_labels
+from ftdrift.study.grid import RUN_KEYS, SETTING_KEYS
 
 TASKS = {"sst2": "accuracy", "mrpc": "f1", "squad_v2": "f1"}
 LRS = {"full": ["1e-5", "3e-5"], "lora": ["1e-4", "3e-4"]}
@@ -35,7 +38,7 @@ def synthetic_results(root: Path, missing: tuple | None = None) -> dict[str, Pat
     rng = np.random.default_rng(0)
     tables = root / "results" / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    runs, drift, weights = [], [], []
+    runs, drift_rows, weight_rows = [], [], []
     for run in planned_runs():
         key = tuple(run.values())
         if missing and key == tuple(missing):
@@ -72,28 +75,29 @@ def synthetic_results(root: Path, missing: tuple | None = None) -> dict[str, Pat
                     if method == "lora" and layer == 0:
                         d = 0.0
                     for metric_name, value in (("linear_cka", 1 - d), ("cosine", 1 - d / 2)):
-                        drift.append({"task": task, "method": method, "lr": lr, "batch_size": bs, "seed": seed,
-                                      "step": step, "layer": layer, "layer_name": name, "pooling": pooling,
-                                      "metric": metric_name, "value": value})
+                        drift_rows.append({"task": task, "method": method, "lr": lr, "batch_size": bs, "seed": seed,
+                                           "step": step, "layer": layer, "layer_name": name, "pooling": pooling,
+                                           "metric": metric_name, "value": value})
         for layer in range(1, len(LAYERS)):
             for module in ("q_proj", "v_proj"):
-                weights.append({"task": task, "method": method, "lr": lr, "batch_size": bs, "seed": seed,
-                                "module": module, "layer": layer - 1,
-                                "effective_rank": (60 + rng.normal(0, 3)) if method == "full" else 3.5 + rng.random(),
-                                "stable_rank": 5.0 if method == "full" else 1.5,
-                                "intruder_dims": 0 if method == "full" else int(rng.integers(0, 4))})
+                weight_rows.append({"task": task, "method": method, "lr": lr, "batch_size": bs, "seed": seed,
+                                     "module": module, "layer": layer - 1,
+                                     "effective_rank": (60 + rng.normal(0, 3)) if method == "full"
+                                     else 3.5 + rng.random(),
+                                     "stable_rank": 5.0 if method == "full" else 1.5,
+                                     "intruder_dims": 0 if method == "full" else int(rng.integers(0, 4))})
         log = root / "results" / "runs" / task / method / f"lr{lr}_bs{bs}_seed{seed}" / "train_log.csv"
         log.parent.mkdir(parents=True, exist_ok=True)
         write_train_log(log, last, metric, rng)
     runs_df = pd.DataFrame(runs)
     runs_df.to_csv(tables / "runs.csv", index=False)
-    pd.DataFrame(drift).to_csv(tables / "drift.csv", index=False)
-    pd.DataFrame(weights).to_csv(tables / "weights.csv", index=False)
-    dev = runs_df.groupby(plots.SETTING_KEYS, as_index=False)["dev_main"].mean()
-    best_keys = dev.loc[dev.groupby(["task", "method"])["dev_main"].idxmax(), plots.SETTING_KEYS]
+    pd.DataFrame(drift_rows).to_csv(tables / "drift.csv", index=False)
+    pd.DataFrame(weight_rows).to_csv(tables / "weights.csv", index=False)
+    dev = runs_df.groupby(SETTING_KEYS, as_index=False)["dev_main"].mean()
+    best_keys = dev.loc[dev.groupby(["task", "method"])["dev_main"].idxmax(), SETTING_KEYS]
     best = []
     for _, b in best_keys.iterrows():
-        g = runs_df.merge(b.to_frame().T.astype({"batch_size": int}), on=plots.SETTING_KEYS)
+        g = runs_df.merge(b.to_frame().T.astype({"batch_size": int}), on=SETTING_KEYS)
         best.append({**b.to_dict(), "main_metric": g.main_metric.iloc[0], "n_seeds": len(g),
                      "val_mean": g.val_main.mean(), "val_std": g.val_main.std(), "val_ci_low": g.val_main.mean() - 0.02,
                      "val_ci_high": g.val_main.mean() + 0.02, "dev_mean": g.dev_main.mean(), "drift_mean": 0.1,
@@ -109,7 +113,14 @@ def synthetic_results(root: Path, missing: tuple | None = None) -> dict[str, Pat
         "| sst2 | accuracy | -0.030 | [-0.05, -0.01] | not supported (drop 0.036) | supported (reduction 0.660) |\n"
         "| mrpc | f1 | -0.010 | [-0.03, 0.01] | supported (drop 0.012) | supported (reduction 0.650) |\n"
         "| squad_v2 | f1 | -1.000 | [-3.0, 1.0] | inconclusive (drop 0.020) | supported (reduction 0.600) |\n")
-    return {name: tables / f"{name}.csv" for name in ("runs", "drift", "best", "weights")} | \
+    verdicts = [("sst2", "accuracy", -0.03, -0.05, -0.01, 0.036, "not supported", 0.66, "supported"),
+                ("mrpc", "f1", -0.01, -0.03, 0.01, 0.012, "supported", 0.65, "supported"),
+                ("squad_v2", "f1", -1.0, -3.0, 1.0, 0.02, "inconclusive", 0.6, "supported")]
+    columns = ["task", "metric", "lora_minus_full", "diff_ci_low", "diff_ci_high", "h1_relative_drop", "h1_verdict",
+               "h2_drift_reduction", "h2_verdict"]
+    pd.DataFrame(verdicts, columns=columns).assign(analysis="paired by seed (n = 3)").to_csv(tables / "verdicts.csv",
+                                                                                              index=False)
+    return {name: tables / f"{name}.csv" for name in ("runs", "drift", "best", "weights", "verdicts")} | \
         {"summary": tables / "summary.md", "root": root}
 
 
@@ -136,7 +147,7 @@ def synthetic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def frames(synthetic):
-    return {name: plots.read_table(synthetic[name]) for name in ("runs", "drift", "best", "weights")}
+    return {name: report_frames.read_table(synthetic[name]) for name in ("runs", "drift", "best", "weights")}
 
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
@@ -160,54 +171,67 @@ def svg_text(path: Path) -> str:
 
 
 def test_read_table_normalises_keys(synthetic):
-    runs = plots.read_table(synthetic["runs"])
+    runs = report_frames.read_table(synthetic["runs"])
     assert set(runs.lr) == {"1e-5", "3e-5", "1e-4", "3e-4"}  # not floats, not '1e-05'
     assert runs.seed.dtype.kind == "i" and runs.batch_size.dtype.kind == "i"
-    assert plots.read_table(synthetic["root"] / "nope.csv", required=False) is None
+    assert report_frames.read_table(synthetic["root"] / "nope.csv", required=False) is None
 
 
 @pytest.mark.parametrize("raw, expected", [(0.0001, "1e-4"), ("1e-04", "1e-4"), ("3e-5", "3e-5"), (2.5e-5, "2.5e-5")])
-def test_norm_lr(raw, expected):
-    assert plots.norm_lr(raw) == expected
+def test_lr_text(raw, expected):
+    assert report_frames.lr_text(raw) == expected
 
 
 def test_run_status_marks_missing_and_stopped(frames):
-    status = plots.run_status(frames["runs"], planned_runs())
+    status = report_frames.run_status(frames["runs"], planned_runs())
     assert len(status) == len(planned_runs())
-    by_key = {tuple(r[k] for k in plots.RUN_KEYS): r.status for _, r in status.iterrows()}
+    by_key = {tuple(r[k] for k in RUN_KEYS): r.status for _, r in status.iterrows()}
     assert by_key[("mrpc", "full", "3e-5", 32, 3)] == "missing"
     assert by_key[EARLY] == "stopped_early"
     assert (status.status == "completed").sum() == len(planned_runs()) - 2
 
 
 def test_performance_and_grid_tables(frames):
-    table = plots.performance_table(frames["runs"], frames["best"])
+    table = performance.performance_table(frames["runs"], frames["best"])
     assert len(table) == len(TASKS) * 2
     assert {"seeds_completed", "seeds_stopped_early", "val_mean", "val_ci_low"} <= set(table.columns)
-    grid = plots.grid_table(frames["runs"], frames["best"])
+    grid = performance.grid_table(frames["runs"], frames["best"])
     assert grid.chosen.sum() == len(TASKS) * 2
     assert len(grid) == len(TASKS) * 2 * 2 * len(BATCH_SIZES)
     early = grid[(grid.task == "sst2") & (grid.method == "lora") & (grid.lr == "3e-4") & (grid.batch_size == 16)]
     assert early.seeds_stopped_early.iloc[0] == 1
 
 
-def test_parse_verdicts_and_headline(synthetic, frames):
-    verdicts = plots.parse_verdicts(synthetic["summary"].read_text())
+def test_verdicts_and_headline(synthetic, frames):
+    verdicts = report_frames.read_table(synthetic["verdicts"])
     assert list(verdicts.task) == ["sst2", "mrpc", "squad_v2"]
     assert list(verdicts.h1_verdict) == ["not supported", "supported", "inconclusive"]
     assert set(verdicts.h2_verdict) == {"supported"}
-    head = plots.headline(plots.run_status(frames["runs"], planned_runs()), verdicts)
+    status = report_frames.run_status(frames["runs"], planned_runs())
+    head = overview.headline(status, verdicts)
     assert head["runs"].startswith(f"{len(planned_runs()) - 1} of {len(planned_runs())} finished (1 stopped early)")
     assert "1 failed or missing" in head["runs"]
     assert head["H1"] == "1 supported, 1 not supported, 1 inconclusive (3 tasks)"
     assert head["H2"] == "3 supported (3 tasks)"
     assert all(isinstance(v, str) for v in head.values())
-    assert plots.parse_verdicts(None).empty and plots.parse_verdicts("# nothing\n").empty
+    assert overview.headline(status, pd.DataFrame())["H1"] == "no verdict yet"
 
 
-def test_markdown_to_html_tables():
-    out = plots.markdown_to_html("# T\n\ntext **b**\n\n| a | b |\n|---|---|\n| 1 | <x> |\n")
-    assert "<h2>T</h2>" in out and "<b>b</b>" in out and "<td>&lt;x&gt;</td>" in out and "<th>a</th>" in out
+def test_markdown_html_tables():
+    out = html.markdown_html("# T\n\ntext **b**\n\n| a | b |\n|---|---|\n| 1 | <x> |\n")
+    assert "<h2>T</h2>" in out and "<strong>b</strong>" in out and "<td>&lt;x&gt;</td>" in out and "<th>a</th>" in out
+
+
+def test_overview_shows_summary_tables(synthetic, tmp_path):
+    """summary.md's tables reach the Overview page as HTML tables (markdown-it's table plugin)."""
+    out = {"page": tmp_path / "overview.html", "headline": tmp_path / "headline.json"}
+    overview.write_overview(runs=synthetic["runs"], best=synthetic["best"], verdicts=synthetic["verdicts"],
+                            summary=synthetic["summary"], study={}, planned=planned_runs(), outputs=out)
+    summary = out["page"].read_text().split("<h2>summary.md</h2>")[1]
+    assert summary.count("<table>") == 2 and "|---|" not in summary
+    assert "<h2>ftdrift summary</h2>" in summary and "<h3>LoRA vs full fine-tuning</h3>" in summary
+    assert "<th>H1 (accuracy within tolerance)</th>" in summary
+    assert "<td>not supported (drop 0.036)</td>" in summary and "<td>0.84 ± 0.01</td>" in summary
 
 
 # ---------------------------------------------------------------------------- report labels
@@ -216,8 +240,8 @@ def test_markdown_to_html_tables():
 def renders(labels: list[dict]) -> bool:
     """The report's rule: no toggle, several (then all are dropped), or one every row can flip."""
     keys = list(labels[0])
-    candidates = plots._toggle_candidates(labels, keys)
-    return len(candidates) != 1 or plots._toggle_safe(labels, keys, candidates[0])
+    candidates = report_labels._toggle_candidates(labels, keys)
+    return len(candidates) != 1 or report_labels._toggle_safe(labels, keys, candidates[0])
 
 
 def test_safe_labels_string_values_and_no_dangling_toggle():
@@ -225,17 +249,17 @@ def test_safe_labels_string_values_and_no_dangling_toggle():
     # as a toggle the report would look up "LoRA at a full-fine-tuning lr" and crash the page
     records = [{"task": "sst2", "method": m, "lr": lr, "seed": 1} for m in ("full", "lora") for lr in LRS[m]]
     assert not renders([{k: str(v) for k, v in r.items()} for r in records])
-    labels = plots.safe_labels(records)
+    labels = report_labels.safe_labels(records)
     assert renders(labels)
     assert list(labels[0]) == ["method", "task", "lr", "seed"]  # moved first: the first label never toggles
     assert all(isinstance(v, str) for r in labels for v in r.values())
     # a complete product (pooling for every task x metric) keeps its toggle and its order
     product = [{"task": t, "metric": "linear_cka", "pooling": p} for t in ("a", "b", "c") for p in ("mean", "last")]
-    assert plots.safe_labels(product) == product and renders(product)
+    assert report_labels.safe_labels(product) == product and renders(product)
 
 
 def test_run_labels_cover_every_planned_run(frames):
-    labels = plots.run_labels(planned_runs(), frames["runs"])
+    labels = report_labels.run_labels(planned_runs(), frames["runs"])
     assert len(labels) == len(planned_runs())
     assert labels["sst2/lora/lr3e-4_bs16_seed2"]["status"] == "stopped early"
     assert labels["mrpc/full/lr3e-5_bs32_seed3"]["status"] == "missing (failed or not run)"
@@ -248,11 +272,12 @@ def test_run_entry_labels_reads_runs_csv_once(synthetic):
     from types import SimpleNamespace
 
     wildcards = SimpleNamespace(task="sst2", method="lora", lr="3e-4", batch_size="16", seed="2")
-    labels = plots.run_entry_labels(planned_runs(), synthetic["runs"], wildcards)
+    labels = report_labels.run_entry_labels(planned_runs(), synthetic["runs"], wildcards)
     assert labels == {"task": "sst2", "method": "lora", "lr": "3e-4", "batch size": "16", "seed": "2",
                       "status": "stopped early"}
     stranger = SimpleNamespace(task="sst2", method="lora", lr="9e-9", batch_size="16", seed="2")
-    assert plots.run_entry_labels(planned_runs(), synthetic["runs"], stranger)["status"] == "not in the current grid"
+    stranger_labels = report_labels.run_entry_labels(planned_runs(), synthetic["runs"], stranger)
+    assert stranger_labels["status"] == "not in the current grid"
 
 
 # ---------------------------------------------------------------------------- figures
@@ -260,7 +285,7 @@ def test_run_entry_labels_reads_runs_csv_once(synthetic):
 
 def test_validation_plot_marks_stopped_early(frames, tmp_path):
     path = tmp_path / "validation.svg"
-    plots.plot_validation(frames["runs"], frames["best"], path, list(TASKS))
+    performance.plot_validation(frames["runs"], frames["best"], path, list(TASKS))
     svg_root(path)
     text = svg_text(path)
     assert "stopped early" in text  # legend entry for the hollow marker
@@ -270,14 +295,14 @@ def test_validation_plot_marks_stopped_early(frames, tmp_path):
 
 def test_grid_plot_marks_chosen(frames, tmp_path):
     path = tmp_path / "grid.svg"
-    plots.plot_grid(frames["runs"], frames["best"], "sst2", path)
+    performance.plot_grid(frames["runs"], frames["best"], "sst2", path)
     svg_root(path)
     text = svg_text(path)
     assert "chosen" in text and "peak learning rate" in text and "dev accuracy" in text
 
 
 def test_qa_breakdown(frames, tmp_path):
-    table = plots.plot_qa_breakdown(frames["runs"], frames["best"], "squad_v2", tmp_path / "qa.svg")
+    table = performance.plot_qa_breakdown(frames["runs"], frames["best"], "squad_v2", tmp_path / "qa.svg")
     svg_root(tmp_path / "qa.svg")
     assert {"HasAns_f1", "NoAns_f1", "f1"} <= set(table.score)
     assert "(%)" in svg_text(tmp_path / "qa.svg")  # SQuAD scores are 0-100
@@ -285,22 +310,22 @@ def test_qa_breakdown(frames, tmp_path):
 
 def test_heatmaps_share_one_colour_scale(frames, tmp_path, monkeypatch):
     seen = []
-    real = plots.plt.Axes.imshow
+    real = drift.plt.Axes.imshow
 
     def spy(self, *args, **kwargs):
         image = real(self, *args, **kwargs)
         seen.append(image)
         return image
 
-    monkeypatch.setattr(plots.plt.Axes, "imshow", spy)
+    monkeypatch.setattr(drift.plt.Axes, "imshow", spy)
     path = tmp_path / "heat.svg"
-    vmin, vmax = plots.plot_drift_heatmaps(frames["drift"], frames["runs"], frames["best"], "sst2", "linear_cka",
+    vmin, vmax = drift.plot_drift_heatmaps(frames["drift"], frames["runs"], frames["best"], "sst2", "linear_cka",
                                           "mean", path)
     svg_root(path)
     assert len(seen) == 2  # full and LoRA
     assert all(im.norm is seen[0].norm for im in seen)  # literally one Normalize
     assert {(im.norm.vmin, im.norm.vmax) for im in seen} == {(vmin, vmax)}
-    mats = plots.heatmap_matrices(frames["drift"], frames["best"], "sst2", "linear_cka", "mean")
+    mats = drift.heatmap_matrices(frames["drift"], frames["best"], "sst2", "linear_cka", "mean")
     data = np.concatenate([m.to_numpy().ravel() for m in mats.values()])
     data = data[np.isfinite(data)]
     assert math.isclose(vmin, data.min()) and math.isclose(vmax, data.max())
@@ -308,53 +333,53 @@ def test_heatmaps_share_one_colour_scale(frames, tmp_path, monkeypatch):
 
 
 def test_shared_limits_flat_and_empty():
-    lo, hi = plots.shared_limits([pd.DataFrame([[1.0, 1.0]]), pd.DataFrame([[1.0]])])
+    lo, hi = drift.shared_limits([pd.DataFrame([[1.0, 1.0]]), pd.DataFrame([[1.0]])])
     assert lo < 1.0 < hi
-    assert plots.shared_limits([]) == (0.0, 1.0)
+    assert drift.shared_limits([]) == (0.0, 1.0)
 
 
 def test_drift_figures(frames, tmp_path):
-    for func in (plots.plot_drift_by_layer, plots.plot_drift_over_training, plots.plot_metric_vs_drift):
+    for func in (drift.plot_drift_by_layer, drift.plot_drift_over_training, drift.plot_metric_vs_drift):
         path = tmp_path / f"{func.__name__}.svg"
         func(frames["drift"], frames["runs"], frames["best"], "mrpc", "linear_cka", "last", path)
         svg_root(path)
         assert "drift = 1 − linear CKA" in svg_text(path)
-    assert plots.pick_layers([0, 1, 2, 3, 4, 5, 6]) == [1, 4, 6]
-    assert plots.pick_layers([0]) == [0]
+    assert drift.pick_layers([0, 1, 2, 3, 4, 5, 6]) == [1, 4, 6]
+    assert drift.pick_layers([0]) == [0]
 
 
 def test_metric_vs_drift_marks_stopped_early(frames, tmp_path):
     path = tmp_path / "scatter.svg"
-    plots.plot_metric_vs_drift(frames["drift"], frames["runs"], frames["best"], "sst2", "linear_cka", "mean", path)
+    drift.plot_metric_vs_drift(frames["drift"], frames["runs"], frames["best"], "sst2", "linear_cka", "mean", path)
     assert "stopped early" in svg_text(path)
 
 
 def test_drift_by_layer_table(frames):
-    table = plots.layer_drift_table(frames["drift"], frames["runs"], frames["best"], "sst2")
+    table = drift.layer_drift_table(frames["drift"], frames["runs"], frames["best"], "sst2")
     assert set(table.metric) == {"linear_cka", "cosine"} and set(table.pooling) == {"mean", "last"}
     lora_emb = table[(table.method == "lora") & (table.layer == 0) & (table.metric == "linear_cka")]
     assert np.allclose(lora_emb.drift_mean, 0.0)
 
 
 def test_weight_figures_and_absence(frames, tmp_path):
-    plots.plot_weight_by_layer(frames["weights"], frames["best"], "sst2", "effective_rank", tmp_path / "r.svg", 8)
-    plots.plot_weight_by_layer(frames["weights"], frames["best"], "sst2", "intruder_dims", tmp_path / "i.svg")
+    weights.plot_weight_by_layer(frames["weights"], frames["best"], "sst2", "effective_rank", tmp_path / "r.svg", 8)
+    weights.plot_weight_by_layer(frames["weights"], frames["best"], "sst2", "intruder_dims", tmp_path / "i.svg")
     text = svg_text(tmp_path / "r.svg")
     assert "q_proj" in text and "LoRA rank r = 8" in text and "effective rank" in text
     svg_root(tmp_path / "i.svg")
     # weights.csv not produced yet: a placeholder that says so, no exception
-    plots.plot_weight_by_layer(None, frames["best"], "sst2", "effective_rank", tmp_path / "none.svg")
+    weights.plot_weight_by_layer(None, frames["best"], "sst2", "effective_rank", tmp_path / "none.svg")
     assert "weights.csv" in svg_text(tmp_path / "none.svg")
 
 
 def test_run_diagnostics_mark_stopped_early(synthetic, frames, tmp_path):
     task, method, lr, bs, seed = EARLY
-    log = plots.read_train_log(synthetic["root"] / "results/runs" / task / method / f"lr{lr}_bs{bs}_seed{seed}" /
+    log = training.read_train_log(synthetic["root"] / "results/runs" / task / method / f"lr{lr}_bs{bs}_seed{seed}" /
                                "train_log.csv")
-    run = dict(zip(plots.RUN_KEYS, EARLY))
-    info = frames["runs"].set_index(plots.RUN_KEYS).loc[EARLY].to_dict() | {"status": "stopped_early"}
+    run = dict(zip(RUN_KEYS, EARLY))
+    info = frames["runs"].set_index(RUN_KEYS).loc[EARLY].to_dict() | {"status": "stopped_early"}
     path = tmp_path / "run.svg"
-    plots.plot_run_diagnostics(log, run, info, path, "accuracy")
+    training.plot_run_diagnostics(log, run, info, path, "accuracy")
     svg_root(path)
     text = svg_text(path)
     assert "STOPPED EARLY after 100 steps" in text and "stopped early here" in text
@@ -362,16 +387,16 @@ def test_run_diagnostics_mark_stopped_early(synthetic, frames, tmp_path):
                      "examples / second", "tokens / second", "memory (MB)", "gpu0 allocated"):
         assert expected in text, expected
     # an absent log still yields a page that says what is missing
-    plots.plot_run_diagnostics(pd.DataFrame(), run, {"status": "missing"}, tmp_path / "none.svg")
+    training.plot_run_diagnostics(pd.DataFrame(), run, {"status": "missing"}, tmp_path / "none.svg")
     text = svg_text(tmp_path / "none.svg")
     assert "no training log" in text and "MISSING" in text
 
 
 def test_empty_inputs_do_not_crash(tmp_path):
-    empty = pd.DataFrame(columns=plots.RUN_KEYS)
-    plots.plot_validation(empty, pd.DataFrame(), tmp_path / "v.svg")
-    plots.plot_grid(empty, None, "sst2", tmp_path / "g.svg")
-    plots.plot_drift_by_layer(pd.DataFrame(), None, None, "sst2", "linear_cka", "mean", tmp_path / "d.svg")
+    empty = pd.DataFrame(columns=RUN_KEYS)
+    performance.plot_validation(empty, pd.DataFrame(), tmp_path / "v.svg")
+    performance.plot_grid(empty, None, "sst2", tmp_path / "g.svg")
+    drift.plot_drift_by_layer(pd.DataFrame(), None, None, "sst2", "linear_cka", "mean", tmp_path / "d.svg")
     for name in ("v", "g", "d"):
         svg_root(tmp_path / f"{name}.svg")
 
@@ -386,13 +411,14 @@ def test_rule_outputs_write_everything(synthetic, tmp_path):
              "grid": {"learning_rates": {"full": {"classification": [1e-5]}, "lora": {"classification": [1e-4]}},
                       "batch_sizes": BATCH_SIZES, "seeds": SEEDS},
              "lora": {"r": 8}, "analysis": {"h1_max_relative_drop": 0.03, "h2_min_drift_reduction": 0.2}}
-    tables = {k: str(synthetic[k]) for k in ("runs", "best", "drift", "summary", "weights")}
+    tables = {k: str(synthetic[k]) for k in ("runs", "best", "drift", "summary", "weights", "verdicts")}
     out = tmp_path / "report"
-    plots.run("overview", tables, {"page": out / "overview.html", "headline": out / "headline.json"},
-              {"study": study, "planned": planned_runs()})
+    overview.write_overview(runs=tables["runs"], best=tables["best"], verdicts=tables["verdicts"],
+                            summary=tables["summary"], study=study, planned=planned_runs(),
+                            outputs={"page": out / "overview.html", "headline": out / "headline.json"})
     page = (out / "overview.html").read_text()
     assert "stopped early" in page and "missing" in page and "not supported" in page and "http" not in page
-    head = plots.read_headline(out / "headline.json")
+    head = report_labels.read_headline(out / "headline.json")
     assert list(head) == ["page", "runs", "checks", "H1", "H2"]  # the report's label columns, in this order
     assert "1 not supported" in head["H1"]
     n_runs = len(pd.read_csv(synthetic["runs"]))
@@ -401,30 +427,43 @@ def test_rule_outputs_write_everything(synthetic, tmp_path):
     assert 'class="kpi alarm"' not in page
     perf = {"validation": out / "p/validation.svg", "table_csv": out / "p/table.csv", "table_html": out / "p/table.html",
             "grid_csv": out / "p/grid.csv", "grid": out / "p/grid", "qa": out / "p/qa", "qa_csv": out / "p/qa.csv"}
-    plots.run("performance", tables, perf, {"tasks": list(TASKS), "qa_tasks": ["squad_v2"], "confidence": 0.95})
+    performance.write_performance(runs=tables["runs"], best=tables["best"], tasks=list(TASKS), qa_tasks=["squad_v2"],
+                                  confidence=0.95, outputs=perf)
     assert sorted(p.name for p in (out / "p/grid").iterdir()) == sorted(f"{t}.svg" for t in TASKS)
     assert [p.name for p in (out / "p/qa").iterdir()] == ["squad_v2.svg"]
     drift_out = {k: out / "d" / k for k in ("heatmaps", "by_layer", "over_training", "vs_metric")}
     drift_out["table"] = out / "d/table.csv"
-    plots.run("drift", tables, drift_out, {}, {"task": "sst2"})
+    drift.write_drift(drift=tables["drift"], runs=tables["runs"], best=tables["best"], task="sst2", outputs=drift_out)
     for key in ("heatmaps", "by_layer", "over_training", "vs_metric"):
         assert sorted(str(p.relative_to(drift_out[key])) for p in drift_out[key].rglob("*.svg")) == [
             "cosine/last.svg", "cosine/mean.svg", "linear_cka/last.svg", "linear_cka/mean.svg"]
     w_out = {"effective_rank": out / "w/rank", "intruders": out / "w/intr", "table": out / "w/table.csv"}
-    plots.run("weights", tables, w_out, {"tasks": list(TASKS), "lora_rank": 8})
+    weights.write_weights(weights=tables["weights"], best=tables["best"], tasks=list(TASKS), lora_rank=8, outputs=w_out)
     assert len(list((out / "w/rank").glob("*.svg"))) == len(TASKS)
-    plots.run("weights", {"weights": str(tmp_path / "absent.csv"), "best": tables["best"]}, w_out, {"tasks": ["sst2"]})
+    weights.write_weights(weights=str(tmp_path / "absent.csv"), best=tables["best"], tasks=["sst2"], outputs=w_out)
     assert (out / "w/rank/sst2.svg").exists()
     runs = [r for r in planned_runs() if r["task"] == "mrpc" and r["seed"] == 3 and r["batch_size"] == 32]
     logs = [str(synthetic["root"] / "results/runs" / r["task"] / r["method"] /
                 f"lr{r['lr']}_bs{r['batch_size']}_seed{r['seed']}" / "train_log.csv") for r in runs]
     t_out = {"runs": out / "t/runs", "all_runs": out / "t/all.svg"}
-    plots.run("training", {"runs": tables["runs"], "logs": logs}, t_out, {"runs": runs, "main_metric": "f1"},
-              {"task": "mrpc"})
+    training.write_training(runs=tables["runs"], logs=logs, task="mrpc", planned=runs, main_metric="f1", outputs=t_out)
     assert len(list((out / "t/runs").rglob("*.svg"))) == len(runs)
     missing = out / "t/runs/full/lr3e-5_bs32_seed3.svg"  # the run without a log still gets a page
     assert "MISSING" in svg_text(missing)
     svg_root(out / "t/all.svg")
+
+
+def test_pages_name_the_configured_drift_metric(synthetic, tmp_path):
+    """best.csv's drift is on analysis.h2_metric: the pages say which (core.drift_metrics' names)."""
+    default, _ = overview.overview_page(None, None, None, None, {}, None)
+    assert "Drift of a layer = 1 − linear CKA between" in default
+    page, _ = overview.overview_page(None, None, None, None, {"analysis": {"h2_metric": "procrustes"}}, None)
+    assert "Drift of a layer = Procrustes distance between" in page and "CKA" not in page
+    out = {"validation": tmp_path / "v.svg", "table_csv": tmp_path / "t.csv", "table_html": tmp_path / "t.html",
+           "grid_csv": tmp_path / "g.csv", "grid": tmp_path / "grid"}
+    performance.write_performance(runs=synthetic["runs"], best=synthetic["best"], tasks=["sst2"],
+                                  drift_metric="cosine", outputs=out)
+    assert "drift = mean over layers of 1 − cosine similarity at the final snapshot" in out["table_html"].read_text()
 
 
 def test_failed_checkpoint_validation_is_a_red_line_on_the_overview(synthetic, tmp_path):
@@ -433,10 +472,10 @@ def test_failed_checkpoint_validation_is_a_red_line_on_the_overview(synthetic, t
     runs.to_csv(tmp_path / "runs.csv", index=False)
     study = {"model": {"name_or_path": "tiny", "family": "llama"}, "tasks": list(TASKS), "analysis": {}}
     out = tmp_path / "report"
-    plots.run("overview", {"runs": str(tmp_path / "runs.csv"), "best": str(synthetic["best"]),
-                           "summary": str(synthetic["summary"])},
-              {"page": out / "overview.html", "headline": out / "headline.json"},
-              {"study": study, "planned": planned_runs()})
+    overview.write_overview(runs=str(tmp_path / "runs.csv"), best=str(synthetic["best"]),
+                            verdicts=str(synthetic["verdicts"]), summary=str(synthetic["summary"]), study=study,
+                            planned=planned_runs(), outputs={"page": out / "overview.html",
+                                                             "headline": out / "headline.json"})
     page = (out / "overview.html").read_text()
     assert f'<div class="kpi alarm">Checkpoint validation<b>FAILED for 2 of {len(runs)} runs' in page
-    assert plots.read_headline(out / "headline.json")["checks"].startswith("FAILED for 2 of")
+    assert report_labels.read_headline(out / "headline.json")["checks"].startswith("FAILED for 2 of")

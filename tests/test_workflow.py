@@ -109,6 +109,14 @@ def test_lint_passes():
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-s", str(REPO / "Snakefile")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_snakefmt_is_clean():
+    """The rules are formatted by snakefmt (settings in pyproject.toml): `snakefmt Snakefile rules/`."""
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("target, message", [

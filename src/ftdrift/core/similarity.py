@@ -43,6 +43,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from ftdrift.core.arrays import (
+    DEFAULT_CHUNK_BYTES,
+    DEGENERATE_RTOL,
+    center,
+    check_finite,
+    check_pair,
+    numpy_view,
+    rep_2d,
+    resolve_device,
+    stack_view,
+    to_numpy64,
+)
+
 __all__ = [
     "linear_cka",
     "cka_matrix",
@@ -50,101 +63,16 @@ __all__ = [
     "procrustes_distance",
 ]
 
-# A centred representation whose norm is this small relative to the raw one is
-# "constant up to rounding": centring a constant column in float64 leaves ~1e-17
-# residue, which would otherwise produce a meaningless CKA from rounding noise.
-_DEGENERATE_RTOL = 1e-10
-
 # Debiased self-HSIC estimates below this fraction of (sum of squared row
 # norms)^2 are treated as <= 0. Genuine values are ~1/effective-dimension of
 # that scale (1e-2..1e-4 for real activations), rounding noise ~1e-16.
 _HSIC_RTOL = 1e-12
-
-# Default memory budget (bytes) for one chunk of snapshots in the batched functions.
-_DEFAULT_CHUNK_BYTES = 256 * 2**20
-
-
-# --------------------------------------------------------------------------- #
-# input handling
-# --------------------------------------------------------------------------- #
-def _as_source(x: Any, name: str) -> np.ndarray | torch.Tensor:
-    """Numpy array or detached torch tensor, in the *stored* dtype (no copy)."""
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    if isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor):
-        return torch.stack([t.detach() for t in x])
-    arr = np.asarray(x)
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
-    return arr
-
-
-def _to_numpy64(a: np.ndarray | torch.Tensor) -> np.ndarray:
-    """float64 numpy copy/view of an array or tensor (any device, any float dtype)."""
-    if isinstance(a, torch.Tensor):
-        # bfloat16 has no numpy equivalent: convert inside torch first.
-        return a.to(device="cpu", dtype=torch.float64).numpy()
-    return np.asarray(a, dtype=np.float64)
-
-
-def _numpy_view(a: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Numpy view of ``a`` in its stored dtype where possible (no float64 copy yet)."""
-    if isinstance(a, torch.Tensor):
-        if a.dtype not in (torch.float16, torch.float32, torch.float64):
-            a = a.float()  # bfloat16 / integer types have no direct numpy view
-        return a.cpu().numpy()
-    return np.asarray(a)
-
-
-def _check_finite(a: np.ndarray, name: str) -> None:
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-
-
-def _rep_2d(x: Any, name: str) -> np.ndarray:
-    """Convert one representation to a float64 numpy array ``[n, d]``."""
-    a = _as_source(x, name)
-    if a.ndim != 2:
-        raise ValueError(
-            f"{name} must be 2-D [n_examples, n_features], got shape {tuple(a.shape)}"
-        )
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(a.shape)})")
-    a = _to_numpy64(a)
-    _check_finite(a, name)
-    return a
-
-
-def _check_pair(x: np.ndarray, y: np.ndarray) -> int:
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            "x and y must have the same number of examples (rows): "
-            f"got {x.shape[0]} and {y.shape[0]}"
-        )
-    return int(x.shape[0])
-
 
 def _check_n(n: int, debiased: bool) -> None:
     if debiased and n < 4:
         raise ValueError(f"debiased CKA needs at least 4 examples, got n={n}")
     if n < 2:
         raise ValueError(f"CKA needs at least 2 examples, got n={n}")
-
-
-def _resolve_device(device: Any) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-# --------------------------------------------------------------------------- #
-# CKA core
-# --------------------------------------------------------------------------- #
-def _center(a: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Column-centre ``[n, d]``; also say whether it is constant up to rounding."""
-    raw = np.linalg.norm(a)
-    c = a - a.mean(axis=0)
-    return c, bool(np.linalg.norm(c) <= _DEGENERATE_RTOL * raw)  # True if raw == 0
 
 
 def _self_terms(c: np.ndarray, gram: bool) -> tuple[float, np.ndarray, np.ndarray]:
@@ -217,12 +145,12 @@ def linear_cka(x: Any, y: Any, debiased: bool = False, method: str = "auto") -> 
     (feature form when max(d1, d2) < n). Returns 0.0 where CKA is undefined
     (constant representation, non-positive debiased self-HSIC); see module doc.
     """
-    xa, ya = _rep_2d(x, "x"), _rep_2d(y, "y")
-    n = _check_pair(xa, ya)
+    xa, ya = rep_2d(x, "x"), rep_2d(y, "y")
+    n = check_pair(xa, ya)
     _check_n(n, debiased)
     gram = _use_gram(method, n, xa.shape[1], ya.shape[1])
-    xc, xdeg = _center(xa)
-    yc, ydeg = _center(ya)
+    xc, xdeg = center(xa)
+    yc, ydeg = center(ya)
     xss, rx, gx = _self_terms(xc, gram)
     yss, ry, gy = _self_terms(yc, gram)
     if gram:
@@ -237,31 +165,6 @@ def linear_cka(x: Any, y: Any, debiased: bool = False, method: str = "auto") -> 
     return float(out)
 
 
-# --------------------------------------------------------------------------- #
-# batched CKA / cosine over (snapshot, layer) pairs
-# --------------------------------------------------------------------------- #
-def _stack_view(base: Any, snapshots: Any) -> tuple[Any, Any, int, int]:
-    """Validate ``base [L, n, d]`` and ``snapshots [S, L, n, d']`` (stored dtype kept)."""
-    b = _as_source(base, "base")
-    s = _as_source(snapshots, "snapshots")
-    if b.ndim != 3:
-        raise ValueError(f"base must be 3-D [layers, n, d], got shape {tuple(b.shape)}")
-    if s.ndim != 4:
-        raise ValueError(
-            f"snapshots must be 4-D [snapshots, layers, n, d], got shape {tuple(s.shape)}"
-        )
-    if s.shape[1] != b.shape[0] or s.shape[2] != b.shape[1]:
-        raise ValueError(
-            "snapshots [S, L, n, d] must match base [L, n, d] in L and n: "
-            f"base {tuple(b.shape)}, snapshots {tuple(s.shape)}"
-        )
-    if min(b.shape) == 0 or s.shape[3] == 0:
-        raise ValueError(
-            f"empty representations: base {tuple(b.shape)}, snapshots {tuple(s.shape)}"
-        )
-    return b, s, int(s.shape[0]), int(s.shape[1])
-
-
 def _chunk_stats_numpy(src: Any, xc: np.ndarray, kx: np.ndarray | None):
     """cross, ||Y^T Y||^2, row norms, degenerate-mask for a chunk ``[c, n, d']`` (CPU).
 
@@ -273,12 +176,12 @@ def _chunk_stats_numpy(src: Any, xc: np.ndarray, kx: np.ndarray | None):
     # Convert to float64 and lay out as [n, c, d'] in one pass, so that X^T Y of
     # all c snapshots is a single large matmul.
     y = np.empty((n, c, d2), dtype=np.float64)
-    y[...] = _numpy_view(src).transpose(1, 0, 2)
-    _check_finite(y, "snapshots")
+    y[...] = numpy_view(src).transpose(1, 0, 2)
+    check_finite(y, "snapshots")
     raw = np.sqrt(np.einsum("icd,icd->c", y, y))
     y -= y.mean(axis=0, keepdims=True)
     r = np.einsum("icd,icd->ci", y, y)  # [c, n]
-    deg = np.sqrt(r.sum(axis=1)) <= _DEGENERATE_RTOL * raw
+    deg = np.sqrt(r.sum(axis=1)) <= DEGENERATE_RTOL * raw
     cross = np.empty(c)
     yss = np.empty(c)
     if kx is None:
@@ -309,7 +212,7 @@ def _chunk_stats_torch(src: Any, xc: torch.Tensor, kx: torch.Tensor | None):
     raw = torch.linalg.vector_norm(y, dim=(0, 2))
     y -= y.mean(dim=0, keepdim=True)
     r = torch.linalg.vector_norm(y, dim=2).square().T  # [c, n]
-    deg = torch.sqrt(r.sum(dim=1)) <= _DEGENERATE_RTOL * raw
+    deg = torch.sqrt(r.sum(dim=1)) <= DEGENERATE_RTOL * raw
     if kx is None:
         prod = (xc.T @ y.reshape(n, c * d2)).reshape(-1, c, d2)
         cross = prod.square().sum(dim=(0, 2))
@@ -322,8 +225,8 @@ def _chunk_stats_torch(src: Any, xc: torch.Tensor, kx: torch.Tensor | None):
         cross = (ky * kx).sum(dim=(1, 2))
         yss = ky.square().sum(dim=(1, 2))
     out = [v.cpu().numpy() for v in (cross, yss, r, deg)]
-    _check_finite(out[0], "snapshots")  # NaN/inf in Y always reaches these sums
-    _check_finite(out[2], "snapshots")
+    check_finite(out[0], "snapshots")  # NaN/inf in Y always reaches these sums
+    check_finite(out[2], "snapshots")
     return tuple(out)
 
 
@@ -332,7 +235,7 @@ def cka_matrix(
     snapshots: Any,
     debiased: bool = False,
     device: Any = None,
-    max_chunk_bytes: int = _DEFAULT_CHUNK_BYTES,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     backend: str = "auto",
 ) -> np.ndarray:
     """Linear CKA of every snapshot layer against the matching base layer.
@@ -350,14 +253,14 @@ def cka_matrix(
     (torch even on CPU) or 'numpy' (CPU only). Same 0.0-where-undefined
     convention as ``linear_cka``.
     """
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     if backend == "auto":
         backend = "numpy" if dev.type == "cpu" else "torch"
     if backend not in ("numpy", "torch"):
         raise ValueError(f"backend must be 'auto', 'numpy' or 'torch', got {backend!r}")
     if backend == "numpy" and dev.type != "cpu":
         raise ValueError("backend='numpy' runs on the CPU only")
-    b, s, S, L = _stack_view(base, snapshots)
+    b, s, S, L = stack_view(base, snapshots)
     n, d1, d2 = int(b.shape[1]), int(b.shape[2]), int(s.shape[3])
     _check_n(n, debiased)
     out = np.zeros((S, L), dtype=np.float64)
@@ -369,9 +272,9 @@ def cka_matrix(
 
     for l in range(L):
         # Base statistics once per layer (the naive loop recomputes them per pair).
-        xa = _to_numpy64(b[l])
-        _check_finite(xa, f"base (layer {l})")
-        xc, xdeg = _center(xa)
+        xa = to_numpy64(b[l])
+        check_finite(xa, f"base (layer {l})")
+        xc, xdeg = center(xa)
         xss, rx, gx = _self_terms(xc, gram)
         sx = rx.sum()
         kx_np = gx if gram else None  # the base Gram matrix also serves every cross term
@@ -395,7 +298,7 @@ def cosine_matrix(
     base: Any,
     snapshots: Any,
     device: Any = None,
-    max_chunk_bytes: int = _DEFAULT_CHUNK_BYTES,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> np.ndarray:
     """Mean over examples of the cosine similarity of matched rows, ``[S, L]``.
 
@@ -403,8 +306,8 @@ def cosine_matrix(
     on ``device``, default CUDA if available). A row with zero norm has cosine 0
     with anything: there is no direction to compare.
     """
-    dev = _resolve_device(device)
-    b, s, S, L = _stack_view(base, snapshots)
+    dev = resolve_device(device)
+    b, s, S, L = stack_view(base, snapshots)
     n, d = int(b.shape[1]), int(b.shape[2])
     if s.shape[3] != d:
         raise ValueError(
@@ -448,10 +351,10 @@ def procrustes_distance(x: Any, y: Any) -> float:
     isotropic scale). Raises ValueError if a representation is constant, since
     it cannot be scaled to unit norm.
     """
-    xa, ya = _rep_2d(x, "x"), _rep_2d(y, "y")
-    n = _check_pair(xa, ya)
-    xc, xdeg = _center(xa)
-    yc, ydeg = _center(ya)
+    xa, ya = rep_2d(x, "x"), rep_2d(y, "y")
+    n = check_pair(xa, ya)
+    xc, xdeg = center(xa)
+    yc, ydeg = center(ya)
     if xdeg or ydeg:
         raise ValueError("Procrustes distance is undefined for a constant representation")
     xc /= np.linalg.norm(xc)

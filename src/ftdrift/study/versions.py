@@ -10,5 +10,5 @@ CODE_VERSIONS = {
     "weight_analysis": 1,
     "validate_checkpoint": 1,
     "aggregate": 2,
-    "plots": 1,
+    "report": 1,
 }

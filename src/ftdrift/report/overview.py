@@ -1,0 +1,176 @@
+"""The Overview page: study question, headline, H1/H2 verdicts, setup, runs, chosen settings, summary.md."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ftdrift.core import io
+from ftdrift.report.frames import NOT_COMPLETED, drift_formula, lr_text, method_name, read_table, run_status
+from ftdrift.report.html import escape, fmt, html_page, html_table, markdown_html
+from ftdrift.study.grid import METHODS, RUN_KEYS
+
+HEADLINE_KEYS = ("page", "runs", "checks", "H1", "H2")  # the Overview entry's label columns, in this order
+
+
+def write_overview(*, runs, best, verdicts, summary, study: Mapping, planned: Sequence[Mapping] | None,
+                   outputs: Mapping) -> None:
+    """Rule report_overview: the page (outputs["page"]) and its headline labels (outputs["headline"])."""
+    page, head = overview_page(read_table(runs), read_table(best), Path(summary).read_text(),
+                               read_table(verdicts, required=False), study, planned)
+    io.write_text(outputs["page"], page)
+    io.write_json(outputs["headline"], head)
+
+
+def checks_text(runs: pd.DataFrame | None) -> tuple[str, bool]:
+    """('8 of 8 runs reproduce …', alarm?) from runs.csv's checkpoint-validation columns."""
+    if runs is None or runs.empty or "checkpoint_ok" not in runs:
+        return "not run", False
+    ok = runs.checkpoint_ok.astype("boolean").fillna(False)
+    n, bad = len(runs), int((~ok).sum())
+    lora = runs[runs.method == "lora"] if "method" in runs else runs.iloc[:0]
+    merged = " (merged LoRA adapters too)" if not lora.empty else ""
+    if bad:
+        return f"FAILED for {bad} of {n} runs (see summary.md)", True
+    return f"{n} of {n} runs reproduce their saved predictions and metrics{merged}", False
+
+
+def verdict_counts(values: Iterable[str]) -> str:
+    """'1 supported, 2 inconclusive (3 tasks)'."""
+    values = [str(v) for v in values if isinstance(v, str) and v]
+    if not values:
+        return "no verdict yet"
+    counts = pd.Series(values).value_counts()
+    order = ["supported", "not supported", "inconclusive"]
+    names = sorted(counts.index, key=lambda v: order.index(v) if v in order else len(order))
+    return ", ".join(f"{counts[v]} {v}" for v in names) + f" ({len(values)} task{'s' if len(values) != 1 else ''})"
+
+
+def headline(status: pd.DataFrame, verdicts: pd.DataFrame, runs: pd.DataFrame | None = None) -> dict[str, str]:
+    """Short strings for the report's landing page and the Overview entry's labels."""
+    planned = status[status.planned] if "planned" in status else status
+    n = len(planned)
+    counts = planned.status.value_counts()
+    done = int(counts.get("completed", 0) + counts.get("stopped_early", 0))
+    bad = int(counts.get("failed", 0) + counts.get("missing", 0))
+    finished = f"{done} of {n} finished ({int(counts.get('stopped_early', 0))} stopped early), {bad} failed or missing"
+    return {"page": "study overview", "runs": finished, "checks": checks_text(runs)[0],
+            "H1": verdict_counts(verdicts.h1_verdict) if not verdicts.empty else "no verdict yet",
+            "H2": verdict_counts(verdicts.h2_verdict) if not verdicts.empty else "no verdict yet"}
+
+
+def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Compact per-task verdicts: difference with CI, H1 and H2 with the number they rest on."""
+    def ci(r, mean, lo, hi):
+        if mean not in r or pd.isna(r[mean]):
+            return "n/a"
+        text = fmt(r[mean])
+        if lo in r and hi in r and pd.notna(r[lo]) and pd.notna(r[hi]):
+            text += f" [{fmt(r[lo])}, {fmt(r[hi])}]"
+        return text
+
+    rows = []
+    for _, r in verdicts.iterrows():
+        row = {"task": r.get("task"), "metric": r.get("metric"),
+               "LoRA − full (CI)": ci(r, "lora_minus_full", "diff_ci_low", "diff_ci_high"),
+               "H1": r.get("h1_verdict")}
+        if "h1_relative_drop" in r:
+            row["relative drop"] = r.get("h1_relative_drop")
+        row["H2"] = r.get("h2_verdict")
+        if "h2_drift_reduction" in r:
+            row["drift reduction"] = r.get("h2_drift_reduction")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _setup_html(study: Mapping) -> str:
+    model = study.get("model", {}) or {}
+    tasks = study.get("tasks", []) or []
+    task_defs = study.get("task_defs", {}) or {}
+    grid = study.get("grid", {}) or {}
+    lora = study.get("lora", {}) or {}
+    parts = [f"<p><b>Model</b>: <code>{escape(model.get('name_or_path'))}</code> "
+             f"({escape(model.get('family', ''))})</p>"]
+    trows = [{"task": t, "type": task_defs.get(t, {}).get("type", ""),
+              "main metric": task_defs.get(t, {}).get("main_metric", "")} for t in tasks]
+    parts.append("<p><b>Tasks</b></p>" + html_table(pd.DataFrame(trows)))
+    lrs = grid.get("learning_rates", {})
+    grows = []
+    for method in METHODS:
+        for kind, values in (lrs.get(method) or {}).items():
+            grows.append({"method": method_name(method), "task kind": kind,
+                          "learning rates": ", ".join(lr_text(v) for v in values)})
+    parts.append("<p><b>Grid</b>: batch sizes " + escape(", ".join(map(str, grid.get("batch_sizes", [])))) +
+                 "; seeds " + escape(", ".join(map(str, grid.get("seeds", [])))) + "</p>" +
+                 html_table(pd.DataFrame(grows)))
+    if lora:
+        parts.append("<p><b>LoRA</b>: " + escape(", ".join(f"{k} = {v}" for k, v in lora.items())) + "</p>")
+    return "\n".join(parts)
+
+
+def _runs_html(status: pd.DataFrame) -> list[str]:
+    """Run counts by status per task x method, then the runs that did not complete normally."""
+    body = ["<h2>Runs</h2>"]
+    planned_only = status[status.planned]
+    if not planned_only.empty:
+        pivot = planned_only.assign(n=1).pivot_table(index=["task", "method"], columns="status", values="n",
+                                                     aggfunc="sum", fill_value=0, sort=False).reset_index()
+        for s in ("completed", "stopped_early", "failed", "missing"):
+            if s not in pivot:
+                pivot[s] = 0
+        pivot = pivot[["task", "method", "completed", "stopped_early", "failed", "missing"]]
+        pivot.columns = ["task", "method", "completed", "stopped early", "failed", "missing"]
+        body.append(html_table(pivot))
+    problems = status[status.status.isin(NOT_COMPLETED) | ~status.planned]
+    body.append("<p><b>Runs that did not complete normally</b> "
+                "(stopped early = the early-stopping rule ended training before the step budget; "
+                "missing = planned but no result, i.e. failed or not run yet)</p>")
+    body.append(html_table(problems[RUN_KEYS + ["status"]], badges=("status",)))
+    return body
+
+
+def overview_page(runs: pd.DataFrame | None, best: pd.DataFrame | None, summary_md: str | None,
+                  verdicts: pd.DataFrame | None, study: Mapping, planned: Sequence[Mapping] | None) -> tuple[str, dict]:
+    """(HTML of the Overview page, headline dict)."""
+    status = run_status(runs, planned)
+    verdicts = pd.DataFrame() if verdicts is None else verdicts
+    head = headline(status, verdicts, runs)
+    checks, alarm = checks_text(runs)
+    analysis = study.get("analysis", {}) or {}
+    h1 = analysis.get("h1_max_relative_drop")
+    h2 = analysis.get("h2_min_drift_reduction")
+    conf = analysis.get("confidence", 0.95)
+    drift = drift_formula(analysis.get("h2_metric", "linear_cka"))
+    body = ["<h1>ftdrift — how full fine-tuning and LoRA change a model's representations</h1>",
+            "<h2>Study question</h2>",
+            "<p>When a pretrained language model is fine-tuned on a task, how far do its layer representations move "
+            "away from the base model's, and does LoRA move them less than full fine-tuning while reaching "
+            f"comparable task performance? Drift of a layer = {drift} between the base and the fine-tuned "
+            "model's representations of a fixed probe set (0 = unchanged).</p><ul>"
+            f"<li><b>H1</b>: LoRA's validation main metric is at most {fmt(100 * h1 if h1 is not None else None, 3)} % "
+            "(relative) below full fine-tuning's.</li>"
+            f"<li><b>H2</b>: LoRA's drift (mean over layers at the final snapshot) is at least "
+            f"{fmt(100 * h2 if h2 is not None else None, 3)} % lower than full fine-tuning's.</li></ul>",
+            "<h2>Headline</h2>",
+            f'<div class="kpi">Runs<b>{escape(head["runs"])}</b></div>',
+            f'<div class="kpi{" alarm" if alarm else ""}">Checkpoint validation<b>{escape(checks)}</b></div>',
+            f'<div class="kpi">H1 (LoRA within tolerance)<b>{escape(head["H1"])}</b></div>',
+            f'<div class="kpi">H2 (LoRA drifts less)<b>{escape(head["H2"])}</b></div>']
+    if not verdicts.empty:
+        body.append(html_table(verdict_table(verdicts), badges=("H1", "H2")))
+    body += ["<h2>Setup</h2>", _setup_html(study)]
+    body += _runs_html(status)
+    if best is not None and not best.empty:
+        cols = [c for c in ("task", "method", "lr", "batch_size", "main_metric", "n_seeds", "val_mean", "val_ci_low",
+                            "val_ci_high", "drift_mean", "trainable_fraction") if c in best]
+        body += ["<h2>Chosen settings</h2>",
+                 f'<p class="muted">Chosen on dev; validation mean and {int(round(100 * conf))} % CI over seeds.</p>',
+                 html_table(best[cols])]
+    body.append("<h2>All runs</h2>")
+    body.append(html_table(status[RUN_KEYS + ["status"]], badges=("status",)))
+    if summary_md:
+        body += ["<h2>summary.md</h2>", f"<details><summary>as written by the aggregate step</summary>"
+                 f"{markdown_html(summary_md)}</details>"]
+    return html_page("ftdrift overview", "\n".join(body)), head

@@ -1,0 +1,261 @@
+"""Performance figures and tables: validation metric of the chosen settings, the hyperparameter
+grid, and SQuAD v2's answerable / unanswerable breakdown."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+
+from ftdrift.core import io
+from ftdrift.report.frames import (
+    best_row,
+    chosen_runs,
+    drift_formula,
+    method_name,
+    read_table,
+    scale_note,
+    setting_text,
+    sort_key,
+    status_of,
+)
+from ftdrift.report.html import html_page, html_table
+from ftdrift.report.style import (
+    CYCLE,
+    METHOD_COLOR,
+    empty_axes,
+    empty_figure,
+    fresh_dir,
+    marker_kw,
+    panel_grid,
+    save,
+    status_legend_handles,
+)
+from ftdrift.study.grid import METHODS, SETTING_KEYS
+
+
+def write_performance(*, runs, best, tasks: Sequence[str], qa_tasks: Sequence[str] = (), confidence: float = 0.95,
+                      drift_metric: str = "linear_cka", outputs: Mapping) -> None:
+    """Rule report_performance: validation figure, chosen-settings and grid tables, grid figures per task,
+    and (when outputs has "qa") the QA breakdown per QA task."""
+    runs, best = read_table(runs), read_table(best)
+    plot_validation(runs, best, outputs["validation"], tasks, confidence)
+    table = performance_table(runs, best)
+    io.write_csv(outputs["table_csv"], table)
+    io.write_text(outputs["table_html"], html_page(
+        "Chosen settings", "<h1>Validation performance of the chosen settings</h1>"
+        f"<p class=\"muted\">Mean, standard deviation and {int(round(100 * confidence))} % CI "
+        f"over seeds; drift = mean over layers of {drift_formula(drift_metric)} at the final snapshot.</p>"
+        + html_table(table)))
+    io.write_csv(outputs["grid_csv"], grid_table(runs, best))
+    grid_dir = fresh_dir(outputs["grid"])
+    for task in tasks:
+        plot_grid(runs, best, task, grid_dir / f"{task}.svg")
+    if "qa" in outputs:
+        qa_dir = fresh_dir(outputs["qa"])
+        tables = [plot_qa_breakdown(runs, best, task, qa_dir / f"{task}.svg") for task in qa_tasks]
+        io.write_csv(outputs["qa_csv"], pd.concat(tables, ignore_index=True) if tables else pd.DataFrame())
+
+
+def _seed_offsets(n: int, width: float = 0.22) -> np.ndarray:
+    return np.zeros(1) if n <= 1 else np.linspace(-width / 2, width / 2, n)
+
+
+def plot_validation(runs: pd.DataFrame, best: pd.DataFrame, path, tasks: Sequence[str] | None = None,
+                    confidence: float = 0.95) -> None:
+    """Per task: validation main metric of the chosen setting, mean ± CI over seeds, full vs LoRA."""
+    tasks = list(tasks or (best.task.unique() if best is not None and not best.empty else []))
+    if not tasks:
+        return empty_figure(path, "Validation metric", "no runs have finished yet")
+    chosen = chosen_runs(runs, best)
+    fig, axes = panel_grid(len(tasks), 4, 3.0, 3.4)
+    statuses = set()
+    pct = int(round(confidence * 100))
+    for ax, task in zip(axes, tasks):
+        ticks, ticklabels, metric = [], [], ""
+        for i, method in enumerate(METHODS):
+            row = best_row(best, task, method)
+            seeds = chosen[(chosen.task == task) & (chosen.method == method)] if not chosen.empty else chosen
+            ticks.append(i)
+            if row is None:
+                ticklabels.append(f"{method_name(method)}\n(no runs)")
+                continue
+            metric = row.main_metric
+            ticklabels.append(f"{method_name(method)}\nlr {row.lr}, bs {row.batch_size}")
+            mean, lo, hi = row.val_mean, row.get("val_ci_low"), row.get("val_ci_high")
+            yerr = None
+            if pd.notna(lo) and pd.notna(hi):
+                yerr = [[max(mean - lo, 0)], [max(hi - mean, 0)]]
+            ax.errorbar([i], [mean], yerr=yerr, fmt="D", ms=8, color=METHOD_COLOR[method], capsize=6, lw=2,
+                        zorder=3, mec="black", mew=0.6)
+            offs = _seed_offsets(len(seeds)) + 0.28
+            for off, (_, seed_row) in zip(offs, seeds.sort_values("seed").iterrows()):
+                status = status_of(seeds).loc[seed_row.name]
+                statuses.add(status)
+                y = seed_row.val_main if pd.notna(seed_row.val_main) else mean
+                ax.plot([i + off], [y], **marker_kw(method, status if pd.notna(seed_row.val_main) else "failed"),
+                        zorder=4)
+            ax.annotate(f"{mean:.3g}\nn={int(row.n_seeds)}", (i, mean), xytext=(-10, 0), textcoords="offset points",
+                        ha="right", va="center", fontsize=8)
+        ax.set_xticks(ticks, ticklabels, fontsize=8)
+        ax.set_xlim(-0.7, len(METHODS) - 0.4)
+        vals = chosen[chosen.task == task].val_main if not chosen.empty else []
+        ax.set_ylabel(f"validation {metric} {scale_note(vals)}".strip())
+        ax.set_title(task)
+    handles = [Line2D([], [], marker="D", color="#555555", mec="black", ls="-", ms=7,
+                      label=f"mean ± {pct}% CI over seeds")] + status_legend_handles(statuses or {"completed"})
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    fig.suptitle("Validation main metric of the setting chosen on dev")
+    save(fig, path)
+
+
+def performance_table(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """Per task x method: chosen setting, seed counts by status, validation / dev / drift statistics."""
+    if best is None or best.empty:
+        return pd.DataFrame(columns=["task", "method"])
+    chosen = chosen_runs(runs, best)
+    rows = []
+    for _, row in best.iterrows():
+        seeds = chosen[(chosen.task == row.task) & (chosen.method == row.method)]
+        status = status_of(seeds)
+        out = {"task": row.task, "method": row.method, "lr": row.lr, "batch_size": row.batch_size,
+               "main_metric": row.main_metric, "n_seeds": row.get("n_seeds"),
+               "seeds_completed": int((status == "completed").sum()),
+               "seeds_stopped_early": int((status == "stopped_early").sum())}
+        for col in ("val_mean", "val_std", "val_ci_low", "val_ci_high", "dev_mean", "drift_mean", "drift_ci_low",
+                    "drift_ci_high", "trainable_fraction"):
+            out[col] = row.get(col)
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def grid_table(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """Every hyperparameter setting: dev / validation mean and spread over seeds, chosen flag."""
+    if runs is None or runs.empty:
+        return pd.DataFrame(columns=SETTING_KEYS + ["chosen"])
+    frame = runs.assign(_status=status_of(runs))
+    agg = frame.groupby(SETTING_KEYS, sort=False).agg(
+        main_metric=("main_metric", "first"), n_seeds=("seed", "nunique"),
+        seeds_stopped_early=("_status", lambda s: int((s == "stopped_early").sum())),
+        dev_mean=("dev_main", "mean"), dev_std=("dev_main", "std"), dev_min=("dev_main", "min"),
+        dev_max=("dev_main", "max"), val_mean=("val_main", "mean"), val_std=("val_main", "std")).reset_index()
+    keys = set(map(tuple, best[SETTING_KEYS].astype(str).to_numpy())) if best is not None and not best.empty else set()
+    agg["chosen"] = [tuple(map(str, k)) in keys for k in agg[SETTING_KEYS].to_numpy()]
+    return agg.sort_values(SETTING_KEYS, key=sort_key).reset_index(drop=True)
+
+
+def plot_grid(runs: pd.DataFrame, best: pd.DataFrame, task: str, path) -> None:
+    """Dev main metric over the lr grid, one line per batch size, per method; chosen setting ringed."""
+    sub = runs[runs.task == task] if runs is not None and not runs.empty else pd.DataFrame()
+    if sub.empty:
+        return empty_figure(path, f"{task}: hyperparameter grid", "no finished runs for this task")
+    metric = sub.main_metric.iloc[0]
+    batch_sizes = sorted(sub.batch_size.unique())
+    colors = {bs: CYCLE[i % len(CYCLE)] for i, bs in enumerate(batch_sizes)}
+    fig, axes = plt.subplots(1, len(METHODS), figsize=(8.4, 3.6), sharey=True, layout="constrained", squeeze=False)
+    statuses = set()
+    for ax, method in zip(axes[0], METHODS):
+        msub = sub[sub.method == method]
+        ax.set_title(method_name(method))
+        if msub.empty:
+            empty_axes(ax, "no runs")
+            continue
+        lrs = sorted(msub.lr.unique(), key=float)
+        for bs in batch_sizes:
+            bsub = msub[msub.batch_size == bs]
+            if bsub.empty:
+                continue
+            means = bsub.groupby("lr")["dev_main"].mean()
+            xs = [float(lr) for lr in lrs if lr in means.index]
+            ax.plot(xs, [means[lr] for lr in lrs if lr in means.index], "-", color=colors[bs], lw=1.8,
+                    label=f"batch {bs} (mean over seeds)")
+            for _, r in bsub.iterrows():
+                status = r.get("status", "completed") if pd.notna(r.dev_main) else "failed"
+                statuses.add(status)
+                kw = marker_kw(method, status, size=5)
+                kw.update(mfc=colors[bs] if status == "completed" else "white", mec=colors[bs])
+                ax.plot([float(r.lr)], [r.dev_main], **kw, alpha=0.9)
+        row = best_row(best, task, method)
+        if row is not None:
+            bsub = msub[(msub.lr == row.lr) & (msub.batch_size == row.batch_size)]
+            if not bsub.empty:
+                y = bsub.dev_main.mean()
+                ax.plot([float(row.lr)], [y], marker="o", ms=17, mfc="none", mec="black", mew=2, ls="none", zorder=5)
+                ax.annotate(f"chosen\n{setting_text(row.lr, row.batch_size)}", (float(row.lr), y), xytext=(0, 14),
+                            textcoords="offset points", ha="center", va="bottom", fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xticks([float(lr) for lr in lrs], lrs)
+        ax.minorticks_off()
+        ax.set_xlabel("peak learning rate")
+        if len(lrs) == 1:
+            ax.set_xlim(float(lrs[0]) / 3, float(lrs[0]) * 3)
+    axes[0][0].set_ylabel(f"dev {metric} {scale_note(sub.dev_main)}".strip())
+    handles = [Line2D([], [], color=colors[bs], lw=1.8, marker="o", label=f"batch size {bs}") for bs in batch_sizes]
+    handles.append(Line2D([], [], marker="o", ms=12, mfc="none", mec="black", mew=2, ls="none",
+                          label="chosen on dev (best mean)"))
+    if "stopped_early" in statuses:
+        handles.append(Line2D([], [], marker="o", mfc="white", mec="#555555", ls="none", label="seed stopped early"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
+    fig.suptitle(f"{task}: hyperparameter grid (dev {metric}, the selection criterion; dots = seeds)")
+    save(fig, path)
+
+
+QA_BREAKDOWN = [("f1", "F1\nall"), ("exact", "EM\nall"), ("HasAns_f1", "F1\nHasAns"), ("HasAns_exact", "EM\nHasAns"),
+                ("NoAns_f1", "F1\nNoAns"), ("NoAns_exact", "EM\nNoAns"), ("best_f1", "F1\nbest threshold"),
+                ("best_exact", "EM\nbest threshold")]
+
+
+def qa_breakdown_table(runs: pd.DataFrame, best: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Long table of a QA task's validation sub-scores (chosen settings, per seed)."""
+    chosen = chosen_runs(runs, best)
+    chosen = chosen[chosen.task == task] if not chosen.empty else chosen
+    rows = []
+    for _, r in chosen.iterrows():
+        for key, label in QA_BREAKDOWN:
+            col = f"val_{key}"
+            if col in chosen and pd.notna(r[col]):
+                rows.append({"task": task, "method": r.method, "lr": r.lr, "batch_size": r.batch_size, "seed": r.seed,
+                             "status": r.get("status", "completed"), "score": key,
+                             "score_name": label.replace("\n", ", "), "value": float(r[col])})
+    return pd.DataFrame(rows, columns=["task", "method", "lr", "batch_size", "seed", "status", "score", "score_name",
+                                       "value"])
+
+
+def plot_qa_breakdown(runs: pd.DataFrame, best: pd.DataFrame, task: str, path) -> pd.DataFrame:
+    """SQuAD v2: overall, answerable (HasAns) and unanswerable (NoAns) scores, full vs LoRA."""
+    table = qa_breakdown_table(runs, best, task)
+    if table.empty:
+        empty_figure(path, f"{task}: HasAns / NoAns breakdown", "no validation sub-scores in runs.csv")
+        return table
+    scores = [k for k, _ in QA_BREAKDOWN if k in set(table.score)]
+    names = dict(QA_BREAKDOWN)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.25 * len(scores) + 2), 3.9), layout="constrained")
+    width = 0.38
+    statuses = set()
+    for j, method in enumerate(METHODS):
+        msub = table[table.method == method]
+        if msub.empty:
+            continue
+        means = msub.groupby("score")["value"].mean()
+        xs = np.arange(len(scores)) + (j - 0.5) * width
+        ax.bar(xs, [means.get(s, np.nan) for s in scores], width * 0.92, color=METHOD_COLOR[method], alpha=0.85,
+               label=f"{method_name(method)} (lr {msub.lr.iloc[0]}, bs {msub.batch_size.iloc[0]}; mean over seeds)")
+        for x, s in zip(xs, scores):
+            vals = msub[msub.score == s]
+            offs = _seed_offsets(len(vals), width * 0.6)
+            for off, (_, r) in zip(offs, vals.iterrows()):
+                statuses.add(r.status)
+                kw = marker_kw(method, r.status, size=4)
+                kw.update(mec="black")
+                ax.plot([x + off], [r.value], **kw, zorder=4)
+    ax.set_xticks(np.arange(len(scores)), [names[s] for s in scores], fontsize=8.5)
+    ax.set_ylabel(f"validation score {scale_note(table.value)}".strip())
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + status_legend_handles(statuses), loc="upper left",
+              bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_title(f"{task}: validation scores, chosen settings (dots = seeds)\n"
+                 "HasAns = answerable questions, NoAns = unanswerable, EM = exact match")
+    save(fig, path)
+    return table

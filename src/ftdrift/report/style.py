@@ -1,0 +1,139 @@
+"""How every figure looks, and how it is written: colours, matplotlib defaults, markers, legends.
+
+Conventions
+  * colours: Okabe-Ito for categories (full fine-tuning = vermillion, LoRA = blue),
+    cividis for heatmaps, always one colour scale per figure;
+  * a run's status is always visible: filled marker / solid line = completed,
+    hollow marker / dashed line = stopped early, grey cross = failed or missing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on cluster nodes; must precede pyplot
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from ftdrift.core import io  # noqa: E402
+from ftdrift.report.frames import STATUS_NAME, method_name  # noqa: E402
+
+OKABE_ITO = {
+    "black": "#000000", "orange": "#E69F00", "sky_blue": "#56B4E9", "bluish_green": "#009E73",
+    "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "reddish_purple": "#CC79A7",
+}
+METHOD_COLOR = {"full": OKABE_ITO["vermillion"], "lora": OKABE_ITO["blue"]}
+# for series that are not methods (batch sizes, metrics, modules): no vermillion/blue clash
+CYCLE = [OKABE_ITO[k] for k in ("orange", "sky_blue", "bluish_green", "reddish_purple", "black", "yellow")]
+HEATMAP_CMAP = "cividis"
+MISSING_COLOR = "#999999"
+
+
+plt.rcParams.update({
+    "font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "xtick.labelsize": 9,
+    "ytick.labelsize": 9, "legend.fontsize": 8.5, "figure.titlesize": 11.5,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+    "axes.prop_cycle": matplotlib.cycler(color=CYCLE), "image.cmap": HEATMAP_CMAP,
+    # text stays text: a third of the size of glyph paths, and searchable in the browser
+    "svg.hashsalt": "ftdrift", "svg.fonttype": "none", "figure.dpi": 100,
+    "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica"],
+})
+
+
+def save(fig, path) -> None:
+    """Write `fig` as SVG (atomically, no date: the same figure is the same file) and close it."""
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="svg", metadata={"Date": None})
+    plt.close(fig)
+
+
+def fresh_dir(path) -> Path:
+    """Fresh directory output (Snakemake's directory(): it must not be stale)."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def empty_axes(ax, message: str) -> None:
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#555555",
+            fontsize=10, wrap=True)
+
+
+def empty_figure(path, title: str, message: str) -> None:
+    """A placeholder SVG, so a report entry says why there is nothing to show."""
+    fig, ax = plt.subplots(figsize=(6, 2.4), layout="constrained")
+    fig.suptitle(title)
+    empty_axes(ax, message)
+    save(fig, path)
+
+
+def panel_grid(n: int, ncols: int, width: float, height: float, **kw):
+    """A figure with `n` panels, `ncols` to a row; returns (figure, the n axes)."""
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                             layout="constrained", **kw)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_axis_off()
+    return fig, flat[:n]
+
+
+def marker_kw(method: str, status: str, size: float = 6) -> dict:
+    """plot() keywords of one run's marker: the method's colour, filled / hollow / grey cross by status."""
+    color = METHOD_COLOR.get(method, OKABE_ITO["black"])
+    if status == "completed":
+        return dict(marker="o", ms=size, mfc=color, mec=color, color=color, ls="none")
+    if status == "stopped_early":
+        return dict(marker="o", ms=size, mfc="white", mec=color, mew=1.6, color=color, ls="none")
+    return dict(marker="X", ms=size + 1, mfc=MISSING_COLOR, mec=MISSING_COLOR, color=MISSING_COLOR, ls="none")
+
+
+def status_legend_handles(statuses: Iterable[str], method: str = "full") -> list:
+    handles = []
+    for status in ("completed", "stopped_early", "failed"):
+        if status in set(statuses):
+            kw = marker_kw(method, status)
+            kw["mfc"] = "white" if status == "stopped_early" else ("#555555" if status == "completed" else MISSING_COLOR)
+            kw["mec"] = "#555555" if status != "failed" else MISSING_COLOR
+            handles.append(Line2D([], [], label=f"seed run: {STATUS_NAME[status]}", **kw))
+    return handles
+
+
+def method_handles(methods: Iterable[str]) -> list:
+    return [Line2D([], [], color=METHOD_COLOR.get(m, "k"), lw=2.5, label=method_name(m)) for m in methods]
+
+
+def layer_ticks(ax, layers: Sequence[int], names: Mapping[int, str], axis: str = "x", max_ticks: int = 14):
+    layers = list(layers)
+    step = max(1, math.ceil(len(layers) / max_ticks))
+    shown = layers[::step]
+    if layers and layers[-1] not in shown:
+        shown.append(layers[-1])
+    labels = [short_layer_name(names.get(l, str(l)), l) for l in shown]
+    if axis == "x":
+        ax.set_xticks(shown, labels, rotation=45 if max(map(len, labels), default=0) > 4 else 0, ha="right"
+                      if max(map(len, labels), default=0) > 4 else "center")
+    else:
+        ax.set_yticks(shown, labels)
+
+
+def short_layer_name(name: str, layer: int) -> str:
+    """'model.layers.3' -> 'block 3'; 'embeddings' stays."""
+    text = str(name)
+    if int(layer) == 0 and ("emb" in text.lower() or text in ("0", "")):
+        return "embeddings"
+    match = re.search(r"(\d+)\D*$", text)
+    if match and not text.lower().startswith("emb"):
+        return f"block {match.group(1)}" if len(text) > 10 or "layer" in text.lower() else text
+    return text if len(text) <= 14 else text[-14:]

@@ -1,0 +1,13 @@
+from ftdrift import smk
+from ftdrift.report.performance import write_performance
+
+smk.start(snakemake)
+write_performance(
+    runs=snakemake.input.runs,
+    best=snakemake.input.best,
+    tasks=snakemake.params.tasks,
+    qa_tasks=snakemake.params.qa_tasks,
+    confidence=snakemake.params.confidence,
+    drift_metric=snakemake.params.drift_metric,
+    outputs=dict(snakemake.output.items()),
+)

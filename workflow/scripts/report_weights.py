@@ -1,0 +1,11 @@
+from ftdrift import smk
+from ftdrift.report.weights import write_weights
+
+smk.start(snakemake)
+write_weights(
+    weights=snakemake.input.weights,
+    best=snakemake.input.best,
+    tasks=snakemake.params.tasks,
+    lora_rank=snakemake.params.lora_rank,
+    outputs=dict(snakemake.output.items()),
+)
