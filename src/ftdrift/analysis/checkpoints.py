@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
 from ftdrift.core import io
 from ftdrift.modeling import lora, models
@@ -114,8 +113,7 @@ def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, 
         """A fresh copy of the saved model (accelerate patches a model's forward with the autocast of
         the first predictor that prepares it, so each precision gets its own copy)."""
         if method == "full":
-            auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForQuestionAnswering
-            return auto.from_pretrained(str(model_dir), dtype=torch.float32)
+            return models.load_fine_tuned(model_dir, kind)
         return lora.load(models.load_model(model_cfg, kind, num_labels, tokenizer), Path(model_dir))
 
     model = load_saved()

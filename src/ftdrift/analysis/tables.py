@@ -11,6 +11,7 @@ import pandas as pd
 from ftdrift.core import io, metrics, stats
 from ftdrift.core.drift_metrics import metric_info, to_drift
 from ftdrift.data import qa
+from ftdrift.study.config import task_kind
 from ftdrift.study.grid import RUN_KEYS, SETTING_KEYS
 
 log = logging.getLogger("ftdrift.analysis.tables")
@@ -38,13 +39,12 @@ def main_metric_ci(records: list[dict], saved_predictions: dict, task_def: dict,
     """Percentile bootstrap CI of a run's validation main metric, resampling validation examples
     (questions for SQuAD v2, scored without the no-answer threshold, as the official raw scores)."""
     main = task_def["main_metric"]
-    kind = "extractive_qa" if "na_probs" in saved_predictions else "classification"
     predictions = saved_predictions["predictions"]
     missing = [r["id"] for r in records if r["id"] not in predictions]
     if missing:  # the checkpoint validator reports the run; its interval is unknown
         log.warning("no prediction for %d validation examples (e.g. %s): no interval", len(missing), missing[:3])
         return math.nan, math.nan
-    if kind == "classification":
+    if task_kind(task_def) == "classification":
         y_true = np.array([r["label"] for r in records])
         y_pred = np.array([predictions[r["id"]] for r in records])
         return metrics.bootstrap_ci(lambda t, p: metrics.classification_metrics(t, p, [main])[main], y_true, y_pred,
@@ -197,7 +197,7 @@ def _read_predictions(path) -> dict:
 
 def failed_checks(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs whose saved model did not reproduce their results (or whose merge check failed)."""
-    bad = runs[runs.checkpoint_ok.astype("boolean").fillna(False) == False]  # noqa: E712 - missing = failed
+    bad = runs[~runs.checkpoint_ok.astype("boolean").fillna(False)]  # no check result counts as failed
     return bad[RUN_KEYS + ["checkpoint_failure"]].fillna({"checkpoint_failure": "no check result"})
 
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
 from ftdrift.core.spectra import intruder_dimensions, spectrum_summary
-from ftdrift.modeling import models
+from ftdrift.modeling import lora, models
+from ftdrift.modeling.lora import ADAPTER
 from ftdrift.study import families
 from ftdrift.study.config import task_kind
 from ftdrift.study.grid import RUN_KEYS
@@ -37,7 +37,6 @@ log = logging.getLogger("ftdrift.analysis.weights")
 
 ROW_KEYS = ["module", "layer", "matrix", "effective_rank", "stable_rank", "frobenius_norm",
             "top_singular_value", "intruder_dims"]
-ADAPTER = "default"  # peft's adapter name (train.py saves the one adapter under it)
 
 
 def _task_model(model):
@@ -156,10 +155,6 @@ def _check_lora_config(lora_cfg: dict | None, peft_config, model_dir) -> None:
                              f"was trained with {saved}: re-run its fine-tuning")
 
 
-def _auto_class(kind: str):
-    return AutoModelForSequenceClassification if kind == "classification" else AutoModelForQuestionAnswering
-
-
 def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora_cfg: dict | None, run: dict,
                 top_k: int = 10, epsilon: float = 0.5,
                 target_modules: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
@@ -189,10 +184,8 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora
     rows, lora_info = [], None
     with torch.no_grad():
         if method == "lora":
-            from peft import PeftModel
-
-            # is_trainable marks the parameters training updated, so they can be counted as train.py does
-            model = PeftModel.from_pretrained(base, str(model_dir), is_trainable=True)
+            # trainable: the parameters training updated are counted as the training job counts them
+            model = lora.load(base, model_dir, trainable=True)
             model.eval()
             peft_config = model.peft_config[ADAPTER]
             _check_lora_config(lora_cfg, peft_config, model_dir)
@@ -211,7 +204,7 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora
             base_weights = {name: module.weight.detach().clone()
                             for name, _, _, module in analysed_modules(base, family.name, targets)}
             del base  # one model in memory at a time
-            model = _auto_class(kind).from_pretrained(str(model_dir), dtype=torch.float32)
+            model = models.load_fine_tuned(model_dir, kind)
             trainable_params = sum(p.numel() for p in model.parameters())  # full fine-tuning trains them all
             for name, layer, matrix, module in analysed_modules(model, family.name, targets):
                 if name not in base_weights:

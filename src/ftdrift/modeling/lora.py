@@ -40,9 +40,10 @@ def wrap(model: torch.nn.Module, lora_cfg: dict, target_modules: list[str]) -> P
     return get_peft_model(model, config)
 
 
-def load(base_model: torch.nn.Module, adapter_dir) -> PeftModel:
-    """The base task model with a saved adapter (and its trained head), ready for inference."""
-    return PeftModel.from_pretrained(base_model, str(adapter_dir))
+def load(base_model: torch.nn.Module, adapter_dir, trainable: bool = False) -> PeftModel:
+    """The base task model with a saved adapter (and its trained head); `trainable` marks the
+    parameters training updated as requiring gradients (so they can be counted)."""
+    return PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=trainable)
 
 
 @torch.no_grad()

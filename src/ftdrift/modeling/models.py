@@ -47,6 +47,11 @@ def load_tokenizer(model_cfg: dict) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def task_model_class(kind: str):
+    """The transformers auto class of a task kind ('classification' or 'extractive_qa')."""
+    return AutoModelForSequenceClassification if kind == "classification" else AutoModelForQuestionAnswering
+
+
 def load_model(model_cfg: dict, kind: str, num_labels: int | None, tokenizer,
                dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A task model (sequence classification or extractive QA) with the family's conventions."""
@@ -54,12 +59,13 @@ def load_model(model_cfg: dict, kind: str, num_labels: int | None, tokenizer,
     config = AutoConfig.from_pretrained(path, revision=model_cfg.get("revision"))
     if kind == "classification":
         config.num_labels = num_labels
-        auto = AutoModelForSequenceClassification
-    else:
-        auto = AutoModelForQuestionAnswering
     config.pad_token_id = tokenizer.pad_token_id
-    model = auto.from_pretrained(path, config=config, revision=model_cfg.get("revision"), dtype=dtype)
-    return model
+    return task_model_class(kind).from_pretrained(path, config=config, revision=model_cfg.get("revision"), dtype=dtype)
+
+
+def load_fine_tuned(model_dir, kind: str) -> PreTrainedModel:
+    """A run's saved, fully fine-tuned task model (its `model/` folder), in float32."""
+    return task_model_class(kind).from_pretrained(str(model_dir), dtype=torch.float32)
 
 
 def max_positions(model: PreTrainedModel) -> int | None:

@@ -173,16 +173,16 @@ def load_data(split_files: dict[str, Path], task_def: dict, model_cfg: dict, dat
 
 
 def build_model(model_cfg: dict, task_def: dict, method: str, lora_cfg: dict | None, seed: int,
-                deterministic: bool = False):
+                deterministic: bool = False, tokenizer=None):
     """Stage 2: the task model (new head drawn under `seed`), LoRA-wrapped for method 'lora'.
 
-    Returns (model, lora target modules or None, total parameters of the task model).
+    `tokenizer`: the job's (for the pad token), else loaded. Returns (model, lora target modules or
+    None, total parameters of the task model).
     """
     kind = task_kind(task_def)
     num_labels = len(task_def["labels"]) if kind == "classification" else None
     set_seed(seed, deterministic=deterministic)
-    tokenizer = models.load_tokenizer(model_cfg)
-    model = models.load_model(model_cfg, kind, num_labels, tokenizer)
+    model = models.load_model(model_cfg, kind, num_labels, tokenizer or models.load_tokenizer(model_cfg))
     total_params = sum(p.numel() for p in model.parameters())
     if method != "lora":
         return model, None, total_params
@@ -227,7 +227,7 @@ def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
     rep_settings, kind, precision = job.settings["representations"], job.kind, job.precision
     num_labels = len(job.task_def["labels"]) if kind == "classification" else None
     model, lora_targets, total_params = build_model(job.model_cfg, job.task_def, run["method"], job.lora_cfg,
-                                                    int(run["seed"]), training["full_determinism"])
+                                                    int(run["seed"]), training["full_determinism"], data.tokenizer)
     check_feasible(model, data_settings["max_length"][kind], num_labels,
                    data.splits["train"] + data.splits["dev"] if kind == "classification" else [])
     if lora_targets is not None:
