@@ -11,7 +11,8 @@ def postprocess(records: list[dict], meta: list[dict], start_logits: np.ndarray,
                 n_best: int = 20, max_answer_length: int = 30) -> tuple[dict, dict]:
     """SQuAD v2 decoding over all windows of each question.
 
-    The null score is the smallest start+end logit at token 0 over the question's windows;
+    `start_logits` / `end_logits`: [windows, positions], any padding past a window's length
+    ignored. The null score is the smallest start+end logit at token 0 over the question's windows;
     the best span is the highest-scoring valid span (inside the context, start <= end,
     at most `max_answer_length` tokens) among each window's n-best starts and ends. The answer
     is "" when the null score beats the best span. `na_probs` is sigmoid(null - best span),
@@ -25,8 +26,10 @@ def postprocess(records: list[dict], meta: list[dict], start_logits: np.ndarray,
         null_score = math.inf
         best_score, best_text = -math.inf, ""
         for feature in by_example.get(example_index, []):
-            starts, ends = start_logits[feature], end_logits[feature]
             offsets = meta[feature]["offsets"]
+            # the window's own tokens only: positions past its length are batch padding, whose fill
+            # value (0) would otherwise crowd real candidates out of the n-best when logits are negative
+            starts, ends = start_logits[feature][:len(offsets)], end_logits[feature][:len(offsets)]
             null_score = min(null_score, float(starts[0] + ends[0]))
             top_starts = np.argsort(starts)[::-1][:n_best]
             top_ends = np.argsort(ends)[::-1][:n_best]
