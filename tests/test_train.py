@@ -1,5 +1,6 @@
 """Fine-tuning protocol on a tiny random Llama: determinism, bitwise resume after SIGKILL
-(same disk, or a fresh VM from the checkpoint mirror), stale work folders, NaN abort, pre-training checks, the OOM-retry schedule."""
+(same disk, or a fresh VM from the checkpoint mirror), stale work folders, pre-training checks, the OOM-retry schedule.
+A diverging run (a result, not an error) is tested in test_divergence.py."""
 
 import json
 import os
@@ -142,12 +143,6 @@ def test_state_of_a_changed_job_definition_is_not_resumed(tiny, tmp_path):
     assert changed["meta"]["resumed_from"] is None
     assert comparable(changed) == comparable(fresh)
     assert comparable(changed) != comparable(first)
-
-
-def test_nan_loss_aborts_naming_step_and_checkpoint(tiny, tmp_path):
-    with pytest.raises(FloatingPointError, match=r"optimizer step \d+; last good checkpoint"):
-        finetune(**run_kwargs(tiny, tmp_path, lr="1e30", max_grad_norm=1e30))
-    assert not (tmp_path / "metrics.json").exists()
 
 
 def test_impossible_settings_fail_before_training(tiny, tmp_path):

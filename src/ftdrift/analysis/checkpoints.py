@@ -137,10 +137,14 @@ def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, 
         if merge_diff > MERGE_TOLERANCE:
             merge["reason"] = "; ".join(filter(None, [f"merged logits differ by {merge_diff:.3g} "
                                                       f"> {MERGE_TOLERANCE:g}", merge["reason"]]))
-        merge.update(max_abs_logit_diff=merge_diff, tolerance=MERGE_TOLERANCE, passed=not merge["reason"])
+        merge.update(max_abs_logit_diff=merge_diff, tolerance=MERGE_TOLERANCE, passed=not merge["reason"],
+                     # a diverged run's logits can be huge (1e7): float32 rounding of W + BA alone then
+                     # exceeds an absolute tolerance; the run is left out of the study's numbers anyway
+                     required=meta.get("status") != "diverged")
         checks.append(merge)
     for check in checks:
         (log.info if check["passed"] else log.error)("%s: %s", check["check"], check)
-    failure = "; ".join(f"{c['check']}: {c['reason']}" for c in checks if not c["passed"])
+    failure = "; ".join(f"{c['check']}: {c['reason']}" for c in checks
+                        if not c["passed"] and c.get("required", True))
     return {"run": meta["run"], "method": method, "precision": precision, "n_examples": len(records),
             "checks": checks, "passed": not failure, "failure": failure, "merge_max_abs_logit_diff": merge_diff}

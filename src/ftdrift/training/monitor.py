@@ -1,5 +1,5 @@
-"""Trainer callbacks that watch a run: gradient statistics, NaN guard, memory, throughput,
-and the best-on-dev weights (kept between checkpoints, so early stopping never loses them)."""
+"""Trainer callbacks that watch a run: gradient statistics, the divergence guard, memory,
+throughput, and the best-on-dev weights (kept between checkpoints, so early stopping never loses them)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -15,26 +16,67 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
+@dataclass(frozen=True)
+class Divergence:
+    """Why and where a run diverged (metrics.json's meta keys diverged_at_step, divergence_reason,
+    last_good_checkpoint)."""
+
+    step: int  # the optimizer step (1-based, the Trainer's global_step after it) that diverged
+    reason: str  # e.g. "non-finite gradient norm at step 5"
+    last_good_checkpoint: str | None  # newest checkpoint written before the divergence
+
+    def meta(self) -> dict:
+        return {"diverged_at_step": self.step, "divergence_reason": self.reason,
+                "last_good_checkpoint": self.last_good_checkpoint}
+
+
+def first_logged_loss(log_history: list[dict]) -> float | None:
+    """The run's first logged training loss (a logging window's mean), from the Trainer's
+    log_history, which a resumed run restores from its checkpoint; None before the first log."""
+    return next((float(e["loss"]) for e in log_history if "loss" in e), None)
+
+
+def loss_divergence(loss: float, first: float | None, factor: float) -> str | None:
+    """Why a logged training loss means divergence (non-finite, or above `factor` x the first
+    logged loss), or None. A first loss <= 0 (or none) gives no reference for the ratio."""
+    if not math.isfinite(loss):
+        return f"non-finite training loss ({loss})"
+    if first is not None and first > 0 and loss > factor * first:
+        return f"training loss {loss:.4g} > {factor:g} × first logged loss {first:.4g}"
+    return None
 
 
 class TrainingMonitor(TrainerCallback):
-    """Adds grad stats, memory and throughput to every log entry; aborts on a non-finite gradient.
+    """Adds grad stats, memory and throughput to every log entry; stops a diverging run.
 
-    The NaN guard and the clip counter use the pre-clip total norm that the Trainer computes
-    anyway (handed over by `StudyTrainer` through `observe_grad_norm`), so ordinary steps cost
-    no extra pass over the gradients. Per-parameter norms are computed only at logging steps,
-    after clipping; clipping scales every gradient by one factor, so the pre-clip values are
-    recovered exactly by rescaling with (pre-clip total) / (post-clip total).
+    Divergence is a result, not a crash. At an optimizer step whose pre-clip gradient norm or
+    loss is non-finite, the gradients are dropped before the optimizer runs (AdamW skips every
+    parameter whose grad is None: no moment, weight-decay or weight change), so the weights
+    stay those of the previous step; training then stops. A logged training loss that is
+    non-finite or above `loss_factor` x the first logged loss also stops training (that update
+    was applied: the loss is only seen at logging steps). Either way no evaluation and no
+    checkpoint follow at that step (a checkpoint of a diverged state would let a resumed job
+    train on past it), and `divergence` says what happened. With `check_finite=False` (fp16)
+    the optimizer-step check is off: the GradScaler skips such steps itself.
+
+    The finiteness check and the clip counter use the pre-clip total norm that the Trainer
+    computes anyway (handed over by `StudyTrainer` through `observe_grad_norm`, with the step's
+    loss through `observe_loss`), so ordinary steps cost one device sync and no extra pass over
+    the gradients. Per-parameter norms are computed only at logging steps, after clipping;
+    clipping scales every gradient by one factor, so the pre-clip values are recovered exactly
+    by rescaling with (pre-clip total) / (post-clip total).
     """
 
-    def __init__(self, examples_per_step: int, checkpoint_dir: Path, check_finite: bool = True):
+    def __init__(self, examples_per_step: int, checkpoint_dir: Path, check_finite: bool = True,
+                 loss_factor: float = 10.0):
         self.examples_per_step = examples_per_step
         self.checkpoint_dir = Path(checkpoint_dir)
         self.check_finite = check_finite
+        self.loss_factor = loss_factor
+        self.divergence: Divergence | None = None
         self._pending: dict | None = None
         self._grad_norm = None
+        self._loss = None
         self._clipped = None
         self._steps = 0
         self._last_time = None
@@ -52,17 +94,41 @@ class TrainingMonitor(TrainerCallback):
         """The Trainer's pre-clip total gradient norm of the coming optimizer step."""
         self._grad_norm = grad_norm
 
+    def observe_loss(self, loss) -> None:
+        """One micro-batch's training loss (a detached scalar tensor) of the coming optimizer step."""
+        loss = loss.detach()
+        self._loss = loss if self._loss is None else self._loss + loss
+
+    def _last_checkpoint(self) -> str | None:
+        found = [p for p in self.checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+        return str(max(found, key=lambda p: int(p.name.split("-")[-1]))) if found else None
+
+    def _diverge(self, step: int, reason: str, control) -> None:
+        if self.divergence is None:  # the first reason is the cause; what follows is its echo
+            self.divergence = Divergence(step, f"{reason} at step {step}", self._last_checkpoint())
+        control.should_training_stop = True
+        control.should_evaluate = control.should_save = False
+
+    @staticmethod
+    def _non_finite(total: torch.Tensor, loss) -> str | None:
+        """'gradient norm' or 'loss' when that is non-finite, else None (one device sync for both)."""
+        values = [total.reshape(())] + ([] if loss is None else [loss.to(total.device).float().reshape(())])
+        bad = (~torch.isfinite(torch.stack(values))).tolist()
+        return "gradient norm" if bad[0] else "loss" if any(bad) else None
+
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         total, self._grad_norm = self._grad_norm, None
+        loss, self._loss = self._loss, None
         if total is None:
             return
         total = torch.as_tensor(total).float()
         step = state.global_step + 1
-        if self.check_finite and not bool(torch.isfinite(total)):
-            last = sorted(self.checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-            raise NonFiniteLossError(
-                f"non-finite loss/gradient at optimizer step {step}; last good checkpoint: "
-                f"{last[-1] if last else 'none (no checkpoint written yet)'}. No metrics were written.")
+        if self.check_finite:
+            what = self._non_finite(total, loss)
+            if what is not None:
+                model.zero_grad(set_to_none=True)  # the optimizer now skips every parameter
+                self._diverge(step, f"non-finite {what}", control)
+                return
         clipped = (total > args.max_grad_norm).float() if args.max_grad_norm > 0 else total * 0
         self._clipped = clipped if self._clipped is None else self._clipped + clipped
         self._steps += 1
@@ -72,15 +138,27 @@ class TrainingMonitor(TrainerCallback):
                 norms = torch.stack(torch._foreach_norm([p.grad for _, p in params])).float()
                 self._pending = {"norms": norms, "total": torch.linalg.vector_norm(norms)}
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.divergence is not None and self.divergence.step == state.global_step:
+            # the flow callback has just scheduled this step's evaluation and checkpoint: cancel
+            # them, and log the diverged window so train_log.csv shows it
+            control.should_evaluate = control.should_save = False
+            control.should_log = True
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs:
             return  # evaluation and summary entries
+        if self.divergence is None:
+            reason = loss_divergence(float(logs["loss"]), first_logged_loss(state.log_history), self.loss_factor)
+            if reason is not None:
+                self._diverge(state.global_step, reason, control)
         extra = {}
         if self._pending is not None:
             norms, post = self._pending["norms"], float(self._pending["total"])
             pre = float(logs.get("grad_norm", post))
             scaled = norms * (pre / post if post > 0 else 1.0)
-            extra.update({"grad_norm_param_mean": float(scaled.mean()), "grad_norm_param_std": float(scaled.std()) if scaled.numel() > 1 else 0.0,
+            extra.update({"grad_norm_param_mean": float(scaled.mean()),
+                          "grad_norm_param_std": float(scaled.std()) if scaled.numel() > 1 else 0.0,
                           "grad_norm_param_min": float(scaled.min()), "grad_norm_param_max": float(scaled.max())})
             self._pending = None
         if self._steps:

@@ -4,10 +4,16 @@
       claim_work_dir    stage 0: the resumable state of this job definition only (ftdrift.training.workdir)
       load_data         stage 1: the prepared splits, tokenised once
       train             stages 2-4: build_model, the Trainer, trainer.train(); out-of-memory
-                        errors retried with a smaller micro-batch (ftdrift.training.oom)
+                        errors retried with a smaller micro-batch (ftdrift.training.oom); a
+                        diverging run stops there, as a result (ftdrift.training.monitor)
       evaluate          stage 5: the best dev weights back in; dev and validation predictions
                         (ftdrift.training.predict, the checkpoint validator's code path)
       save              stage 6: the run's outputs, each atomic, metrics.json last
+
+A diverged run (non-finite loss or gradient, or a logged loss far above its first) is not an
+error: the job goes on through evaluate and save with the weights it has (the best dev-loss ones
+if any were kept) and metrics.json's meta says status "diverged", where and why. Any other
+error fails the job.
 
 Work files (checkpoints, best weights, snapshots so far, W&B) live in the job's work folder,
 outside the rule's declared outputs, so a killed job resumes instead of starting over.
@@ -22,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainerCallback, set_seed
@@ -36,7 +43,7 @@ from ftdrift.representations.snapshots import SnapshotCallback
 from ftdrift.study import families
 from ftdrift.study.config import task_kind
 from ftdrift.training import oom, tracking, workdir
-from ftdrift.training.monitor import BestModelCallback, TrainingMonitor
+from ftdrift.training.monitor import BestModelCallback, Divergence, TrainingMonitor
 from ftdrift.training.predict import SplitPrediction, predict_split, predictor
 from ftdrift.training.trainer import StudyTrainer, last_complete_checkpoint, training_arguments
 
@@ -108,6 +115,7 @@ class Trained:
     attempts: int = 1
     plan: dict = field(default_factory=dict)
     best_info: dict | None = None  # {step, eval_loss} of the restored best dev-loss weights
+    divergence: Divergence | None = None  # set when training stopped because the run diverged
 
 
 def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora_cfg: dict | None, wandb_cfg: dict,
@@ -244,7 +252,8 @@ def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
     args = training_arguments(run=run, name=job.name, training=training, plan=plan, precision=precision,
                               eval_batch_size=job.eval_batch_size, checkpoint_dir=checkpoint_dir, report_to=report_to)
     best = BestModelCallback(job.work_dir / "best")
-    monitor = TrainingMonitor(int(run["batch_size"]), checkpoint_dir, check_finite=precision != "fp16")
+    monitor = TrainingMonitor(int(run["batch_size"]), checkpoint_dir, check_finite=precision != "fp16",
+                              loss_factor=training["divergence_loss_factor"])
     snapshots = SnapshotCallback(store, data.probe_batches, family.poolings, rep_settings["snapshot_steps"],
                                  rep_settings["dtype"], precision)
     callbacks = [monitor, snapshots, best]
@@ -269,8 +278,29 @@ def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
         log.info("resuming %s from %s", job.name, last)
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
+    if monitor.divergence is not None:
+        log.warning("%s diverged: %s; last good checkpoint: %s", job.name, monitor.divergence.reason,
+                    monitor.divergence.last_good_checkpoint)
+        keep_finite_snapshots(store, before=monitor.divergence.step)
     return Trained(model, trainer, best, store, last, time.time() - started,
-                   sum(p.numel() for p in model.parameters() if p.requires_grad), total_params)
+                   sum(p.numel() for p in model.parameters() if p.requires_grad), total_params,
+                   divergence=monitor.divergence)
+
+
+def keep_finite_snapshots(store: SnapshotStore, before: int) -> None:
+    """Of a diverged run's snapshots keep those taken before step `before`, up to the first with
+    a NaN or infinite value (float16 storage overflows early); the drift analysis refuses
+    non-finite representations. The step-0 snapshot (the base model) always stays."""
+    steps = store.steps()
+    keep = sum(1 for step in steps if step < before)
+    for index in range(1, keep):  # one snapshot at a time: a study run's whole array is gigabytes
+        if not all(np.isfinite(store.group[pooling][index]).all() for pooling in store.attrs["poolings"]):
+            keep = index
+            break
+    keep = max(keep, 1)
+    if keep < len(steps):
+        log.warning("keeping the diverged run's snapshots at steps %s of %s", steps[:keep], steps)
+        store.truncate_after(steps[keep - 1])
 
 
 def evaluate(job: Job, data: TaskData, trained: Trained) -> tuple[SplitPrediction, SplitPrediction]:
@@ -282,13 +312,23 @@ def evaluate(job: Job, data: TaskData, trained: Trained) -> tuple[SplitPredictio
             predict_split(predict, data.splits["validation"], job.task_def, data.tokenizer, settings))
 
 
+def run_status(steps: int, max_steps: int, divergence: Divergence | None) -> str:
+    """metrics.json's meta.status: 'diverged' (see ftdrift.training.monitor), 'stopped_early'
+    (early stopping on dev loss, before `max_steps`), or 'completed'."""
+    if divergence is not None:
+        return "diverged"
+    return "stopped_early" if steps < max_steps else "completed"
+
+
 def save(job: Job, data: TaskData, trained: Trained, dev: SplitPrediction, validation: SplitPrediction) -> dict:
     """Stage 6: the run's outputs, each atomic; metrics.json last marks the run complete."""
     state, best_info, outputs = trained.trainer.state, trained.best_info, job.outputs
     meta = {
         "run": job.run, "attempts": trained.attempts, "precision": job.precision, **trained.plan,
         "eval_batch_size": job.eval_batch_size, "steps": state.global_step, "max_steps": state.max_steps,
+        "status": run_status(state.global_step, state.max_steps, trained.divergence),
         "stopped_early": state.global_step < state.max_steps,
+        **(trained.divergence.meta() if trained.divergence else {}),
         "best_step": best_info["step"] if best_info else None,
         "best_dev_loss": best_info["eval_loss"] if best_info else None,
         "trainable_params": trained.trainable_params, "total_params": trained.total_params,

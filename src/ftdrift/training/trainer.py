@@ -66,12 +66,19 @@ class StudyTrainer(Trainer):
         value = loss.batch_loss(outputs, labels, inputs.get("attention_mask"), int(n) if n else None)
         return (value, outputs) if return_outputs else value
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # the divergence guard checks each optimizer step's loss with its gradient norm, in one sync
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.monitor is not None:
+            self.monitor.observe_loss(loss)
+        return loss
+
     def _get_grad_norm(self, model, grad_norm=None):
         # Private hook, on purpose: callbacks see the pre-clip gradient norm only at logging
-        # steps, but the NaN guard needs it at every step before the optimizer applies it. This
-        # hook hands over the norm the Trainer already computed; the public alternative (a
+        # steps, but the divergence guard needs it at every step before the optimizer applies it.
+        # This hook hands over the norm the Trainer already computed; the public alternative (a
         # second pass over every gradient in on_pre_optimizer_step) cost 2 % of each step.
-        # transformers is pinned in pyproject.toml; tests/test_train.py's NaN test guards it.
+        # transformers is pinned in pyproject.toml; tests/test_divergence.py guards it.
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         if self.monitor is not None:
             self.monitor.observe_grad_norm(grad_norm)
