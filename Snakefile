@@ -23,8 +23,8 @@ include: "rules/weights.smk"
 include: "rules/checks.smk"
 include: "rules/baselines.smk"
 include: "rules/analysis.smk"
+include: "rules/deployment.smk"
 include: "rules/report.smk"  # after every rule that writes results/tables/*
-include: "rules/deployment.smk"  # reads results/tables/best.csv
 
 
 rule all:

@@ -4,10 +4,12 @@ rule aggregate:
     input:
         metrics=run_paths("results/runs/{run}/metrics.json"),
         predictions=run_paths("results/runs/{run}/predictions.json"),
+        train_logs=run_paths("results/runs/{run}/train_log.csv"),
         validation=expand("results/data/{task}/validation.jsonl", task=CONFIG["tasks"]),
         drift=run_paths("results/drift/{run}.csv"),
         weights=run_paths("results/weights/{run}.csv"),
         checks=run_paths("results/checks/{run}.json"),
+        baselines=expand("results/baselines/{task}.json", task=CONFIG["tasks"]),
     output:
         runs=report(
             "results/tables/runs.csv",
@@ -23,6 +25,8 @@ rule aggregate:
         summary="results/tables/summary.md",
         latex="results/tables/tables.tex",
         weights="results/tables/weights.csv",
+        stability="results/tables/stability.csv",
+        baselines="results/tables/baselines.csv",
     log:
         "results/logs/aggregate.log",
     conda:
@@ -34,6 +38,7 @@ rule aggregate:
         tasks=CONFIG["tasks"],
         task_defs=CONFIG["task_defs"],
         analysis=CONFIG["analysis"],
+        planned=PLANNED_RUNS,
         code_version=CODE_VERSIONS["aggregate"],
     script:
         "../workflow/scripts/aggregate.py"

@@ -17,6 +17,10 @@ except ftconfig.ConfigError as err:
     raise WorkflowError(str(err)) from None
 config.update(CONFIG)  # scripts see the validated values, defaults filled in
 RUNS = ftgrid.grid(CONFIG)
+PLANNED_RUNS = [run.wildcards for run in RUNS]
+# the runs the tables and report cover: all of them, or with analysis.allow_missing_runs those
+# finished when the workflow starts (the rest are listed as missing and not run)
+ANALYSED_RUNS = ftgrid.finished(RUNS) if CONFIG["analysis"]["allow_missing_runs"] else RUNS
 DATA_DIR = ftconfig.resolve_data_dir(CONFIG["data_dir"])
 RUN_PATTERN = ftgrid.RUN_PATTERN
 
@@ -77,7 +81,7 @@ def finetune_resources(wildcards):
 
 
 def run_paths(pattern):
-    return [pattern.format(run=run.path) for run in RUNS]
+    return [pattern.format(run=run.path) for run in ANALYSED_RUNS]
 
 
 def all_targets():

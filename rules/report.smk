@@ -3,7 +3,7 @@
 # CSV files flagged with report(); each rule's script calls one function of src/ftdrift/report/
 # (report_overview -> ftdrift.report.overview.write_overview, ...).
 #
-# Categories (left menu): Overview, Performance, Drift, Weight space, Training. Every entry has
+# Categories (left menu): Overview, Performance, Drift, Weight space, Training, Deployment. Every entry has
 # labels (the columns a reader picks from: task, method, seed, metric, pooling, ...) and a
 # caption in report/*.rst.
 #
@@ -18,7 +18,6 @@ report: "../report/workflow.rst"
 REPORT_DIR = "results/report"
 TABLES = "results/tables"
 QA_TASKS = [t for t in CONFIG["tasks"] if CONFIG["task_defs"][t]["type"] == "extractive_qa"]
-PLANNED_RUNS = [run.wildcards for run in RUNS]
 
 
 rule report_overview:
@@ -27,6 +26,7 @@ rule report_overview:
         best=f"{TABLES}/best.csv",
         verdicts=f"{TABLES}/verdicts.csv",
         summary=f"{TABLES}/summary.md",
+        stability=f"{TABLES}/stability.csv",
     output:
         page=report(
             f"{REPORT_DIR}/overview/overview.html",
@@ -80,6 +80,7 @@ rule report_performance:
     input:
         runs=f"{TABLES}/runs.csv",
         best=f"{TABLES}/best.csv",
+        baselines=f"{TABLES}/baselines.csv",
     output:
         **_QA_OUTPUTS,
         validation=report(
@@ -238,7 +239,8 @@ rule report_weights:
 rule report_training:
     input:
         runs=f"{TABLES}/runs.csv",
-        logs=lambda wc: [f"results/runs/{run.path}/train_log.csv" for run in RUNS if run.task == wc.task],
+        logs=lambda wc: [f"results/runs/{run.path}/train_log.csv" for run in ANALYSED_RUNS if run.task == wc.task],
+        stability=f"{TABLES}/stability.csv",
     output:
         runs=report(
             directory(f"{REPORT_DIR}/training/{{task}}/runs"),
@@ -257,6 +259,13 @@ rule report_training:
             labels={"task": "{task}"},
             caption="../report/training_all.rst",
         ),
+        stability=report(
+            f"{REPORT_DIR}/training/{{task}}/stability.html",
+            category="Training",
+            subcategory="Stability and convergence",
+            labels={"task": "{task}"},
+            caption="../report/training_stability.rst",
+        ),
     log:
         "results/logs/report/training/{task}.log",
     conda:
@@ -265,11 +274,51 @@ rule report_training:
         mem_mb=2000,
         runtime=20,
     params:
-        planned=lambda wc: [run.wildcards for run in RUNS if run.task == wc.task],
+        planned=lambda wc: [run.wildcards for run in ANALYSED_RUNS if run.task == wc.task],
         main_metric=lambda wc: CONFIG["task_defs"][wc.task]["main_metric"],
         code_version=CODE_VERSIONS["report"],
     script:
         "../workflow/scripts/report_training.py"
+
+
+rule report_deployment:
+    input:
+        table=f"{TABLES}/deployment.csv",
+        memory=f"{TABLES}/deployment_memory.csv",
+        summary=f"{TABLES}/deployment.json",
+    output:
+        latency=report(
+            f"{REPORT_DIR}/deployment/latency.svg",
+            category="Deployment",
+            subcategory="Latency by batch size",
+            labels={"figure": "latency per task and variant"},
+            caption="../report/deployment_latency.rst",
+        ),
+        multi_task=report(
+            f"{REPORT_DIR}/deployment/multi_task.svg",
+            category="Deployment",
+            subcategory="Serving several tasks",
+            labels={"figure": "mixed-task batches: N full models vs adapters"},
+            caption="../report/deployment_multi_task.rst",
+        ),
+        tables=report(
+            f"{REPORT_DIR}/deployment/tables.html",
+            category="Deployment",
+            subcategory="Tables",
+            labels={"table": "latency, switching and memory (view)"},
+            caption="../report/deployment_tables.rst",
+        ),
+    log:
+        "results/logs/report/deployment.log",
+    conda:
+        "../envs/ftdrift.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code_version=CODE_VERSIONS["report"],
+    script:
+        "../workflow/scripts/report_deployment.py"
 
 
 # Everything `rule all` must build for the report: one output of every report job.
@@ -278,6 +327,7 @@ REPORT_TARGETS = (
         f"{REPORT_DIR}/overview/overview.html",
         f"{REPORT_DIR}/performance/validation.svg",
         f"{REPORT_DIR}/weights/weights_by_layer.csv",
+        f"{REPORT_DIR}/deployment/tables.html",
     ]
     + expand(f"{REPORT_DIR}/drift/{{task}}/final_drift_by_layer.csv", task=CONFIG["tasks"])
     + expand(f"{REPORT_DIR}/training/{{task}}/all_runs.svg", task=CONFIG["tasks"])

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from helpers import REPO
 
-from ftdrift.study.config import ConfigError, load_yaml, resolve, task_settings
+from ftdrift.study.config import ConfigError, load_yaml, probe_pooling, resolve, task_settings
 from ftdrift.study.grid import check_run, grid
 
 BASE = {
@@ -266,3 +266,15 @@ def test_batch_size_and_seed_are_checked(planned):
 
 def test_unplanned_task_or_method_is_refused(planned):
     assert "task 'rte' with method 'full' is not in the grid" in run_error(planned, task="rte")
+
+
+def test_probe_pooling_must_be_a_pooling_of_the_family():
+    error = error_of(config_with(baselines={"probe_pooling": "last"}))
+    assert error == ("config key 'baselines.probe_pooling': 'last' is not a pooling of model family 'bert' "
+                     "(its poolings: ['mean'])")
+
+
+def test_probe_pooling_defaults_to_the_h2_pooling_and_qa_reads_tokens():
+    config = resolve(config_with())
+    assert probe_pooling(config, "sst2") == "mean"
+    assert probe_pooling(config, "squad_v2") is None

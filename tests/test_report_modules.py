@@ -19,7 +19,7 @@ SCRIPTS = sorted((REPO / "workflow" / "scripts").glob("report_*.py"))
 def test_every_report_rule_has_its_script():
     rules = (REPO / "rules" / "report.smk").read_text()
     assert sorted(p.name for p in SCRIPTS) == sorted(
-        f"report_{s}.py" for s in ("overview", "performance", "drift", "weights", "training"))
+        f"report_{s}.py" for s in ("overview", "performance", "drift", "weights", "training", "deployment"))
     for script in SCRIPTS:
         assert f'"../workflow/scripts/{script.name}"' in rules
 

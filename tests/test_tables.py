@@ -14,7 +14,9 @@ from ftdrift.study.config import load_catalog
 
 CATALOG = load_catalog(REPO / "config" / "tasks.yaml")
 ANALYSIS = {"confidence": 0.9, "bootstrap_resamples": 200, "h1_max_relative_drop": 0.03,
-            "h2_min_drift_reduction": 0.2, "h2_metric": "linear_cka", "h2_pooling": "mean"}
+            "h2_min_drift_reduction": 0.2, "h2_metric": "linear_cka", "h2_pooling": "mean",
+            "stability": {"plateau_evals": 3, "plateau_tolerance": 0.05, "spike_threshold": 6.0,
+                          "unstable_clipped_fraction": 1.0, "metric_fraction": 0.9, "heterogeneity_alpha": 0.01}}
 
 
 def test_classification_interval_is_a_percentile_bootstrap_over_examples():
@@ -80,13 +82,20 @@ def test_other_seeds_are_compared_unpaired():
     assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((low, high))
 
 
-def write_run(root, task, method, seed, val, drift_values, metric, pooling, ok=True):
+def write_run(root, task, method, seed, val, drift_values, metric, pooling, ok=True, status=None):
     run = {"task": task, "method": method, "lr": "1e-3", "batch_size": 4, "seed": seed}
     name = f"{task}-{method}-{seed}"
     io.write_json(root / f"{name}.metrics.json", {
         "task": task, "main_metric": "accuracy", "dev": {"accuracy": val}, "validation": {"accuracy": val, "f1": val},
-        "meta": {"run": run, "stopped_early": False, "trainable_fraction": 0.5, "steps": 4}})
+        "meta": {"run": run, "stopped_early": False, "trainable_fraction": 0.5, "steps": 4,
+                 **({"status": status, "diverged_at_step": 3, "divergence_reason": "non-finite gradient norm at step 3"}
+                    if status == "diverged" else {})}})
     io.write_json(root / f"{name}.predictions.json", {"predictions": {"v0": 1, "v1": 0}})
+    io.write_csv(root / f"{name}.train_log.csv", pd.DataFrame([
+        {"step": 2, "loss": 0.7, "grad_norm": 1.0, "learning_rate": 1e-3, "grad_clipped_fraction": 0.0},
+        {"step": 2, "eval_loss": 0.6, "eval_accuracy": val},
+        {"step": 4, "loss": 0.6, "grad_norm": 1.1, "learning_rate": 5e-4, "grad_clipped_fraction": 0.5},
+        {"step": 4, "eval_loss": 0.5, "eval_accuracy": val}]))
     rows = [{**run, "step": step, "layer": layer, "layer_name": f"block_{layer}", "pooling": p, "metric": m,
              "value": value if (m, p) == (metric, pooling) else 0.99}
             for step in (0, 4) for layer, value in enumerate(drift_values)
@@ -100,16 +109,28 @@ def write_run(root, task, method, seed, val, drift_values, metric, pooling, ok=T
     return name
 
 
+def write_baselines(root, trivial: float, probe: float):
+    io.write_json(root / "sst2.baselines.json", {
+        "task": "sst2", "main_metric": "accuracy", "kind": "classification",
+        "trivial": {"name": "majority class", "answer": 1, "dev": {"accuracy": trivial},
+                    "validation": {"accuracy": trivial}},
+        "linear_probe": {"status": "ok", "reason": "", "dev": {"accuracy": probe}, "validation": {"accuracy": probe}}})
+
+
 def test_aggregate_uses_the_configured_drift_and_shows_failed_checks(tmp_path):
+    write_baselines(tmp_path, 0.5, 0.7)
     names = [write_run(tmp_path, "sst2", "full", seed, 0.9, [0.5, 0.7], "cosine", "last") for seed in (1, 2)]
     names += [write_run(tmp_path, "sst2", "lora", seed, 0.89, [0.8, 0.9], "cosine", "last", ok=seed == 1)
               for seed in (1, 2)]
     io.write_jsonl(tmp_path / "validation.jsonl", [{"id": "v0", "text": "a", "label": 1}, {"id": "v1", "text": "b", "label": 1}])
     outputs = {key: tmp_path / "out" / f"{key}.out" for key in
-               ("runs", "drift", "best", "verdicts", "drift_by_layer", "summary", "latex", "weights")}
+               ("runs", "drift", "best", "verdicts", "drift_by_layer", "summary", "latex", "weights", "stability",
+                "baselines")}
     analysis = {**ANALYSIS, "h2_metric": "cosine", "h2_pooling": "last"}
     tables.aggregate(metrics_paths=[tmp_path / f"{n}.metrics.json" for n in names],
                      predictions_paths=[tmp_path / f"{n}.predictions.json" for n in names],
+                     train_log_paths=[tmp_path / f"{n}.train_log.csv" for n in names],
+                     baseline_paths={"sst2": tmp_path / "sst2.baselines.json"},
                      validation_paths={"sst2": tmp_path / "validation.jsonl"},
                      drift_paths=[tmp_path / f"{n}.drift.csv" for n in names], weights_paths=[],
                      check_paths=[tmp_path / f"{n}.check.json" for n in names],
@@ -135,3 +156,76 @@ def test_predictions_missing_an_example_have_no_interval():
     saved = {"predictions": {"e0": 0, "e1": 1, "e2": 0}}
     low, high = tables.main_metric_ci(records, saved, CATALOG["sst2"], 50, 0.9, seed=1)
     assert np.isnan(low) and np.isnan(high)
+
+
+def test_diverged_runs_are_listed_but_left_out_and_missing_runs_are_marked(tmp_path):
+    """Seed 3 of full fine-tuning diverged: it stays in runs.csv but not in the means or verdicts;
+    the planned LoRA seed 3 has no outputs at all: runs.csv lists it as missing. LoRA seed 2 does
+    not beat the trivial baseline (0.75 < 0.78): flagged."""
+    write_baselines(tmp_path, 0.78, 0.7)
+    names = [write_run(tmp_path, "sst2", "full", seed, val, [0.5, 0.7], "linear_cka", "mean",
+                       status="diverged" if seed == 3 else None) for seed, val in ((1, 0.9), (2, 0.8), (3, 0.1))]
+    names += [write_run(tmp_path, "sst2", "lora", seed, val, [0.8, 0.9], "linear_cka", "mean")
+              for seed, val in ((1, 0.85), (2, 0.75))]
+    io.write_jsonl(tmp_path / "validation.jsonl", [{"id": "v0", "text": "a", "label": 1}, {"id": "v1", "text": "b", "label": 1}])
+    outputs = {key: tmp_path / "out" / f"{key}.out" for key in
+               ("runs", "drift", "best", "verdicts", "drift_by_layer", "summary", "latex", "weights", "stability",
+                "baselines")}
+    planned = [{"task": "sst2", "method": m, "lr": "1e-3", "batch_size": 4, "seed": s} for m in ("full", "lora")
+               for s in (1, 2, 3)]
+    tables.aggregate(metrics_paths=[tmp_path / f"{n}.metrics.json" for n in names],
+                     predictions_paths=[tmp_path / f"{n}.predictions.json" for n in names],
+                     train_log_paths=[tmp_path / f"{n}.train_log.csv" for n in names],
+                     baseline_paths={"sst2": tmp_path / "sst2.baselines.json"},
+                     validation_paths={"sst2": tmp_path / "validation.jsonl"},
+                     drift_paths=[tmp_path / f"{n}.drift.csv" for n in names], weights_paths=[],
+                     check_paths=[tmp_path / f"{n}.check.json" for n in names],
+                     task_defs={"sst2": CATALOG["sst2"]}, analysis=ANALYSIS, outputs=outputs, planned=planned)
+    runs = pd.read_csv(outputs["runs"]).set_index(["method", "seed"])
+    assert runs.loc[("full", 3), "status"] == "diverged" and runs.loc[("full", 3), "diverged_at_step"] == 3
+    assert runs.loc[("lora", 3), "status"] == "missing" and len(runs) == 6
+    best = pd.read_csv(outputs["best"]).set_index("method")
+    assert best.loc["full", "n_seeds"] == 2 and best.loc["full", "n_diverged"] == 1
+    assert best.loc["full", "val_mean"] == pytest.approx((0.9 + 0.8) / 2)
+    verdicts = pd.read_csv(outputs["verdicts"])
+    assert verdicts.loc[0, "analysis"] == "paired by seed (n = 2)"
+    assert verdicts.loc[0, "lora_minus_full"] == pytest.approx(((0.85 - 0.9) + (0.75 - 0.8)) / 2)
+    summary = outputs["summary"].read_text()
+    assert "| sst2 | full | 1e-3 | 4 | 3 | diverged | non-finite gradient norm at step 3 |" in summary
+    assert "| sst2 | lora | 1e-3 | 4 | 3 | missing |  |" in summary
+    assert "FAILED" not in summary  # a missing run has no checkpoint to fail
+    assert list(runs.beats_trivial.loc[[("full", 1), ("full", 2), ("lora", 1), ("lora", 2)]]) == [True, True, True, False]
+    assert "| sst2 | lora | 1e-3 | 4 | 2 | 0.750 | 0.780 |" in summary  # the run below the trivial baseline
+    assert best.loc["lora", "trivial_val"] == 0.78 and best.loc["lora", "probe_val"] == 0.7
+    assert bool(best.loc["lora", "beats_trivial"])  # mean 0.8 > 0.78
+    stability = pd.read_csv(outputs["stability"]).set_index("method")
+    assert stability.loc["full", "n_runs"] == 3 and stability.loc["full", "n_diverged"] == 1
+    assert stability.loc["full", "val_seed_std"] == pytest.approx(np.std([0.9, 0.8], ddof=1))
+    baselines = pd.read_csv(outputs["baselines"]).set_index("baseline")
+    assert baselines.loc["trivial", "val_main"] == 0.78 and baselines.loc["linear_probe", "dev_main"] == 0.7
+
+
+@pytest.mark.parametrize("case", ["no finished run", "every run diverged"])
+def test_tables_are_written_without_any_usable_run(tmp_path, case):
+    """At a study's start (allow_missing_runs, nothing finished) or when every run diverged, the
+    tables are written (runs listed as missing / diverged), with no chosen setting and no verdict."""
+    write_baselines(tmp_path, 0.5, 0.7)
+    names = [] if case == "no finished run" else [
+        write_run(tmp_path, "sst2", m, 1, 0.1, [0.5], "linear_cka", "mean", status="diverged") for m in ("full", "lora")]
+    io.write_jsonl(tmp_path / "validation.jsonl", [{"id": "v0", "text": "a", "label": 1}, {"id": "v1", "text": "b", "label": 1}])
+    outputs = {key: tmp_path / "out" / f"{key}.out" for key in
+               ("runs", "drift", "best", "verdicts", "drift_by_layer", "summary", "latex", "weights", "stability",
+                "baselines")}
+    planned = [{"task": "sst2", "method": m, "lr": "1e-3", "batch_size": 4, "seed": 1} for m in ("full", "lora")]
+    tables.aggregate(metrics_paths=[tmp_path / f"{n}.metrics.json" for n in names],
+                     predictions_paths=[tmp_path / f"{n}.predictions.json" for n in names],
+                     train_log_paths=[tmp_path / f"{n}.train_log.csv" for n in names],
+                     baseline_paths={"sst2": tmp_path / "sst2.baselines.json"},
+                     validation_paths={"sst2": tmp_path / "validation.jsonl"},
+                     drift_paths=[tmp_path / f"{n}.drift.csv" for n in names], weights_paths=[],
+                     check_paths=[tmp_path / f"{n}.check.json" for n in names],
+                     task_defs={"sst2": CATALOG["sst2"]}, analysis=ANALYSIS, outputs=outputs, planned=planned)
+    runs = pd.read_csv(outputs["runs"])
+    assert list(runs.status) == (["missing"] * 2 if case == "no finished run" else ["diverged"] * 2)
+    assert pd.read_csv(outputs["best"]).empty and outputs["verdicts"].read_text().strip() == ""
+    assert "| sst2 | full | 1e-3 | 4 | 1 |" in outputs["summary"].read_text()

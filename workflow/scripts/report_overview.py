@@ -7,6 +7,7 @@ write_overview(
     best=snakemake.input.best,
     verdicts=snakemake.input.verdicts,
     summary=snakemake.input.summary,
+    stability=snakemake.input.stability,
     study=snakemake.params.study,
     planned=snakemake.params.planned,
     outputs=dict(snakemake.output.items()),

@@ -5,6 +5,7 @@ smk.start(snakemake)
 write_performance(
     runs=snakemake.input.runs,
     best=snakemake.input.best,
+    baselines=snakemake.input.baselines,
     tasks=snakemake.params.tasks,
     qa_tasks=snakemake.params.qa_tasks,
     confidence=snakemake.params.confidence,

@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pandas as pd
 
+from ftdrift.analysis.summary import latex_tables, summary_markdown
 from ftdrift.core import io, metrics, stats
-from ftdrift.core.drift_metrics import metric_info, to_drift
+from ftdrift.core.drift_metrics import to_drift
 from ftdrift.data import qa
 from ftdrift.study.config import task_kind
-from ftdrift.study.grid import RUN_KEYS, SETTING_KEYS
+from ftdrift.study.grid import RUN_KEYS, SETTING_KEYS, USABLE_STATUSES
 
 log = logging.getLogger("ftdrift.analysis.tables")
 
@@ -23,15 +24,33 @@ def runs_frame(metrics_paths) -> pd.DataFrame:
     for path in metrics_paths:
         result = io.read_json(path)
         meta, main = result["meta"], result["main_metric"]
-        row = {**{k: meta["run"][k] for k in RUN_KEYS}, "status": "stopped_early" if meta["stopped_early"] else "completed",
+        status = meta.get("status") or ("stopped_early" if meta["stopped_early"] else "completed")
+        row = {**{k: meta["run"][k] for k in RUN_KEYS}, "status": status,
                "main_metric": main, "dev_main": result["dev"].get(main), "val_main": result["validation"].get(main)}
         row.update({f"dev_{k}": v for k, v in result["dev"].items()})
         row.update({f"val_{k}": v for k, v in result["validation"].items()})
         for key in ("steps", "best_step", "best_dev_loss", "trainable_params", "total_params", "trainable_fraction",
-                    "train_seconds", "micro_batch", "accumulation", "precision", "attempts"):
+                    "train_seconds", "micro_batch", "accumulation", "precision", "attempts", "diverged_at_step",
+                    "divergence_reason"):
             row[key] = meta.get(key)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else RUN_KEYS + ["status", "main_metric", "dev_main", "val_main",
+                                                                   "trainable_fraction"])
+
+
+def with_missing(runs: pd.DataFrame, planned: list[dict] | None) -> pd.DataFrame:
+    """runs.csv's rows plus one row with status 'missing' per planned run without a result
+    (only with analysis.allow_missing_runs: otherwise every planned run is an input)."""
+    if not planned:
+        return runs
+    have = {tuple(str(v) for v in key) for key in runs[RUN_KEYS].itertuples(index=False)} if not runs.empty else set()
+    missing = [{**{k: p[k] for k in RUN_KEYS}, "status": "missing"} for p in planned
+               if tuple(str(p[k]) for k in RUN_KEYS) not in have]
+    if not missing:
+        return runs
+    frame = pd.DataFrame(missing)
+    frame["lr"] = frame["lr"].astype(str)
+    return pd.concat([runs, frame], ignore_index=True)
 
 
 def main_metric_ci(records: list[dict], saved_predictions: dict, task_def: dict, n_resamples: int,
@@ -118,12 +137,19 @@ def verdict_row(task: str, task_def: dict, full: pd.DataFrame, lora: pd.DataFram
             "h2_verdict": h2["verdict"], "h2_reason": h2["reason"], "confidence": confidence}
 
 
-def aggregate(*, metrics_paths, predictions_paths, validation_paths: dict, drift_paths, weights_paths,
-              check_paths, task_defs: dict, analysis: dict, outputs: dict) -> None:
+USABLE = USABLE_STATUSES
+
+
+def aggregate(*, metrics_paths, predictions_paths, train_log_paths, validation_paths: dict, drift_paths,
+              weights_paths, check_paths, baseline_paths: dict, task_defs: dict, analysis: dict, outputs: dict,
+              planned: list[dict] | None = None) -> None:
     """Build every table of results/tables/ from the runs' outputs (see the README's Results).
 
-    `validation_paths`: {task: validation.jsonl}; `analysis`: the config's analysis section
-    (confidence, bootstrap_resamples, H1/H2 thresholds, h2_metric, h2_pooling).
+    The per-run lists (metrics, predictions, train logs) are aligned; `validation_paths` and
+    `baseline_paths`: {task: path}; `analysis`: the config's analysis section (confidence,
+    bootstrap_resamples, H1/H2 thresholds, h2_metric, h2_pooling, stability); `planned`: the grid's
+    runs (wildcards dicts), those without outputs are listed as missing. Diverged runs are listed
+    but left out of the choice of settings, the means and the verdicts.
     """
     from ftdrift.analysis.weights import aggregate_weights
 
@@ -135,55 +161,189 @@ def aggregate(*, metrics_paths, predictions_paths, validation_paths: dict, drift
                  for row, path in zip(runs.itertuples(), predictions_paths, strict=True)]
     runs["val_main_ci_low"], runs["val_main_ci_high"] = [i[0] for i in intervals], [i[1] for i in intervals]
     runs["lr"] = runs["lr"].astype(str)
+    runs = with_stability(runs, train_log_paths, task_defs, analysis["stability"])
+    baselines = baselines_frame(baseline_paths)
+    runs = with_trivial(runs, baselines)
     checks = checks_frame(check_paths)
     checks["lr"] = checks["lr"].astype(str)
     runs = runs.merge(checks, on=RUN_KEYS, how="left")
-    drift = pd.concat([pd.read_csv(p, dtype={"lr": str}) for p in drift_paths], ignore_index=True)
-    best = best_settings(runs)
-    chosen = runs.merge(best, on=SETTING_KEYS)
-    final = final_drift(drift, analysis["h2_metric"], analysis["h2_pooling"]).merge(best, on=SETTING_KEYS)
+    drift = (pd.concat([pd.read_csv(p, dtype={"lr": str}) for p in drift_paths], ignore_index=True) if drift_paths
+             else pd.DataFrame(columns=RUN_KEYS + ["step", "layer", "layer_name", "pooling", "metric", "value"]))
+    usable = runs[runs.status.isin(USABLE)]
+    chosen = usable.merge(best_settings(usable), on=SETTING_KEYS)
+    final = final_drift(drift, analysis["h2_metric"], analysis["h2_pooling"]).merge(chosen[RUN_KEYS], on=RUN_KEYS)
     # a run's drift: mean over layers of its drift value (1 - similarity, or the distance) at its last snapshot
     run_drift = final.assign(drift=to_drift(analysis["h2_metric"], final.value)).groupby(
         RUN_KEYS, as_index=False)["drift"].mean()
     chosen = chosen.merge(run_drift, on=RUN_KEYS, how="left")
 
-    best_rows, layer_rows, verdict_rows = [], [], []
+    best = best_table(chosen, runs, baselines, list(task_defs), confidence)
+    pairs = {task: _methods(chosen, task) for task in task_defs}
+    verdicts = pd.DataFrame([verdict_row(task, task_defs[task], full, lora, analysis)
+                             for task, (full, lora) in pairs.items() if not full.empty and not lora.empty])
+    layers = layer_table(final, analysis)
+    runs = with_missing(runs, planned)
+    io.write_csv(outputs["runs"], runs)
+    io.write_csv(outputs["drift"], drift)
+    io.write_csv(outputs["weights"], with_status(aggregate_weights(weights_paths), runs))
+    io.write_csv(outputs["best"], best)
+    io.write_csv(outputs["verdicts"], verdicts)
+    io.write_csv(outputs["drift_by_layer"], layers)
+    io.write_csv(outputs["stability"], setting_stability(runs, confidence, analysis["stability"]))
+    io.write_csv(outputs["baselines"], baselines)
+    io.write_text(outputs["summary"], summary_markdown(best, verdicts, layers, analysis, failed_checks(runs),
+                                                       runs[~runs.status.isin(USABLE)], below_trivial(runs)))
+    io.write_text(outputs["latex"], latex_tables(best, verdicts, analysis))
+
+
+def _methods(chosen: pd.DataFrame, task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return tuple(chosen[(chosen.task == task) & (chosen.method == m)] for m in ("full", "lora"))
+
+
+def best_table(chosen: pd.DataFrame, runs: pd.DataFrame, baselines: pd.DataFrame, tasks: list[str],
+               confidence: float) -> pd.DataFrame:
+    """best.csv: per task x method, the chosen setting's seed statistics beside the task's baselines."""
+    rows = []
     for (task, method), group in chosen.groupby(["task", "method"], sort=False):
         val = stats.mean_ci(group.val_main.to_numpy(float), confidence)
         dft = stats.mean_ci(group.drift.to_numpy(float), confidence)
         first = group.iloc[0]
-        best_rows.append({"task": task, "method": method, "lr": first.lr, "batch_size": first.batch_size,
-                          "main_metric": first.main_metric, "n_seeds": val["n"],
-                          "val_mean": val["mean"], "val_std": val["std"], "val_ci_low": val["ci_low"],
-                          "val_ci_high": val["ci_high"], "dev_mean": float(group.dev_main.mean()),
-                          "drift_mean": dft["mean"], "drift_ci_low": dft["ci_low"], "drift_ci_high": dft["ci_high"],
-                          "trainable_fraction": float(group.trainable_fraction.mean()),
-                          # SQuAD v2's answerable / unanswerable breakdown (NaN for other tasks)
-                          **{f"val_{part}_{m}": float(group[f"val_{part}_{m}"].mean())
-                             if f"val_{part}_{m}" in group and group[f"val_{part}_{m}"].notna().any() else np.nan
-                             for part in ("HasAns", "NoAns") for m in ("exact", "f1")}})
+        left_out = runs[(runs.task == task) & (runs.method == method) & (runs.lr == first.lr)
+                        & (runs.batch_size == first.batch_size) & (runs.status == "diverged")]
+        trivial, probe = (_baseline_value(baselines, task, name) for name in ("trivial", "linear_probe"))
+        trivial_dev, probe_dev = (_baseline_value(baselines, task, name, "dev") for name in ("trivial", "linear_probe"))
+        rows.append({"task": task, "method": method, "lr": first.lr, "batch_size": first.batch_size,
+                     "main_metric": first.main_metric, "n_seeds": val["n"], "n_diverged": len(left_out),
+                     "val_mean": val["mean"], "val_std": val["std"], "val_ci_low": val["ci_low"],
+                     "val_ci_high": val["ci_high"], "dev_mean": float(group.dev_main.mean()),
+                     "trivial_val": trivial, "probe_val": probe, "trivial_dev": trivial_dev, "probe_dev": probe_dev,
+                     "beats_trivial": bool(val["mean"] > trivial) if np.isfinite(trivial) else None,
+                     "drift_mean": dft["mean"], "drift_ci_low": dft["ci_low"], "drift_ci_high": dft["ci_high"],
+                     "trainable_fraction": float(group.trainable_fraction.mean()),
+                     # SQuAD v2's answerable / unanswerable breakdown (NaN for other tasks)
+                     **{f"val_{part}_{m}": float(group[f"val_{part}_{m}"].mean())
+                        if f"val_{part}_{m}" in group and group[f"val_{part}_{m}"].notna().any() else np.nan
+                        for part in ("HasAns", "NoAns") for m in ("exact", "f1")}})
+    order = {task: i for i, task in enumerate(tasks)}
+    if not rows:  # no usable run yet (all missing or diverged): the columns, no rows
+        return pd.DataFrame(columns=BEST_COLUMNS)
+    return pd.DataFrame(rows).sort_values("task", key=lambda t: t.map(order), kind="stable")
+
+
+BEST_COLUMNS = ["task", "method", "lr", "batch_size", "main_metric", "n_seeds", "n_diverged", "val_mean", "val_std",
+                "val_ci_low", "val_ci_high", "dev_mean", "trivial_val", "probe_val", "trivial_dev", "probe_dev",
+                "beats_trivial", "drift_mean", "drift_ci_low", "drift_ci_high", "trainable_fraction"]
+
+
+def layer_table(final: pd.DataFrame, analysis: dict) -> pd.DataFrame:
+    """drift_by_layer.csv: per task x method x layer, the chosen runs' final value with its CI over seeds."""
+    rows = []
     for (task, method, layer, name), group in final.groupby(["task", "method", "layer", "layer_name"], sort=False):
-        ci = stats.mean_ci(group.value.to_numpy(float), confidence)
-        layer_rows.append({"task": task, "method": method, "layer": layer, "layer_name": name,
-                           "metric": analysis["h2_metric"], "pooling": analysis["h2_pooling"],
-                           "value_mean": ci["mean"], "value_ci_low": ci["ci_low"], "value_ci_high": ci["ci_high"],
-                           "n_seeds": ci["n"]})
-    for task in task_defs:
-        full, lora = (chosen[(chosen.task == task) & (chosen.method == m)] for m in ("full", "lora"))
-        if not full.empty and not lora.empty:
-            verdict_rows.append(verdict_row(task, task_defs[task], full, lora, analysis))
-    order = {task: i for i, task in enumerate(task_defs)}
-    best_table = pd.DataFrame(best_rows).sort_values("task", key=lambda t: t.map(order), kind="stable")
-    verdicts = pd.DataFrame(verdict_rows)
-    layers = pd.DataFrame(layer_rows)
-    io.write_csv(outputs["runs"], runs)
-    io.write_csv(outputs["drift"], drift)
-    io.write_csv(outputs["weights"], aggregate_weights(weights_paths))
-    io.write_csv(outputs["best"], best_table)
-    io.write_csv(outputs["verdicts"], verdicts)
-    io.write_csv(outputs["drift_by_layer"], layers)
-    io.write_text(outputs["summary"], summary_markdown(best_table, verdicts, layers, analysis, failed_checks(runs)))
-    io.write_text(outputs["latex"], latex_tables(best_table, verdicts, analysis))
+        ci = stats.mean_ci(group.value.to_numpy(float), analysis["confidence"])
+        rows.append({"task": task, "method": method, "layer": layer, "layer_name": name,
+                     "metric": analysis["h2_metric"], "pooling": analysis["h2_pooling"],
+                     "value_mean": ci["mean"], "value_ci_low": ci["ci_low"], "value_ci_high": ci["ci_high"],
+                     "n_seeds": ci["n"]})
+    return pd.DataFrame(rows)
+
+
+STABILITY_COLUMNS = ["converged", "diverged", "unstable", "grad_norm_spikes", "loss_spikes", "clipped_fraction",
+                     "steps_to_target", "stability_note"]
+
+
+def with_stability(runs: pd.DataFrame, train_log_paths, task_defs: dict, settings: dict) -> pd.DataFrame:
+    """runs.csv's stability columns (ftdrift.analysis.stability) from each run's train_log.csv."""
+    from ftdrift.analysis.stability import run_stability
+
+    rows = []
+    for row, path in zip(runs.itertuples(), train_log_paths, strict=True):
+        task_def = task_defs[row.task]
+        dev_metric = task_def["main_metric"] if task_kind(task_def) == "classification" else None
+        result = run_stability(_read_log(path), dev_metric=dev_metric, settings=settings, status=row.status)
+        rows.append({key: result[key] for key in STABILITY_COLUMNS})
+    return pd.concat([runs, pd.DataFrame(rows, index=runs.index, columns=STABILITY_COLUMNS)], axis=1)
+
+
+def with_status(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """`table` (rows keyed by run) with each run's status, so readers can leave diverged runs out."""
+    if table.empty or not set(RUN_KEYS) <= set(table.columns):
+        return table
+    table = table.assign(lr=table.lr.astype(str))
+    return table.merge(runs[RUN_KEYS + ["status"]], on=RUN_KEYS, how="left")
+
+
+def _read_log(path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # a run stopped before its first log entry
+        return pd.DataFrame()
+
+
+def setting_stability(runs: pd.DataFrame, confidence: float, settings: dict) -> pd.DataFrame:
+    """stability.csv: per setting (task, method, lr, batch size), how its seeds trained and how far
+    their validation metrics disagree beyond their bootstrap intervals (Cochran's Q over seeds)."""
+    from ftdrift.analysis.stability import seed_heterogeneity
+
+    rows = []
+    for key, group in runs[runs.status != "missing"].groupby(SETTING_KEYS, sort=False):
+        usable = group[group.status.isin(USABLE)]
+        het = seed_heterogeneity(usable.val_main.to_numpy(float), usable.val_main_ci_low.to_numpy(float),
+                                 usable.val_main_ci_high.to_numpy(float), confidence)
+        rows.append({**dict(zip(SETTING_KEYS, key)), "n_runs": len(group),
+                     "n_diverged": int((group.status == "diverged").sum()),
+                     "n_unstable": int(group.unstable.astype("boolean").fillna(False).sum()),
+                     "n_converged": int(group.converged.astype("boolean").fillna(False).sum()),
+                     "val_mean": float(usable.val_main.mean()) if len(usable) else np.nan,
+                     "val_seed_std": float(usable.val_main.std(ddof=1)) if len(usable) > 1 else np.nan,
+                     "val_seed_range": float(usable.val_main.max() - usable.val_main.min()) if len(usable) else np.nan,
+                     "heterogeneity_q": het["q"], "heterogeneity_p": het["p_value"], "heterogeneity_i2": het["i2"],
+                     "seeds_disagree": bool(het["p_value"] < settings["heterogeneity_alpha"])
+                     if np.isfinite(het["p_value"]) else None})
+    return pd.DataFrame(rows)
+
+
+BASELINE_COLUMNS = ["task", "baseline", "name", "status", "reason", "main_metric", "dev_main", "val_main"]
+
+
+def baselines_frame(baseline_paths: dict) -> pd.DataFrame:
+    """baselines.csv: per task, the trivial answer's and the frozen-base linear probe's scores
+    (rule baselines, ftdrift.analysis.baselines); every metric as val_<metric> / dev_<metric>."""
+    rows = []
+    for task, path in baseline_paths.items():
+        result = io.read_json(path)
+        main = result["main_metric"]
+        for baseline in ("trivial", "linear_probe"):
+            entry = result[baseline]
+            status = entry.get("status", "ok")
+            row = {"task": task, "baseline": baseline,
+                   "name": entry.get("name", "linear probe on the frozen base model"), "status": status,
+                   "reason": entry.get("reason", ""), "main_metric": main,
+                   "dev_main": entry.get("dev", {}).get(main, np.nan),
+                   "val_main": entry.get("validation", {}).get(main, np.nan)}
+            row.update({f"val_{k}": v for k, v in entry.get("validation", {}).items()})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else BASELINE_COLUMNS)
+
+
+def _baseline_value(baselines: pd.DataFrame, task: str, baseline: str, split: str = "val") -> float:
+    """A baseline's main metric on validation ('val') or dev; NaN when absent."""
+    sub = baselines[(baselines.task == task) & (baselines.baseline == baseline)] if not baselines.empty else baselines
+    column = f"{split}_main"
+    return float(sub[column].iloc[0]) if len(sub) and pd.notna(sub[column].iloc[0]) else np.nan
+
+
+def with_trivial(runs: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
+    """runs.csv's `trivial_val` (the task's trivial baseline on validation) and `beats_trivial`
+    (the run's validation main metric above it; None where either is unknown)."""
+    trivial = runs.task.map(lambda task: _baseline_value(baselines, task, "trivial"))
+    beats = [bool(v > t) if np.isfinite(v) and np.isfinite(t) else None
+             for v, t in zip(runs.val_main.astype(float), trivial)]
+    return runs.assign(trivial_val=trivial, beats_trivial=beats)
+
+
+def below_trivial(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished, non-diverged runs whose validation main metric does not beat the trivial baseline."""
+    return runs[runs.status.isin(USABLE) & runs.beats_trivial.astype("boolean").eq(False).fillna(False)]
 
 
 def _read_predictions(path) -> dict:
@@ -197,80 +357,6 @@ def _read_predictions(path) -> dict:
 
 def failed_checks(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs whose saved model did not reproduce their results (or whose merge check failed)."""
+    runs = runs[runs.status != "missing"]  # a missing run has nothing to check
     bad = runs[~runs.checkpoint_ok.astype("boolean").fillna(False)]  # no check result counts as failed
     return bad[RUN_KEYS + ["checkpoint_failure"]].fillna({"checkpoint_failure": "no check result"})
-
-
-def _drift_text(analysis: dict) -> str:
-    info = metric_info(analysis["h2_metric"])
-    return (f"Drift = mean over layers of {'1 − ' if info.similarity else ''}{info.name} against the base model "
-            f"({analysis['h2_pooling']} pooling) at the last snapshot")
-
-
-def latex_tables(best: pd.DataFrame, verdicts: pd.DataFrame, analysis: dict) -> str:
-    """The paper's two tables: best settings with validation CIs, and the H1/H2 verdicts."""
-    pct = int(round(analysis["confidence"] * 100))
-    main = best[["task", "method", "lr", "batch_size", "main_metric", "n_seeds", "val_mean", "val_std",
-                 "val_ci_low", "val_ci_high", "drift_mean"]].rename(columns={
-        "batch_size": "batch", "main_metric": "metric", "n_seeds": "seeds", "val_mean": "mean", "val_std": "std",
-        "val_ci_low": f"{pct}\\% CI low", "val_ci_high": f"{pct}\\% CI high", "drift_mean": "drift"})
-    parts = [main.to_latex(index=False, float_format="%.3f", na_rep="--",
-                           caption="Validation metric at the dev-selected setting (mean, std and "
-                                   f"{pct}\\% CI over seeds). {_drift_text(analysis)}.".replace("−", "-"),
-                           label="tab:ftdrift-performance")]
-    if not verdicts.empty:
-        cols = ["task", "metric", "analysis", "lora_minus_full", "diff_ci_low", "diff_ci_high", "h1_relative_drop",
-                "h1_verdict", "h2_drift_reduction", "h2_verdict"]
-        parts.append(verdicts[cols].to_latex(
-            index=False, float_format="%.3f", na_rep="--",
-            caption=f"LoRA vs full fine-tuning ({pct}\\% CIs): H1 (relative drop of the main metric within "
-                    f"{analysis['h1_max_relative_drop']:g}) and H2 (relative reduction of {analysis['h2_metric']} "
-                    f"drift, {analysis['h2_pooling']} pooling, at least {analysis['h2_min_drift_reduction']:g}).",
-            label="tab:ftdrift-hypotheses"))
-    return "\n".join(parts)
-
-
-def _fmt(value, digits=3) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
-def summary_markdown(best: pd.DataFrame, verdicts: pd.DataFrame, layers: pd.DataFrame, analysis: dict,
-                     failed: pd.DataFrame) -> str:
-    pct = int(round(analysis["confidence"] * 100))
-    lines = ["# ftdrift summary", ""]
-    if not failed.empty:
-        lines += ["## 🔴 FAILED: checkpoint validation", "",
-                  f"{len(failed)} run(s) whose saved model does not reproduce their predictions and metrics, or whose "
-                  "merged LoRA adapter differs from the trained one (results/checks/): their numbers cannot be "
-                  "trusted.", "", "| task | method | lr | batch | seed | what failed |", "|---|---|---|---|---|---|"]
-        for r in failed.itertuples():
-            lines.append(f"| {r.task} | {r.method} | {r.lr} | {r.batch_size} | {r.seed} | {r.checkpoint_failure} |")
-        lines.append("")
-    lines += [f"Best hyperparameters per task and method, chosen on dev; validation metric mean ± std over seeds "
-              f"with its {pct} % CI. {_drift_text(analysis)}.", "",
-              "| task | method | lr | batch | metric | seeds | validation mean ± std | CI | drift |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in best.itertuples():
-        lines.append(f"| {r.task} | {r.method} | {r.lr} | {r.batch_size} | {r.main_metric} | {r.n_seeds} | "
-                     f"{_fmt(r.val_mean)} ± {_fmt(r.val_std)} | [{_fmt(r.val_ci_low)}, {_fmt(r.val_ci_high)}] | "
-                     f"{_fmt(r.drift_mean)} |")
-    qa_rows = best[best.val_HasAns_f1.notna()] if "val_HasAns_f1" in best else best.iloc[:0]
-    if not qa_rows.empty:
-        lines += ["", "## SQuAD v2: answerable vs unanswerable questions (validation, mean over seeds)", "",
-                  "| task | method | HasAns EM | HasAns F1 | NoAns EM | NoAns F1 |", "|---|---|---|---|---|---|"]
-        for r in qa_rows.itertuples():
-            lines.append(f"| {r.task} | {r.method} | {_fmt(r.val_HasAns_exact, 1)} | {_fmt(r.val_HasAns_f1, 1)} | "
-                         f"{_fmt(r.val_NoAns_exact, 1)} | {_fmt(r.val_NoAns_f1, 1)} |")
-    if not verdicts.empty:
-        lines += ["", "## LoRA vs full fine-tuning", "",
-                  f"{pct} % confidence intervals; paired over seeds where both methods ran the same seeds. H2 on "
-                  f"{analysis['h2_metric']} drift, {analysis['h2_pooling']} pooling.", "",
-                  "| task | metric | analysis | LoRA − full | CI | H1 (accuracy within tolerance) | H2 (drifts less) |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in verdicts.itertuples():
-            lines.append(f"| {r.task} | {r.metric} | {r.analysis} | {_fmt(r.lora_minus_full)} | [{_fmt(r.diff_ci_low)}, "
-                         f"{_fmt(r.diff_ci_high)}] | {r.h1_verdict} (drop {_fmt(r.h1_relative_drop)}) | "
-                         f"{r.h2_verdict} (reduction {_fmt(r.h2_drift_reduction)}) |")
-    return "\n".join(lines) + "\n"

@@ -72,9 +72,12 @@ def drift_slice(drift: pd.DataFrame, task: str, metric: str, pooling: str) -> pd
     return drift[(drift.task == task) & (drift.metric == metric) & (drift.pooling == pooling)]
 
 
-def _chosen_drift(drift_sub: pd.DataFrame, best: pd.DataFrame | None) -> pd.DataFrame:
+def _chosen_drift(drift_sub: pd.DataFrame, best: pd.DataFrame | None, runs: pd.DataFrame | None) -> pd.DataFrame:
+    """Drift rows of the chosen settings' runs that enter the means (diverged seeds left out, as in best.csv)."""
     if best is None or best.empty or drift_sub.empty:
         return drift_sub
+    if runs is not None and not runs.empty:
+        return drift_sub.merge(chosen_runs(runs, best)[RUN_KEYS], on=RUN_KEYS)
     return drift_sub.merge(best[SETTING_KEYS].drop_duplicates(), on=SETTING_KEYS)
 
 
@@ -92,10 +95,10 @@ def final_step(drift_sub: pd.DataFrame) -> pd.DataFrame:
     return drift_sub[drift_sub.step == last]
 
 
-def heatmap_matrices(drift: pd.DataFrame, best: pd.DataFrame | None, task: str, metric: str, pooling: str
-                     ) -> dict[str, pd.DataFrame]:
+def heatmap_matrices(drift: pd.DataFrame, best: pd.DataFrame | None, task: str, metric: str, pooling: str,
+                     runs: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """method -> layer x step matrix of the metric (mean over the chosen setting's seeds)."""
-    sub = _chosen_drift(drift_slice(drift, task, metric, pooling), best)
+    sub = _chosen_drift(drift_slice(drift, task, metric, pooling), best, runs)
     out = {}
     for method in METHODS:
         msub = sub[sub.method == method]
@@ -128,6 +131,10 @@ def _seed_note(runs: pd.DataFrame | None, best: pd.DataFrame | None, task: str, 
     early = int((status == "stopped_early").sum())
     if early:
         note += f", {early} stopped early"
+    everyone = chosen_runs(runs, best, usable_only=False)
+    diverged = int(((everyone.task == task) & (everyone.method == method) & (status_of(everyone) == "diverged")).sum())
+    if diverged:
+        note += f"; {diverged} diverged, left out"
     return note
 
 
@@ -138,7 +145,7 @@ def plot_drift_heatmaps(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd
     Returns the shared (vmin, vmax).
     """
     info = metric_info(metric)
-    mats = heatmap_matrices(drift, best, task, metric, pooling)
+    mats = heatmap_matrices(drift, best, task, metric, pooling, runs)
     vmin, vmax = shared_limits(mats.values())
     norm = Normalize(vmin=vmin, vmax=vmax)
     names = layer_names(drift_slice(drift, task, metric, pooling))
@@ -186,7 +193,7 @@ def layer_drift_table(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd.D
     """Final-snapshot drift per layer (chosen settings): mean, min and max over seeds, all metrics/poolings."""
     if drift is None or drift.empty:
         return pd.DataFrame()
-    sub = _chosen_drift(drift[drift.task == task], best)
+    sub = _chosen_drift(drift[drift.task == task], best, runs)
     if sub.empty:
         return pd.DataFrame()
     last = sub.groupby(RUN_KEYS + ["metric", "pooling"])["step"].transform("max")
@@ -203,7 +210,7 @@ def plot_drift_by_layer(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd
                         metric: str, pooling: str, path) -> None:
     """Final-snapshot drift vs layer: mean over seeds with a min–max band, both methods on one axis."""
     info = metric_info(metric)
-    sub = final_step(_chosen_drift(drift_slice(drift, task, metric, pooling), best))
+    sub = final_step(_chosen_drift(drift_slice(drift, task, metric, pooling), best, runs))
     if sub.empty:
         return empty_figure(path, f"{task}: final-step drift by layer", "no drift data")
     sub = sub.assign(drift=to_drift(metric, sub.value))
@@ -256,7 +263,7 @@ def plot_drift_over_training(drift: pd.DataFrame, runs: pd.DataFrame | None, bes
                              metric: str, pooling: str, path) -> None:
     """Drift vs step for the first, middle and last block; mean over seeds with min–max band."""
     info = metric_info(metric)
-    sub = _chosen_drift(drift_slice(drift, task, metric, pooling), best)
+    sub = _chosen_drift(drift_slice(drift, task, metric, pooling), best, runs)
     if sub.empty:
         return empty_figure(path, f"{task}: drift over training", "no drift data")
     sub = sub.assign(drift=to_drift(metric, sub.value))

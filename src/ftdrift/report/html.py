@@ -22,7 +22,7 @@ th,td{border:1px solid #d0d7de;padding:.25rem .55rem;text-align:left;vertical-al
 th{background:#f3f4f6} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .badge{display:inline-block;padding:0 .45rem;border-radius:.6rem;font-size:.8rem;font-weight:600}
 .completed{background:#d8efe6;color:#00593f} .stopped_early{background:#fde7d3;color:#8a3b00}
-.failed,.missing{background:#f8d7da;color:#842029}
+.failed,.missing{background:#f8d7da;color:#842029} .diverged{background:#e9d8f5;color:#4b1d6e}
 .supported{background:#d8efe6;color:#00593f} .not_supported{background:#f8d7da;color:#842029}
 .inconclusive,.unknown{background:#eceff3;color:#444}
 .kpi{display:inline-block;margin:0 1.2rem .6rem 0;padding:.5rem .8rem;border:1px solid #d0d7de;border-radius:.5rem}

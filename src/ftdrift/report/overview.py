@@ -10,16 +10,17 @@ import pandas as pd
 from ftdrift.core import io
 from ftdrift.report.frames import NOT_COMPLETED, drift_formula, lr_text, method_name, read_table, run_status
 from ftdrift.report.html import escape, fmt, html_page, html_table, markdown_html
-from ftdrift.study.grid import METHODS, RUN_KEYS
+from ftdrift.study.grid import METHODS, RUN_KEYS, USABLE_STATUSES
 
 HEADLINE_KEYS = ("page", "runs", "checks", "H1", "H2")  # the Overview entry's label columns, in this order
 
 
 def write_overview(*, runs, best, verdicts, summary, study: Mapping, planned: Sequence[Mapping] | None,
-                   outputs: Mapping) -> None:
+                   outputs: Mapping, stability=None) -> None:
     """Rule report_overview: the page (outputs["page"]) and its headline labels (outputs["headline"])."""
     page, head = overview_page(read_table(runs), read_table(best), Path(summary).read_text(),
-                               read_table(verdicts, required=False), study, planned)
+                               read_table(verdicts, required=False), study, planned,
+                               read_table(stability, required=False))
     io.write_text(outputs["page"], page)
     io.write_json(outputs["headline"], head)
 
@@ -28,6 +29,9 @@ def checks_text(runs: pd.DataFrame | None) -> tuple[str, bool]:
     """('8 of 8 runs reproduce …', alarm?) from runs.csv's checkpoint-validation columns."""
     if runs is None or runs.empty or "checkpoint_ok" not in runs:
         return "not run", False
+    runs = runs[runs.status != "missing"] if "status" in runs else runs  # no model to check
+    if runs.empty:
+        return "not run", False
     ok = runs.checkpoint_ok.astype("boolean").fillna(False)
     n, bad = len(runs), int((~ok).sum())
     lora = runs[runs.method == "lora"] if "method" in runs else runs.iloc[:0]
@@ -35,6 +39,32 @@ def checks_text(runs: pd.DataFrame | None) -> tuple[str, bool]:
     if bad:
         return f"FAILED for {bad} of {n} runs (see summary.md)", True
     return f"{n} of {n} runs reproduce their saved predictions and metrics{merged}", False
+
+
+def stability_text(runs: pd.DataFrame | None, stability: pd.DataFrame | None) -> tuple[str, bool]:
+    """('2 of 24 runs unstable (1 diverged); seeds disagree in 1 setting', alarm?) from runs.csv's
+    stability columns and stability.csv's seed-heterogeneity flags."""
+    if runs is None or runs.empty or "unstable" not in runs:
+        return "not computed", False
+    ran = runs[runs.status != "missing"] if "status" in runs else runs
+    unstable = int(ran.unstable.astype("boolean").fillna(False).sum())
+    diverged = int((ran.status == "diverged").sum()) if "status" in ran else 0
+    text = f"{unstable} of {len(ran)} runs unstable" + (f" ({diverged} diverged)" if diverged else "")
+    if stability is not None and "seeds_disagree" in stability:
+        disagree = int(stability.seeds_disagree.astype("boolean").fillna(False).sum())
+        text += f"; seeds disagree beyond their intervals in {disagree} of {len(stability)} settings"
+    return text, bool(unstable)
+
+
+def baseline_text(runs: pd.DataFrame | None) -> tuple[str, bool]:
+    """('3 of 8 runs do not beat the trivial baseline', alarm?) from runs.csv's beats_trivial."""
+    if runs is None or runs.empty or "beats_trivial" not in runs:
+        return "no baselines", False
+    judged = runs[runs.beats_trivial.notna() & runs.status.isin(USABLE_STATUSES)]
+    below = int((~judged.beats_trivial.astype(bool)).sum())
+    if below:
+        return f"{below} of {len(judged)} runs do not beat the trivial baseline", True
+    return f"all {len(judged)} runs beat the trivial baseline", False
 
 
 def verdict_counts(values: Iterable[str]) -> str:
@@ -55,7 +85,9 @@ def headline(status: pd.DataFrame, verdicts: pd.DataFrame, runs: pd.DataFrame | 
     counts = planned.status.value_counts()
     done = int(counts.get("completed", 0) + counts.get("stopped_early", 0))
     bad = int(counts.get("failed", 0) + counts.get("missing", 0))
-    finished = f"{done} of {n} finished ({int(counts.get('stopped_early', 0))} stopped early), {bad} failed or missing"
+    diverged = int(counts.get("diverged", 0))
+    finished = (f"{done} of {n} finished ({int(counts.get('stopped_early', 0))} stopped early), "
+                + (f"{diverged} diverged, " if diverged else "") + f"{bad} failed or missing")
     return {"page": "study overview", "runs": finished, "checks": checks_text(runs)[0],
             "H1": verdict_counts(verdicts.h1_verdict) if not verdicts.empty else "no verdict yet",
             "H2": verdict_counts(verdicts.h2_verdict) if not verdicts.empty else "no verdict yet"}
@@ -117,27 +149,31 @@ def _runs_html(status: pd.DataFrame) -> list[str]:
     if not planned_only.empty:
         pivot = planned_only.assign(n=1).pivot_table(index=["task", "method"], columns="status", values="n",
                                                      aggfunc="sum", fill_value=0, sort=False).reset_index()
-        for s in ("completed", "stopped_early", "failed", "missing"):
+        for s in ("completed", "stopped_early", "diverged", "failed", "missing"):
             if s not in pivot:
                 pivot[s] = 0
-        pivot = pivot[["task", "method", "completed", "stopped_early", "failed", "missing"]]
-        pivot.columns = ["task", "method", "completed", "stopped early", "failed", "missing"]
+        pivot = pivot[["task", "method", "completed", "stopped_early", "diverged", "failed", "missing"]]
+        pivot.columns = ["task", "method", "completed", "stopped early", "diverged", "failed", "missing"]
         body.append(html_table(pivot))
     problems = status[status.status.isin(NOT_COMPLETED) | ~status.planned]
     body.append("<p><b>Runs that did not complete normally</b> "
                 "(stopped early = the early-stopping rule ended training before the step budget; "
+                "diverged = training stopped on a non-finite or exploding loss, a result left out of means and verdicts; "
                 "missing = planned but no result, i.e. failed or not run yet)</p>")
     body.append(html_table(problems[RUN_KEYS + ["status"]], badges=("status",)))
     return body
 
 
 def overview_page(runs: pd.DataFrame | None, best: pd.DataFrame | None, summary_md: str | None,
-                  verdicts: pd.DataFrame | None, study: Mapping, planned: Sequence[Mapping] | None) -> tuple[str, dict]:
+                  verdicts: pd.DataFrame | None, study: Mapping, planned: Sequence[Mapping] | None,
+                  stability: pd.DataFrame | None = None) -> tuple[str, dict]:
     """(HTML of the Overview page, headline dict)."""
     status = run_status(runs, planned)
     verdicts = pd.DataFrame() if verdicts is None else verdicts
     head = headline(status, verdicts, runs)
     checks, alarm = checks_text(runs)
+    stable, unstable = stability_text(runs, stability)
+    baselines, below = baseline_text(runs)
     analysis = study.get("analysis", {}) or {}
     h1 = analysis.get("h1_max_relative_drop")
     h2 = analysis.get("h2_min_drift_reduction")
@@ -156,6 +192,8 @@ def overview_page(runs: pd.DataFrame | None, best: pd.DataFrame | None, summary_
             "<h2>Headline</h2>",
             f'<div class="kpi">Runs<b>{escape(head["runs"])}</b></div>',
             f'<div class="kpi{" alarm" if alarm else ""}">Checkpoint validation<b>{escape(checks)}</b></div>',
+            f'<div class="kpi{" alarm" if unstable else ""}">Training stability<b>{escape(stable)}</b></div>',
+            f'<div class="kpi{" alarm" if below else ""}">Baselines<b>{escape(baselines)}</b></div>',
             f'<div class="kpi">H1 (LoRA within tolerance)<b>{escape(head["H1"])}</b></div>',
             f'<div class="kpi">H2 (LoRA drifts less)<b>{escape(head["H2"])}</b></div>']
     if not verdicts.empty:
@@ -163,13 +201,17 @@ def overview_page(runs: pd.DataFrame | None, best: pd.DataFrame | None, summary_
     body += ["<h2>Setup</h2>", _setup_html(study)]
     body += _runs_html(status)
     if best is not None and not best.empty:
-        cols = [c for c in ("task", "method", "lr", "batch_size", "main_metric", "n_seeds", "val_mean", "val_ci_low",
-                            "val_ci_high", "drift_mean", "trainable_fraction") if c in best]
+        cols = [c for c in ("task", "method", "lr", "batch_size", "main_metric", "n_seeds", "n_diverged", "val_mean",
+                            "val_ci_low", "val_ci_high", "trivial_val", "probe_val", "beats_trivial", "drift_mean",
+                            "trainable_fraction") if c in best]
         body += ["<h2>Chosen settings</h2>",
                  f'<p class="muted">Chosen on dev; validation mean and {int(round(100 * conf))} % CI over seeds.</p>',
                  html_table(best[cols])]
     body.append("<h2>All runs</h2>")
-    body.append(html_table(status[RUN_KEYS + ["status"]], badges=("status",)))
+    extra = [c for c in ("unstable", "stability_note", "beats_trivial") if runs is not None and c in runs]
+    if extra:
+        status = status.merge(runs[RUN_KEYS + extra], on=RUN_KEYS, how="left")
+    body.append(html_table(status[RUN_KEYS + ["status"] + extra], badges=("status",)))
     if summary_md:
         body += ["<h2>summary.md</h2>", f"<details><summary>as written by the aggregate step</summary>"
                  f"{markdown_html(summary_md)}</details>"]

@@ -21,6 +21,7 @@ from ftdrift.report.frames import (
     setting_text,
     sort_key,
     status_of,
+    usable,
 )
 from ftdrift.report.html import html_page, html_table
 from ftdrift.report.style import (
@@ -38,10 +39,10 @@ from ftdrift.study.grid import METHODS, SETTING_KEYS
 
 
 def write_performance(*, runs, best, tasks: Sequence[str], qa_tasks: Sequence[str] = (), confidence: float = 0.95,
-                      drift_metric: str = "linear_cka", outputs: Mapping) -> None:
+                      drift_metric: str = "linear_cka", outputs: Mapping, baselines=None) -> None:
     """Rule report_performance: validation figure, chosen-settings and grid tables, grid figures per task,
     and (when outputs has "qa") the QA breakdown per QA task."""
-    runs, best = read_table(runs), read_table(best)
+    runs, best, baselines = read_table(runs), read_table(best), read_table(baselines, required=False)
     plot_validation(runs, best, outputs["validation"], tasks, confidence)
     table = performance_table(runs, best)
     io.write_csv(outputs["table_csv"], table)
@@ -56,7 +57,7 @@ def write_performance(*, runs, best, tasks: Sequence[str], qa_tasks: Sequence[st
         plot_grid(runs, best, task, grid_dir / f"{task}.svg")
     if "qa" in outputs:
         qa_dir = fresh_dir(outputs["qa"])
-        tables = [plot_qa_breakdown(runs, best, task, qa_dir / f"{task}.svg") for task in qa_tasks]
+        tables = [plot_qa_breakdown(runs, best, task, qa_dir / f"{task}.svg", baselines) for task in qa_tasks]
         io.write_csv(outputs["qa_csv"], pd.concat(tables, ignore_index=True) if tables else pd.DataFrame())
 
 
@@ -70,7 +71,7 @@ def plot_validation(runs: pd.DataFrame, best: pd.DataFrame, path, tasks: Sequenc
     tasks = list(tasks or (best.task.unique() if best is not None and not best.empty else []))
     if not tasks:
         return empty_figure(path, "Validation metric", "no runs have finished yet")
-    chosen = chosen_runs(runs, best)
+    chosen = chosen_runs(runs, best, usable_only=False)  # diverged seeds shown, as crosses
     fig, axes = panel_grid(len(tasks), 4, 3.0, 3.4)
     statuses = set()
     pct = int(round(confidence * 100))
@@ -102,14 +103,33 @@ def plot_validation(runs: pd.DataFrame, best: pd.DataFrame, path, tasks: Sequenc
                         ha="right", va="center", fontsize=8)
         ax.set_xticks(ticks, ticklabels, fontsize=8)
         ax.set_xlim(-0.7, len(METHODS) - 0.4)
+        baseline_lines(ax, best, task)
         vals = chosen[chosen.task == task].val_main if not chosen.empty else []
         ax.set_ylabel(f"validation {metric} {scale_note(vals)}".strip())
         ax.set_title(task)
     handles = [Line2D([], [], marker="D", color="#555555", mec="black", ls="-", ms=7,
                       label=f"mean ± {pct}% CI over seeds")] + status_legend_handles(statuses or {"completed"})
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    handles += BASELINE_HANDLES
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
     fig.suptitle("Validation main metric of the setting chosen on dev")
     save(fig, path)
+
+
+# the task's baselines (best.csv's trivial_val / probe_val, the same for both methods): line styles
+BASELINES = (("trivial_val", "trivial baseline (majority class; SQuAD v2: no answer)", "--"),
+             ("probe_val", "linear probe on the frozen base model", ":"))
+BASELINE_HANDLES = [Line2D([], [], color="#555555", ls=ls, lw=1.4, label=label) for _, label, ls in BASELINES]
+
+
+def baseline_lines(ax, best: pd.DataFrame | None, task: str, split: str = "val") -> None:
+    """Horizontal lines at the task's baselines on validation ('val') or dev (absent values: none drawn)."""
+    if best is None or best.empty:
+        return
+    sub = best[best.task == task]
+    for col, name, ls in BASELINES:
+        col = col.replace("_val", f"_{split}")
+        if col in sub and sub[col].notna().any():
+            ax.axhline(float(sub[col].dropna().iloc[0]), color="#555555", ls=ls, lw=1.4, zorder=1)
 
 
 def performance_table(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
@@ -125,8 +145,9 @@ def performance_table(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
                "main_metric": row.main_metric, "n_seeds": row.get("n_seeds"),
                "seeds_completed": int((status == "completed").sum()),
                "seeds_stopped_early": int((status == "stopped_early").sum())}
-        for col in ("val_mean", "val_std", "val_ci_low", "val_ci_high", "dev_mean", "drift_mean", "drift_ci_low",
-                    "drift_ci_high", "trainable_fraction"):
+        out["seeds_diverged"] = row.get("n_diverged", 0)
+        for col in ("val_mean", "val_std", "val_ci_low", "val_ci_high", "trivial_val", "probe_val", "beats_trivial",
+                    "dev_mean", "drift_mean", "drift_ci_low", "drift_ci_high", "trainable_fraction"):
             out[col] = row.get(col)
         rows.append(out)
     return pd.DataFrame(rows)
@@ -137,11 +158,14 @@ def grid_table(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     if runs is None or runs.empty:
         return pd.DataFrame(columns=SETTING_KEYS + ["chosen"])
     frame = runs.assign(_status=status_of(runs))
+    diverged = frame[frame._status == "diverged"].groupby(SETTING_KEYS, sort=False).size().rename("seeds_diverged")
+    frame = usable(frame)  # means over the seeds that enter the choice of settings
     agg = frame.groupby(SETTING_KEYS, sort=False).agg(
         main_metric=("main_metric", "first"), n_seeds=("seed", "nunique"),
         seeds_stopped_early=("_status", lambda s: int((s == "stopped_early").sum())),
         dev_mean=("dev_main", "mean"), dev_std=("dev_main", "std"), dev_min=("dev_main", "min"),
         dev_max=("dev_main", "max"), val_mean=("val_main", "mean"), val_std=("val_main", "std")).reset_index()
+    agg = agg.merge(diverged.reset_index(), on=SETTING_KEYS, how="left").fillna({"seeds_diverged": 0})
     keys = set(map(tuple, best[SETTING_KEYS].astype(str).to_numpy())) if best is not None and not best.empty else set()
     agg["chosen"] = [tuple(map(str, k)) in keys for k in agg[SETTING_KEYS].to_numpy()]
     return agg.sort_values(SETTING_KEYS, key=sort_key).reset_index(drop=True)
@@ -168,7 +192,7 @@ def plot_grid(runs: pd.DataFrame, best: pd.DataFrame, task: str, path) -> None:
             bsub = msub[msub.batch_size == bs]
             if bsub.empty:
                 continue
-            means = bsub.groupby("lr")["dev_main"].mean()
+            means = usable(bsub).groupby("lr")["dev_main"].mean()  # the selection's means: diverged seeds left out
             xs = [float(lr) for lr in lrs if lr in means.index]
             ax.plot(xs, [means[lr] for lr in lrs if lr in means.index], "-", color=colors[bs], lw=1.8,
                     label=f"batch {bs} (mean over seeds)")
@@ -180,7 +204,7 @@ def plot_grid(runs: pd.DataFrame, best: pd.DataFrame, task: str, path) -> None:
                 ax.plot([float(r.lr)], [r.dev_main], **kw, alpha=0.9)
         row = best_row(best, task, method)
         if row is not None:
-            bsub = msub[(msub.lr == row.lr) & (msub.batch_size == row.batch_size)]
+            bsub = usable(msub[(msub.lr == row.lr) & (msub.batch_size == row.batch_size)])
             if not bsub.empty:
                 y = bsub.dev_main.mean()
                 ax.plot([float(row.lr)], [y], marker="o", ms=17, mfc="none", mec="black", mew=2, ls="none", zorder=5)
@@ -193,7 +217,10 @@ def plot_grid(runs: pd.DataFrame, best: pd.DataFrame, task: str, path) -> None:
         if len(lrs) == 1:
             ax.set_xlim(float(lrs[0]) / 3, float(lrs[0]) * 3)
     axes[0][0].set_ylabel(f"dev {metric} {scale_note(sub.dev_main)}".strip())
+    for ax in axes[0]:
+        baseline_lines(ax, best, task, split="dev")
     handles = [Line2D([], [], color=colors[bs], lw=1.8, marker="o", label=f"batch size {bs}") for bs in batch_sizes]
+    handles += BASELINE_HANDLES
     handles.append(Line2D([], [], marker="o", ms=12, mfc="none", mec="black", mew=2, ls="none",
                           label="chosen on dev (best mean)"))
     if "stopped_early" in statuses:
@@ -224,8 +251,10 @@ def qa_breakdown_table(runs: pd.DataFrame, best: pd.DataFrame, task: str) -> pd.
                                        "value"])
 
 
-def plot_qa_breakdown(runs: pd.DataFrame, best: pd.DataFrame, task: str, path) -> pd.DataFrame:
-    """SQuAD v2: overall, answerable (HasAns) and unanswerable (NoAns) scores, full vs LoRA."""
+def plot_qa_breakdown(runs: pd.DataFrame, best: pd.DataFrame, task: str, path,
+                      baselines: pd.DataFrame | None = None) -> pd.DataFrame:
+    """SQuAD v2: overall, answerable (HasAns) and unanswerable (NoAns) scores, full vs LoRA, with
+    the task's baselines (baselines.csv) as grey ticks on each score."""
     table = qa_breakdown_table(runs, best, task)
     if table.empty:
         empty_figure(path, f"{task}: HasAns / NoAns breakdown", "no validation sub-scores in runs.csv")
@@ -251,9 +280,22 @@ def plot_qa_breakdown(runs: pd.DataFrame, best: pd.DataFrame, task: str, path) -
                 kw = marker_kw(method, r.status, size=4)
                 kw.update(mec="black")
                 ax.plot([x + off], [r.value], **kw, zorder=4)
+    drawn = []
+    task_baselines = baselines[baselines.task == task] if baselines is not None and "task" in baselines else None
+    for (col, label, ls), name in zip(BASELINES, ("trivial", "linear_probe")):
+        row = task_baselines[task_baselines.baseline == name] if task_baselines is not None else pd.DataFrame()
+        if row.empty:
+            continue
+        for x, score in enumerate(scores):
+            value = row.iloc[0].get(f"val_{score}")
+            if pd.notna(value):
+                ax.hlines(float(value), x - width, x + width, colors="#555555", linestyles=ls, lw=1.6, zorder=5)
+                if (col, label, ls) not in drawn:
+                    drawn.append((col, label, ls))
     ax.set_xticks(np.arange(len(scores)), [names[s] for s in scores], fontsize=8.5)
     ax.set_ylabel(f"validation score {scale_note(table.value)}".strip())
-    ax.legend(handles=ax.get_legend_handles_labels()[0] + status_legend_handles(statuses), loc="upper left",
+    extra = [Line2D([], [], color="#555555", ls=ls, lw=1.4, label=label) for _, label, ls in drawn]
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + extra + status_legend_handles(statuses), loc="upper left",
               bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_title(f"{task}: validation scores, chosen settings (dots = seeds)\n"
                  "HasAns = answerable questions, NoAns = unanswerable, EM = exact match")

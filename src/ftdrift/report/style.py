@@ -96,15 +96,18 @@ def marker_kw(method: str, status: str, size: float = 6) -> dict:
         return dict(marker="o", ms=size, mfc=color, mec=color, color=color, ls="none")
     if status == "stopped_early":
         return dict(marker="o", ms=size, mfc="white", mec=color, mew=1.6, color=color, ls="none")
+    if status == "diverged":  # a result, not a failure: the method's colour, crossed
+        return dict(marker="X", ms=size + 1, mfc=color, mec=color, color=color, ls="none")
     return dict(marker="X", ms=size + 1, mfc=MISSING_COLOR, mec=MISSING_COLOR, color=MISSING_COLOR, ls="none")
 
 
 def status_legend_handles(statuses: Iterable[str], method: str = "full") -> list:
     handles = []
-    for status in ("completed", "stopped_early", "failed"):
+    for status in ("completed", "stopped_early", "diverged", "failed"):
         if status in set(statuses):
             kw = marker_kw(method, status)
-            kw["mfc"] = "white" if status == "stopped_early" else ("#555555" if status == "completed" else MISSING_COLOR)
+            kw["mfc"] = "white" if status == "stopped_early" else ("#555555" if status in ("completed", "diverged")
+                                                                   else MISSING_COLOR)
             kw["mec"] = "#555555" if status != "failed" else MISSING_COLOR
             handles.append(Line2D([], [], label=f"seed run: {STATUS_NAME[status]}", **kw))
     return handles

@@ -12,16 +12,21 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from ftdrift.core import io
 from ftdrift.report.frames import STATUS_NAME, lr_text, method_name, read_table, run_key, scale_note, status_lookup
+from ftdrift.report.html import html_page, html_table
 from ftdrift.report.style import CYCLE, METHOD_COLOR, OKABE_ITO, empty_axes, fresh_dir, method_handles, save
 from ftdrift.study.grid import METHODS, RUN_KEYS, RUN_NAME
 
 
 def write_training(*, runs, logs, task: str, planned: Sequence[Mapping], main_metric: str | None,
-                   outputs: Mapping) -> None:
+                   outputs: Mapping, stability=None) -> None:
     """Rule report_training: one diagnostics page per planned run of the task (its train log in
-    `logs`, same order as `planned`; an absent log still gets a page), and all runs on one figure."""
+    `logs`, same order as `planned`; an absent log still gets a page), all runs on one figure, and
+    the task's stability table (outputs["stability"], from runs.csv and stability.csv)."""
     runs = read_table(runs)
+    if "stability" in outputs:
+        io.write_text(outputs["stability"], stability_page(runs, read_table(stability, required=False), task))
     info = {}
     if runs is not None and not runs.empty:
         for _, r in runs[runs.task == task].iterrows():
@@ -38,6 +43,36 @@ def write_training(*, runs, logs, task: str, planned: Sequence[Mapping], main_me
         plot_run_diagnostics(log, run, info.get(key, {"status": "missing"}),
                              out_dir / run["method"] / f"{RUN_NAME.format(**run)}.svg", main_metric)
     plot_task_training(curves, runs, task, outputs["all_runs"], main_metric)
+
+
+STABILITY_RUN_COLUMNS = ["status", "converged", "unstable", "grad_norm_spikes", "loss_spikes", "clipped_fraction",
+                         "steps_to_target", "diverged_at_step", "stability_note"]
+STABILITY_SETTING_COLUMNS = ["n_runs", "n_diverged", "n_unstable", "n_converged", "val_mean", "val_seed_std",
+                             "val_seed_range", "heterogeneity_q", "heterogeneity_p", "heterogeneity_i2", "seeds_disagree"]
+
+
+def stability_page(runs: pd.DataFrame | None, stability: pd.DataFrame | None, task: str) -> str:
+    """HTML: per run, convergence and instability (ftdrift.analysis.stability); per setting, the
+    seed spread and Cochran's Q test of the seeds' agreement."""
+    body = [f"<h1>{task}: training stability and convergence</h1>",
+            '<p class="muted">converged = dev loss of the last evaluations within the plateau tolerance; unstable = '
+            "diverged, a gradient-norm or loss spike (robust z-score over the run), or more steps clipped than "
+            "analysis.stability.unstable_clipped_fraction (default: never; the share is shown); "
+            "steps_to_target = first evaluation at which the run had made the target fraction of its dev-metric "
+            "improvement since the first evaluation. Seeds disagree = Cochran's Q over the seeds' validation "
+            "metrics, with standard errors from their bootstrap intervals, rejects agreement; it treats the seeds "
+            "as independent although they share the validation examples, so it is conservative.</p>"]
+    sub = runs[runs.task == task] if runs is not None and not runs.empty else None
+    if sub is None or sub.empty:
+        body.append("<p>No runs of this task have finished.</p>")
+    else:
+        cols = RUN_KEYS + [c for c in STABILITY_RUN_COLUMNS if c in sub]
+        body += ["<h2>Runs</h2>", html_table(sub[cols], badges=("status",))]
+    if stability is not None and not stability.empty:
+        ssub = stability[stability.task == task]
+        cols = ["method", "lr", "batch_size"] + [c for c in STABILITY_SETTING_COLUMNS if c in ssub]
+        body += ["<h2>Settings: agreement of seeds</h2>", html_table(ssub[cols])]
+    return html_page(f"{task}: training stability", "\n".join(body))
 
 
 EVAL_SKIP = {"eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_model_preparation_time"}

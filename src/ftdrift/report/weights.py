@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from ftdrift.core import io
-from ftdrift.report.frames import read_table
+from ftdrift.report.frames import read_table, usable
 from ftdrift.report.style import METHOD_COLOR, empty_figure, fresh_dir, method_handles, panel_grid, save
 from ftdrift.study.grid import METHODS, SETTING_KEYS
 
@@ -34,7 +34,7 @@ def weight_table(weights: pd.DataFrame | None, best: pd.DataFrame | None, task: 
     """Chosen settings' weight diagnostics per method x module x layer: mean/min/max over seeds."""
     if weights is None or weights.empty:
         return pd.DataFrame()
-    sub = weights[weights.task == task]
+    sub = usable(weights[weights.task == task])  # diverged runs left out, as in best.csv
     if best is not None and not best.empty:
         chosen = sub.merge(best[SETTING_KEYS].drop_duplicates(), on=SETTING_KEYS)
         sub = chosen if not chosen.empty else sub

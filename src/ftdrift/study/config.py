@@ -219,6 +219,7 @@ def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
         if task_kind(config["task_defs"][task]) == "extractive_qa":
             _check_doc_stride(settings["data"], task, config["task_overrides"].get(task, {}).get("data", {}))
     _check_h2(config)
+    _check_probe_pooling(config)
     return config
 
 
@@ -249,6 +250,22 @@ def _check_h2(config: dict) -> None:
     if analysis["h2_pooling"] not in poolings:
         raise ConfigError(f"config key 'analysis.h2_pooling': '{analysis['h2_pooling']}' is not a pooling of "
                           f"model family '{name}' (its poolings: {poolings})")
+
+
+def _check_probe_pooling(config: dict) -> None:
+    """ConfigError naming baselines.probe_pooling unless it is a pooling of the model family."""
+    pooling, name = config["baselines"]["probe_pooling"], config["model"]["family"]
+    if pooling is not None and pooling not in FAMILIES[name].poolings:
+        raise ConfigError(f"config key 'baselines.probe_pooling': '{pooling}' is not a pooling of model family "
+                          f"'{name}' (its poolings: {list(FAMILIES[name].poolings)})")
+
+
+def probe_pooling(config: dict, task: str) -> str | None:
+    """The pooled features the task's linear-probe baseline reads: baselines.probe_pooling, else
+    analysis.h2_pooling; None for extractive QA, whose span probe reads token features."""
+    if task_kind(config["task_defs"][task]) in QA_TYPES:
+        return None
+    return config["baselines"]["probe_pooling"] or config["analysis"]["h2_pooling"]
 
 
 @functools.lru_cache(maxsize=None)

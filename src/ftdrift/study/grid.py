@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from ftdrift.study.config import INTEGER_LITERAL, NUMBER_LITERAL, ConfigError, task_kind
 
@@ -17,6 +18,10 @@ RUN_KEYS = ["task", "method", "lr", "batch_size", "seed"]  # a run's identity: t
 SETTING_KEYS = ["task", "method", "lr", "batch_size"]  # a hyperparameter setting: a run without its seed
 RUN_NAME = "lr{lr}_bs{batch_size}_seed{seed}"
 RUN_PATTERN = "{task}/{method}/" + RUN_NAME  # results/runs/<RUN_PATTERN>/, results/drift/<RUN_PATTERN>.csv, ...
+# a finished run's status (metrics.json meta.status) is completed, stopped_early or diverged; a
+# planned run without results is missing. Diverged and missing runs stay out of every mean, the
+# choice of settings and the verdicts.
+USABLE_STATUSES = ("completed", "stopped_early")
 
 def format_float(value: float) -> str:
     """Canonical scientific notation for paths: 1e-05 -> '1e-5', 0.0003 -> '3e-4', 2.5e-5 -> '2.5e-5'."""
@@ -70,6 +75,12 @@ def grid(config: dict) -> list[Run]:
                     for seed in config["grid"]["seeds"]:
                         runs.append(Run(task, method, format_float(lr), int(batch_size), int(seed)))
     return runs
+
+
+def finished(runs: list[Run], results_dir: str = "results") -> list[Run]:
+    """The runs whose fine-tuning job has finished (its metrics.json, written last, exists):
+    what the tables cover with analysis.allow_missing_runs."""
+    return [run for run in runs if Path(results_dir, "runs", run.path, "metrics.json").exists()]
 
 
 def _canonical_int(text: str) -> str | None:

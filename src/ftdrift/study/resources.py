@@ -70,3 +70,11 @@ def light_gpu_job(config: dict) -> dict:
     shape = config["resources"]["model_shape"]
     return {"gpu": min(1, config["resources"]["gpus_per_finetune"]),
             "mem_mb": int(max(8000, shape["params_billion"] * 1e9 * 4 * 2 / 2**20))}
+
+
+def deployment_job(config: dict) -> dict:
+    """Host memory of the deployment benchmark: every task's full model, the base with the
+    adapters and a merged copy, in float32 (at least a light GPU job's)."""
+    params = config["resources"]["model_shape"]["params_billion"] * 1e9
+    return {"mem_mb": max(light_gpu_job(config)["mem_mb"], int(params * 4 * (len(config["tasks"]) + 2) / 2**20)),
+            "gpu": light_gpu_job(config)["gpu"]}

@@ -5,10 +5,12 @@ that stage's results; leave it when a refactor does not (no spurious re-runs of 
 CODE_VERSIONS = {
     "prepare_data": 1,
     "base_representations": 3,
-    "finetune": 3,
+    "finetune": 4,
     "drift": 1,
     "weight_analysis": 1,
-    "validate_checkpoint": 1,
-    "aggregate": 2,
-    "report": 1,
+    "validate_checkpoint": 2,
+    "baselines": 1,
+    "deployment": 1,
+    "aggregate": 3,
+    "report": 2,
 }

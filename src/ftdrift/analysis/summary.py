@@ -1,0 +1,110 @@
+"""The aggregate step's two human-readable tables: summary.md (Markdown) and tables.tex (the paper's LaTeX)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ftdrift.core.drift_metrics import metric_info
+
+
+def _drift_text(analysis: dict) -> str:
+    info = metric_info(analysis["h2_metric"])
+    return (f"Drift = mean over layers of {'1 − ' if info.similarity else ''}{info.name} against the base model "
+            f"({analysis['h2_pooling']} pooling) at the last snapshot")
+
+
+def latex_tables(best: pd.DataFrame, verdicts: pd.DataFrame, analysis: dict) -> str:
+    """The paper's two tables: best settings with validation CIs, and the H1/H2 verdicts."""
+    pct = int(round(analysis["confidence"] * 100))
+    if best.empty:
+        return "% ftdrift: no usable run yet (all missing or diverged), no tables\n"
+    main = best[["task", "method", "lr", "batch_size", "main_metric", "n_seeds", "val_mean", "val_std",
+                 "val_ci_low", "val_ci_high", "trivial_val", "probe_val", "drift_mean"]].rename(columns={
+        "trivial_val": "trivial", "probe_val": "probe",
+        "batch_size": "batch", "main_metric": "metric", "n_seeds": "seeds", "val_mean": "mean", "val_std": "std",
+        "val_ci_low": f"{pct}\\% CI low", "val_ci_high": f"{pct}\\% CI high", "drift_mean": "drift"})
+    parts = [main.to_latex(index=False, float_format="%.3f", na_rep="--",
+                           caption="Validation metric at the dev-selected setting (mean, std and "
+                                   f"{pct}\\% CI over seeds), beside the trivial baseline (majority class; SQuAD v2: "
+                                   "no answer) and a linear probe on the frozen base model. "
+                                   f"{_drift_text(analysis)}.".replace("−", "-"),
+                           label="tab:ftdrift-performance")]
+    if not verdicts.empty:
+        cols = ["task", "metric", "analysis", "lora_minus_full", "diff_ci_low", "diff_ci_high", "h1_relative_drop",
+                "h1_verdict", "h2_drift_reduction", "h2_verdict"]
+        parts.append(verdicts[cols].to_latex(
+            index=False, float_format="%.3f", na_rep="--",
+            caption=f"LoRA vs full fine-tuning ({pct}\\% CIs): H1 (relative drop of the main metric within "
+                    f"{analysis['h1_max_relative_drop']:g}) and H2 (relative reduction of {analysis['h2_metric']} "
+                    f"drift, {analysis['h2_pooling']} pooling, at least {analysis['h2_min_drift_reduction']:g}).",
+            label="tab:ftdrift-hypotheses"))
+    return "\n".join(parts)
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def summary_markdown(best: pd.DataFrame, verdicts: pd.DataFrame, layers: pd.DataFrame, analysis: dict,
+                     failed: pd.DataFrame, left_out: pd.DataFrame | None = None,
+                     below_trivial: pd.DataFrame | None = None) -> str:
+    pct = int(round(analysis["confidence"] * 100))
+    lines = ["# ftdrift summary", ""]
+    if left_out is not None and not left_out.empty:
+        lines += ["## Runs left out of the means and verdicts", "",
+                  "Diverged runs (a finding about their recipe: training stopped when the loss or gradient became "
+                  "non-finite or the loss rose far above its start) and planned runs without results (missing: "
+                  "failed or not run yet, with analysis.allow_missing_runs).", "",
+                  "| task | method | lr | batch | seed | status | why |", "|---|---|---|---|---|---|---|"]
+        for r in left_out.itertuples():
+            why = r.divergence_reason if isinstance(getattr(r, "divergence_reason", None), str) else ""
+            lines.append(f"| {r.task} | {r.method} | {r.lr} | {r.batch_size} | {r.seed} | {r.status} | {why} |")
+        lines.append("")
+    if not failed.empty:
+        lines += ["## 🔴 FAILED: checkpoint validation", "",
+                  f"{len(failed)} run(s) whose saved model does not reproduce their predictions and metrics, or whose "
+                  "merged LoRA adapter differs from the trained one (results/checks/): their numbers cannot be "
+                  "trusted.", "", "| task | method | lr | batch | seed | what failed |", "|---|---|---|---|---|---|"]
+        for r in failed.itertuples():
+            lines.append(f"| {r.task} | {r.method} | {r.lr} | {r.batch_size} | {r.seed} | {r.checkpoint_failure} |")
+        lines.append("")
+    lines += [f"Best hyperparameters per task and method, chosen on dev; validation metric mean ± std over seeds "
+              f"with its {pct} % CI. {_drift_text(analysis)}.", "",
+              "Baselines on the same validation split: trivial = the majority class of train (SQuAD v2: always "
+              "answering \"no answer\"); linear probe = logistic regression on the frozen base model's pooled "
+              "representations (SQuAD v2: a token-level span probe), chosen on dev.", "",
+              "| task | method | lr | batch | metric | seeds | validation mean ± std | CI | trivial | linear probe "
+              "| drift |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in best.itertuples():
+        flag = "" if getattr(r, "beats_trivial", None) is not False else " ⚠ not above trivial"
+        lines.append(f"| {r.task} | {r.method} | {r.lr} | {r.batch_size} | {r.main_metric} | {r.n_seeds} | "
+                     f"{_fmt(r.val_mean)} ± {_fmt(r.val_std)}{flag} | [{_fmt(r.val_ci_low)}, {_fmt(r.val_ci_high)}] | "
+                     f"{_fmt(r.trivial_val)} | {_fmt(r.probe_val)} | {_fmt(r.drift_mean)} |")
+    if below_trivial is not None and not below_trivial.empty:
+        lines += ["", f"## ⚠ Runs that do not beat the trivial baseline ({len(below_trivial)})", "",
+                  "| task | method | lr | batch | seed | validation | trivial |", "|---|---|---|---|---|---|---|"]
+        for r in below_trivial.itertuples():
+            lines.append(f"| {r.task} | {r.method} | {r.lr} | {r.batch_size} | {r.seed} | {_fmt(r.val_main)} | "
+                         f"{_fmt(r.trivial_val)} |")
+    qa_rows = best[best.val_HasAns_f1.notna()] if "val_HasAns_f1" in best else best.iloc[:0]
+    if not qa_rows.empty:
+        lines += ["", "## SQuAD v2: answerable vs unanswerable questions (validation, mean over seeds)", "",
+                  "| task | method | HasAns EM | HasAns F1 | NoAns EM | NoAns F1 |", "|---|---|---|---|---|---|"]
+        for r in qa_rows.itertuples():
+            lines.append(f"| {r.task} | {r.method} | {_fmt(r.val_HasAns_exact, 1)} | {_fmt(r.val_HasAns_f1, 1)} | "
+                         f"{_fmt(r.val_NoAns_exact, 1)} | {_fmt(r.val_NoAns_f1, 1)} |")
+    if not verdicts.empty:
+        lines += ["", "## LoRA vs full fine-tuning", "",
+                  f"{pct} % confidence intervals; paired over seeds where both methods ran the same seeds. H2 on "
+                  f"{analysis['h2_metric']} drift, {analysis['h2_pooling']} pooling.", "",
+                  "| task | metric | analysis | LoRA − full | CI | H1 (accuracy within tolerance) | H2 (drifts less) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in verdicts.itertuples():
+            lines.append(f"| {r.task} | {r.metric} | {r.analysis} | {_fmt(r.lora_minus_full)} | [{_fmt(r.diff_ci_low)}, "
+                         f"{_fmt(r.diff_ci_high)}] | {r.h1_verdict} (drop {_fmt(r.h1_relative_drop)}) | "
+                         f"{r.h2_verdict} (reduction {_fmt(r.h2_drift_reduction)}) |")
+    return "\n".join(lines) + "\n"
