@@ -54,6 +54,16 @@ class Run:
                 "batch_size": self.batch_size, "seed": self.seed}
 
 
+def task_seeds(config: dict, task: str) -> list[int]:
+    """The task's seeds: task_overrides.<task>.grid.seeds where given, else grid.seeds."""
+    return list(config.get("task_overrides", {}).get(task, {}).get("grid", {}).get("seeds", config["grid"]["seeds"]))
+
+
+def _seeds_key(config: dict, task: str) -> str:
+    return f"task_overrides.{task}.grid.seeds" if "seeds" in config.get("task_overrides", {}).get(task, {}).get(
+        "grid", {}) else "grid.seeds"
+
+
 def grid(config: dict) -> list[Run]:
     """Every (task, method, lr, batch size, seed) of the study, in a stable order.
 
@@ -72,7 +82,7 @@ def grid(config: dict) -> list[Run]:
         for method in METHODS:
             for lr in config["grid"]["learning_rates"][method][kind]:
                 for batch_size in config["grid"]["batch_sizes"]:
-                    for seed in config["grid"]["seeds"]:
+                    for seed in task_seeds(config, task):
                         runs.append(Run(task, method, format_float(lr), int(batch_size), int(seed)))
     return runs
 
@@ -108,7 +118,7 @@ def check_run(config: dict, runs: list[Run], wildcards) -> None:
     for field, prefix, key, canonical in (
             ("lr", "lr", f"grid.learning_rates.{w['method']}.{kind}", _canonical_lr),
             ("batch_size", "bs", "grid.batch_sizes", _canonical_int),
-            ("seed", "seed", "grid.seeds", _canonical_int)):
+            ("seed", "seed", _seeds_key(config, w["task"]), _canonical_int)):
         allowed = list(dict.fromkeys(str(getattr(run, field)) for run in points))
         value, spelled = w[field], canonical(w[field])
         if value in allowed:
