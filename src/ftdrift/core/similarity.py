@@ -58,6 +58,9 @@ from ftdrift.core.arrays import (
 
 __all__ = [
     "linear_cka",
+    "probe_resamples",
+    "bootstrap_linear_cka",
+    "bootstrap_interval",
     "cka_matrix",
     "cosine_matrix",
     "procrustes_distance",
@@ -163,6 +166,59 @@ def linear_cka(x: Any, y: Any, debiased: bool = False, method: str = "auto") -> 
         np.asarray(xdeg or ydeg), n, debiased,
     )
     return float(out)
+
+
+def probe_resamples(n: int, n_resamples: int, seed: int = 0) -> np.ndarray:
+    """``[n_resamples, n]`` example indices drawn with replacement: the bootstrap over probe
+    examples. A fixed seed gives every run of a task the same replicates (the probe set is the
+    same), so replicate b of two runs can be averaged: intervals of seed means and layer means."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def bootstrap_linear_cka(x: Any, y: Any, indices: np.ndarray) -> np.ndarray:
+    """Biased linear CKA of ``x [n, d1]`` and ``y [n, d2]`` on each resample of examples:
+    ``indices [B, n]`` (``probe_resamples``) -> ``[B]`` float64.
+
+    A resample is the same as weighting each example by its count c (sum n), so with the
+    Grams K = X X^T, L = Y Y^T built once (O(n^2 d)) every replicate needs only
+    c^T (K o L) c, c^T K c, c^T L c and sum_a c_a (Kc)_a (Lc)_a (O(n^2) each), from
+    HSIC(K, L) ~ tr(KL) - 2/n 1'KL1 + (1'K1)(1'L1)/n^2 on the resampled Grams.
+    Only the biased estimator: a resample repeats examples, and the debiased (U-statistic)
+    estimator's removal of self-pairs no longer holds. Duplicates also raise biased CKA (fewer
+    distinct examples), so use the replicates' spread, not their percentiles (``bootstrap_interval``).
+    A replicate without variance in either representation is 0.0 (module doc).
+    """
+    xa, ya = rep_2d(x, "x"), rep_2d(y, "y")
+    n = check_pair(xa, ya)
+    counts = np.zeros((len(indices), n), dtype=np.float64)
+    for b, idx in enumerate(np.asarray(indices)):
+        counts[b] = np.bincount(idx, minlength=n)
+    k, l_ = xa @ xa.T, ya @ ya.T
+
+    def hsic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ca, cb = counts @ a, counts @ b  # [B, n]: (K c), (L c)
+        trace = np.einsum("bi,bi->b", counts @ (a * b), counts)
+        return (trace - 2.0 / n * np.einsum("bi,bi,bi->b", counts, ca, cb)
+                + np.einsum("bi,bi->b", ca, counts) * np.einsum("bi,bi->b", cb, counts) / n**2)
+
+    num, dx, dy = hsic(k, l_), hsic(k, k), hsic(l_, l_)
+    ok = (dx > 0) & (dy > 0)
+    out = np.zeros(len(counts), dtype=np.float64)
+    out[ok] = num[ok] / np.sqrt(dx[ok] * dy[ok])
+    return out
+
+
+def bootstrap_interval(estimate: Any, replicates: Any, confidence: float = 0.95) -> tuple[Any, Any]:
+    """Normal interval ``estimate -/+ z * sd(replicates)`` (replicates on axis 0).
+
+    The bootstrap's spread measures how much the value moves with another probe sample of the
+    same size; its percentiles would not do (duplicated examples shift biased CKA upwards, e.g.
+    0.72 on replicates of a pair whose CKA is 0.64), so the interval is centred on the estimate.
+    """
+    from scipy.stats import norm
+
+    half = norm.ppf(0.5 + confidence / 2.0) * np.std(np.asarray(replicates, dtype=np.float64), axis=0, ddof=1)
+    return estimate - half, estimate + half
 
 
 def _chunk_stats_numpy(src: Any, xc: np.ndarray, kx: np.ndarray | None):
