@@ -159,7 +159,10 @@ def test_null_on_the_command_line_is_null_and_dev_size_is_a_count_or_a_fraction(
 def test_new_keys_have_their_defaults():
     config = resolve(BASE)
     assert config["data"]["max_query_length"] == 64
-    assert config["weights"] == {"intruder_top_k": 10, "intruder_epsilon": 0.5}
+    assert config["weights"] == {"intruder_top_k": 10, "intruder_epsilon": 0.5, "intruder_ks": [5, 10, 20],
+                                 "intruder_epsilons": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "delta_energy": 0.9}
+    assert config["drift"] == {"metrics": ["linear_cka", "debiased_cka", "cosine"], "bootstrap_resamples": 200}
+    assert config["forgetting"]["text_file"] is None and config["analysis"]["h2_alpha"] == 0.05
     assert (config["analysis"]["h2_metric"], config["analysis"]["h2_pooling"]) == ("linear_cka", "mean")
 
 
@@ -201,7 +204,7 @@ def test_doc_stride_is_not_checked_without_qa_tasks():
 
 def test_h2_metric_must_be_a_drift_metric():
     error = error_of(config_with(analysis={"h2_metric": "procrustes"}))
-    assert error == "config key 'analysis.h2_metric': 'procrustes' is not one of drift.metrics ['linear_cka', 'cosine']"
+    assert error == "config key 'analysis.h2_metric': 'procrustes' is not one of drift.metrics ['linear_cka', 'debiased_cka', 'cosine']"
     resolve(config_with(analysis={"h2_metric": "procrustes"}, drift={"metrics": ["procrustes"]}))
 
 
@@ -264,6 +267,19 @@ def test_batch_size_and_seed_are_checked(planned):
     assert run_error(planned, seed="3").endswith("config key 'grid.seeds' gives seed1, seed2")
 
 
+def test_a_task_can_have_its_own_seeds():
+    """task_overrides.<task>.grid.seeds replaces grid.seeds for that task only, in runs and target checks."""
+    config = resolve(config_with(task_overrides={"sst2": {"grid": {"seeds": [1, 2, 7]}}}))
+    runs = grid(config)
+    for task in config["tasks"]:
+        seeds = sorted({r.seed for r in runs if r.task == task and r.method == "full"})
+        assert seeds == ([1, 2, 7] if task == "sst2" else sorted(BASE["grid"]["seeds"]))
+    planned = (config, runs)
+    assert run_error(planned, seed="3").endswith("config key 'task_overrides.sst2.grid.seeds' gives seed1, seed2, seed7")
+    assert "'learning_rates' was unexpected" in error_of(config_with(
+        task_overrides={"sst2": {"grid": {"learning_rates": {}}}}))
+
+
 def test_unplanned_task_or_method_is_refused(planned):
     assert "task 'rte' with method 'full' is not in the grid" in run_error(planned, task="rte")
 
@@ -278,3 +294,46 @@ def test_probe_pooling_defaults_to_the_h2_pooling_and_qa_reads_tokens():
     config = resolve(config_with())
     assert probe_pooling(config, "sst2") == "mean"
     assert probe_pooling(config, "squad_v2") is None
+
+
+# --- the task catalog's h1_absolute_tolerance ----------------------------------------------------
+
+COLA = {"type": "single_sentence", "format": "glue_tsv", "files": {"train": "CoLA/train.tsv", "validation": "CoLA/dev.tsv"},
+        "columns": {"text": 3, "label": 1}, "header": False, "labels": ["0", "1"],
+        "metrics": ["matthews_corr", "accuracy"], "main_metric": "matthews_corr"}
+
+
+def catalog_error(tmp_path, **entry) -> str:
+    from ftdrift.study.config import load_catalog
+
+    path = tmp_path / "tasks.yaml"
+    path.write_text(yaml.safe_dump({"cola": {**COLA, **entry}}))
+    with pytest.raises(ConfigError) as err:
+        load_catalog(path)
+    return str(err.value)
+
+
+def test_a_cola_like_task_declares_an_absolute_h1_tolerance(tmp_path):
+    from ftdrift.study.config import load_catalog
+
+    path = tmp_path / "tasks.yaml"
+    path.write_text(yaml.safe_dump({"cola": {**COLA, "h1_absolute_tolerance": "0.02"}}))
+    assert load_catalog(path)["cola"]["h1_absolute_tolerance"] == 0.02  # a string read as the number
+    path.write_text(yaml.safe_dump({"cola": COLA}))
+    assert "h1_absolute_tolerance" not in load_catalog(path)["cola"]  # no default: relative mode
+
+
+@pytest.mark.parametrize("value, message", [
+    (0, "key 'cola.h1_absolute_tolerance': 0.0 is less than or equal to the minimum of 0"),
+    (-0.1, "key 'cola.h1_absolute_tolerance': -0.1 is less than or equal to the minimum of 0"),
+    ("two", "key 'cola.h1_absolute_tolerance': 'two' is not of type 'number'"),
+    (2, "task catalog key 'cola'.h1_absolute_tolerance: 2 is not below the range of its main metric "
+        "'matthews_corr' (2)"),
+])
+def test_bad_absolute_h1_tolerances_are_refused_naming_the_task(tmp_path, value, message):
+    assert message in catalog_error(tmp_path, h1_absolute_tolerance=value)
+
+
+def test_the_absolute_tolerance_is_bounded_by_the_metric_range(tmp_path):
+    assert "range of its main metric 'accuracy' (1)" in catalog_error(
+        tmp_path, main_metric="accuracy", h1_absolute_tolerance=1.0)

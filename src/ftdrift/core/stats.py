@@ -23,10 +23,21 @@ whole confidence interval lies on the hypothesis' side of the threshold
 (boundary included), "not supported" when it lies entirely on the other side,
 "inconclusive" when it straddles the threshold, when either arm has fewer than
 2 values, or when the relative change is undefined (mean_full <= 0).
+
+H1 has an absolute mode for metrics where a relative drop means nothing (Matthews
+correlation can be <= 0): the difference ``mean_full - mean_lora`` in the metric's
+units, with its paired or Welch t-interval, against an absolute tolerance.
+
+H2's interval is complemented by a null-hypothesis test over seeds
+(``permutation_test``: exact one-sided permutation test of the difference of mean
+drifts, Fisher/Pitman; see Good, *Permutation, Parametric, and Bootstrap Tests of
+Hypotheses*, 2005) and ``holm`` (Holm 1979, "A simple sequentially rejective
+multiple test procedure") adjusts its p-values across tasks.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -39,6 +50,9 @@ __all__ = [
     "relative_change_ci",
     "verdict_h1",
     "verdict_h2",
+    "permutation_test",
+    "holm",
+    "EXACT_LIMIT",
 ]
 
 _NAN = float("nan")
@@ -188,21 +202,62 @@ def verdict_h1(
     tolerance: float = 0.03,
     confidence: float = 0.95,
     paired: bool = False,
+    absolute_tolerance: float | None = None,
 ) -> dict[str, Any]:
-    """H1: "LoRA's task score is within ``tolerance`` (relative) of full fine-tuning".
+    """H1: "LoRA's task score is within a tolerance of full fine-tuning's".
 
-    relative_drop = (mean_full - mean_lora) / mean_full with a delta-method CI;
+    Scores are per seed (paired by position when ``paired``). Two modes:
+
+    * relative (default, ``absolute_tolerance=None``): relative_drop =
+      (mean_full - mean_lora) / mean_full with a delta-method CI, judged against
+      ``tolerance`` (a fraction). Undefined when mean_full <= 0: "inconclusive",
+      the reason says to declare ``h1_absolute_tolerance`` in the task catalog.
+    * absolute (``absolute_tolerance`` > 0, in the metric's units): difference =
+      mean_full - mean_lora with its paired / Welch t-interval, judged against
+      ``absolute_tolerance``.
+
     "supported" if ci_high <= tolerance, "not supported" if ci_low > tolerance,
-    else "inconclusive" (also for n < 2 in an arm). Scores are per seed.
+    else "inconclusive" (also for n < 2 in an arm). Keys: hypothesis, mode
+    ("relative"/"absolute"), relative_drop, difference (mean_full - mean_lora, both
+    modes), ci_low / ci_high (of the judged quantity), threshold, verdict, reason,
+    confidence, mean_full, mean_lora, n_full, n_lora, se, df, method.
+    Raises ValueError for absolute_tolerance <= 0 or non-finite.
     """
     rc = relative_change_ci(full_scores, lora_scores, confidence, paired)
-    verdict, reason = _verdict(rc, tolerance, supported_below=True)
-    return {
-        "hypothesis": "H1", "relative_drop": rc["relative"],
-        "ci_low": rc["ci_low"], "ci_high": rc["ci_high"], "threshold": tolerance,
-        "verdict": verdict, "reason": reason, "confidence": confidence,
-        **{k: rc[k] for k in ("mean_full", "mean_lora", "n_full", "n_lora", "se", "df", "method")},
-    }
+    mean_full, mean_lora = rc["mean_full"], rc["mean_lora"]
+    out = {"hypothesis": "H1", "relative_drop": rc["relative"],
+           "difference": mean_full - mean_lora if rc["n_full"] and rc["n_lora"] else _NAN,
+           "confidence": confidence, **{k: rc[k] for k in ("mean_full", "mean_lora", "n_full", "n_lora")}}
+    if absolute_tolerance is None:
+        verdict, reason = _verdict(rc, tolerance, supported_below=True)
+        if not np.isfinite(rc["relative"]) and rc["n_full"] >= 2 and rc["n_lora"] >= 2:
+            reason = ("relative drop undefined (mean of full fine-tuning <= 0): declare h1_absolute_tolerance "
+                      "for this task in the task catalog")
+        return {**out, "mode": "relative", "ci_low": rc["ci_low"], "ci_high": rc["ci_high"], "threshold": tolerance,
+                "verdict": verdict, "reason": reason, **{k: rc[k] for k in ("se", "df", "method")}}
+    if not (math.isfinite(absolute_tolerance) and absolute_tolerance > 0):
+        raise ValueError(f"absolute_tolerance must be a finite number > 0, got {absolute_tolerance}")
+    full, lora = _vec(full_scores), _vec(lora_scores)
+    if paired:
+        diff = paired_difference(full, lora, confidence)
+        se = diff["std_diff"] / np.sqrt(diff["n"]) if diff["n"] >= 2 else _NAN
+        df, method = float(diff["n"] - 1), "paired-t"
+    else:
+        diff = welch_difference(full, lora, confidence)
+        df, method = diff["df"], "welch-t"
+        se = float(np.sqrt(full.var(ddof=1) / full.size + lora.var(ddof=1) / lora.size)) \
+            if full.size >= 2 and lora.size >= 2 else _NAN
+    lo, hi = diff["ci_low"], diff["ci_high"]
+    if rc["n_full"] < 2 or rc["n_lora"] < 2:
+        verdict, reason = "inconclusive", "fewer than 2 seeds in an arm"
+    elif hi <= absolute_tolerance:
+        verdict, reason = "supported", f"CI upper bound {hi:.4g} <= {absolute_tolerance:.4g} (absolute)"
+    elif lo > absolute_tolerance:
+        verdict, reason = "not supported", f"CI lower bound {lo:.4g} > {absolute_tolerance:.4g} (absolute)"
+    else:
+        verdict, reason = "inconclusive", f"CI [{lo:.4g}, {hi:.4g}] straddles {absolute_tolerance:.4g} (absolute)"
+    return {**out, "mode": "absolute", "ci_low": lo, "ci_high": hi, "threshold": absolute_tolerance,
+            "verdict": verdict, "reason": reason, "se": se, "df": df, "method": method}
 
 
 def verdict_h2(
@@ -226,3 +281,76 @@ def verdict_h2(
         "verdict": verdict, "reason": reason, "confidence": confidence,
         **{k: rc[k] for k in ("mean_full", "mean_lora", "n_full", "n_lora", "se", "df", "method")},
     }
+
+
+EXACT_LIMIT = 1_000_000  # relabellings enumerated exactly; beyond, a Monte Carlo test (never reached with seeds)
+_MC_RESAMPLES = 99_999
+
+
+def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+
+def permutation_test(full: Any, lora: Any, seed: int = 0) -> dict[str, Any]:
+    """One-sided exact permutation test over seeds: does full fine-tuning drift more than LoRA?
+
+    H0: full and LoRA drifts are exchangeable (the method does not change drift);
+    H1: full drifts more. Statistic ``mean(full) - mean(lora)``; its null distribution
+    is every one of the C(n_full + n_lora, n_full) relabellings of the pooled values
+    (``scipy.stats.permutation_test``, ``permutation_type="independent"``, exact with
+    ``n_resamples=inf``); p = share of relabellings whose statistic is >= the observed
+    one (ties counted, with scipy's relative tolerance 100 eps).
+
+    ``full``, ``lora``: per-seed values (1-D, any units). Returns keys
+    statistic, p_value, min_p, n_full, n_lora, n_relabellings, exact.
+    ``min_p`` is the smallest p-value these data could give: the share of relabellings
+    tied at the largest statistic (1 / C(n, n_full) without ties: 1/6 for 2 + 2 seeds,
+    1/20 for 3 + 3), so ``min_p >= alpha`` means the test can never reject at alpha.
+    Fewer than 2 values in an arm, or a non-finite value: p_value and min_p NaN.
+    Above ``EXACT_LIMIT`` relabellings the test is Monte Carlo (99,999 draws,
+    ``seed``; ``exact`` False, p = (b + 1) / (B + 1)).
+    """
+    f, g = _vec(full), _vec(lora)
+    nf, ng = int(f.size), int(g.size)
+    total = math.comb(nf + ng, nf)
+    out: dict[str, Any] = {"statistic": float(f.mean() - g.mean()) if nf and ng else _NAN, "p_value": _NAN,
+                           "min_p": _NAN, "n_full": nf, "n_lora": ng, "n_relabellings": total, "exact": True}
+    if nf < 2 or ng < 2 or not (np.isfinite(f).all() and np.isfinite(g).all()):
+        return out
+    exact = total <= EXACT_LIMIT
+    res = _st.permutation_test((f, g), _mean_difference, permutation_type="independent", vectorized=True,
+                               n_resamples=np.inf if exact else _MC_RESAMPLES, alternative="greater",
+                               rng=np.random.default_rng(seed))
+    null = np.asarray(res.null_distribution, dtype=np.float64)
+    top = float(null.max())
+    # relabellings tied at the top (same tolerance as scipy's comparison): the best p these values allow
+    ties = int(np.count_nonzero(null >= top - abs(top) * np.finfo(np.float64).eps * 100))
+    min_p = ties / total if exact else 1.0 / (_MC_RESAMPLES + 1)
+    out.update(p_value=float(res.pvalue), min_p=float(min_p), exact=exact)
+    return out
+
+
+def holm(pvalues: Any) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (Holm 1979), same shape as ``pvalues``.
+
+    Step-down over the m finite p-values sorted ascending, p_(1) <= ... <= p_(m):
+    adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)) (monotone, capped at 1);
+    rejecting where adjusted p < alpha controls the family-wise error rate at alpha
+    under any dependence. NaN entries stay NaN and do not count in m.
+    Raises ValueError for values outside [0, 1].
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    flat = p.ravel()
+    finite = np.isfinite(flat)
+    if ((flat[finite] < 0) | (flat[finite] > 1)).any():
+        raise ValueError(f"p-values must lie in [0, 1], got {flat[finite].tolist()}")
+    out = np.full(flat.shape, _NAN)
+    values = flat[finite]
+    m = values.size
+    if m:
+        order = np.argsort(values, kind="stable")
+        scaled = np.minimum(1.0, (m - np.arange(m)) * values[order])
+        adjusted = np.empty(m)
+        adjusted[order] = np.maximum.accumulate(scaled)
+        out[np.flatnonzero(finite)] = adjusted
+    return out.reshape(p.shape)

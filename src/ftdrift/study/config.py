@@ -155,11 +155,25 @@ def task_kind(task_def: dict) -> str:
     return "extractive_qa" if task_def["type"] in QA_TYPES else "classification"
 
 
+def metric_range(task_def: dict) -> float:
+    """Width of the main metric's range: 100 for extractive QA (exact, f1 in percent), 2 for
+    matthews_corr ([-1, 1]), 1 for the other classification metrics ([0, 1])."""
+    if task_def["type"] in QA_TYPES:
+        return 100.0
+    return 2.0 if task_def["main_metric"] == "matthews_corr" else 1.0
+
+
 def _check_catalog(catalog: dict) -> None:
     for name, task in catalog.items():
         where = f"task catalog key '{name}'"
         if task["main_metric"] not in task["metrics"]:
             raise ConfigError(f"{where}.main_metric: '{task['main_metric']}' is not in its metrics {task['metrics']}")
+        tolerance = task.get("h1_absolute_tolerance")
+        if tolerance is not None and tolerance >= metric_range(task):
+            # a tolerance as wide as the metric's whole range would make H1 true whatever LoRA scores
+            raise ConfigError(f"{where}.h1_absolute_tolerance: {tolerance:g} is not below the range of its main "
+                              f"metric '{task['main_metric']}' ({metric_range(task):g}); it is in the metric's "
+                              "units, e.g. 0.02")
         if task["type"] == "extractive_qa":
             if task["format"] != "squad_json":
                 raise ConfigError(f"{where}.format: extractive_qa tasks need format squad_json")
