@@ -1,11 +1,15 @@
 # Weight-space analysis of one run: spectra of the update ΔW of every LoRA-targeted matrix
-# (both methods), intruder dimensions and parameter counts. SVDs in float64 on the CPU.
+# (both methods), the rank holding weights.delta_energy of ||ΔW||_F^2, intruder dimensions at the
+# headline (top-k, ε) and over the sweep weights.intruder_ks x weights.intruder_epsilons, and
+# parameter counts. SVDs in float64 on the CPU.
 rule weight_analysis:
     input:
         model=f"results/runs/{RUN_PATTERN}/model",
     output:
         table=f"results/weights/{RUN_PATTERN}.csv",
         summary=f"results/weights/{RUN_PATTERN}.json",
+        # one row per matrix x k x ε (columns: RUN_KEYS, module, layer, matrix, k, epsilon, intruders)
+        intruders=f"results/weights/{RUN_PATTERN}.intruders.csv",
     log:
         f"results/logs/weight_analysis/{RUN_PATTERN}.log",
     conda:

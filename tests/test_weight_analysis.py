@@ -12,7 +12,7 @@ import torch
 from helpers import REPO, write_tiny_llama
 from safetensors.numpy import load_file
 
-from ftdrift.analysis.weights import aggregate_weights, analyse_run, lora_core, lora_update
+from ftdrift.analysis.weights import aggregate_intruders, aggregate_weights, analyse_run, lora_core, lora_update
 from ftdrift.core import io
 from ftdrift.modeling import lora, models
 from ftdrift.study.config import load_catalog
@@ -36,10 +36,16 @@ def run_fields(method):
     return {"task": "sst2", "method": method, "lr": "5e-3", "batch_size": 4, "seed": 1}
 
 
-def analyse(base, model_dir, method, **kwargs):
+def analyse_all(base, model_dir, method, **kwargs):
+    """(rows, summary, sweep) of analyse_run."""
     args = dict(model_dir=model_dir, model_cfg=base["model_cfg"], task_def=TASK, method=method,
                 lora_cfg=LORA if method == "lora" else None, run=run_fields(method), top_k=10, epsilon=0.5)
     return analyse_run(**{**args, **kwargs})
+
+
+def analyse(base, model_dir, method, **kwargs):
+    """(rows, summary) of analyse_run."""
+    return analyse_all(base, model_dir, method, **kwargs)[:2]
 
 
 def base_task_model(base):
@@ -63,6 +69,16 @@ def hand_intruders(w_base, w_ft, k, epsilon):
     return int(sum(np.abs(u_base.T @ u_ft[:, j]).max() < epsilon for j in range(u_ft.shape[1])))
 
 
+def hand_energy_rank(delta, fraction):
+    """Fewest singular values whose squared sum reaches `fraction` of the total (explicit loop)."""
+    s = np.linalg.svd(delta, compute_uv=False)
+    total, acc = (s**2).sum(), 0.0
+    for n, x in enumerate(s, start=1):
+        acc += x * x
+        if acc >= fraction * total * (1 - 1e-9):
+            return n
+
+
 def check_rows(rows, expected_deltas, w_bases):
     assert len(rows) == len(expected_deltas)
     for (layer, matrix), delta in expected_deltas.items():
@@ -74,6 +90,7 @@ def check_rows(rows, expected_deltas, w_bases):
             assert row[key] == pytest.approx(value, rel=1e-6, abs=1e-12), (layer, matrix, key)
         w_base = w_bases[(layer, matrix)]
         assert row.intruder_dims == hand_intruders(w_base, w_base + delta, 10, 0.5)
+        assert row.rank_energy == (hand_energy_rank(delta, 0.9) if np.abs(delta).max() > 0 else 0), (layer, matrix)
 
 
 # -- LoRA
@@ -301,8 +318,62 @@ def test_aggregate_keeps_runs_and_lr_strings(base, tmp_path):
     for i, lr in enumerate(["1e-3", "5e-3"]):
         frame = pd.DataFrame([{**run_fields("lora"), "lr": lr, "module": "m", "layer": 0, "matrix": "q_proj",
                                "effective_rank": 1.0, "stable_rank": 1.0, "frobenius_norm": 1.0,
-                               "top_singular_value": 1.0, "intruder_dims": i}])
+                               "top_singular_value": 1.0, "intruder_dims": i, "rank_energy": 1}])
         io.write_csv(tmp_path / f"{i}.csv", frame)
         frames.append(frame)
     table = aggregate_weights([tmp_path / "0.csv", tmp_path / "1.csv"])
     assert list(table.lr) == ["1e-3", "5e-3"] and list(table.intruder_dims) == [0, 1]
+
+
+# -- the sweep over (k, ε) and the energy rank
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_intruder_sweep_rows_match_hand_counts(base, method, request):
+    model_dir = request.getfixturevalue(f"{method}_dir")
+    ks, eps = [2, 5, 40], [0.3, 0.5, 0.8]
+    rows, summary, sweep = analyse_all(base, model_dir, method, intruder_ks=ks, intruder_epsilons=eps,
+                                       delta_energy=0.5)
+    assert list(sweep.columns) == ["task", "method", "lr", "batch_size", "seed", "module", "layer", "matrix", "k",
+                                   "epsilon", "intruders"]
+    assert len(sweep) == len(rows) * len(ks) * len(eps) == len(TARGETS) * 9
+    assert (sweep.method == method).all() and (sweep.lr == "5e-3").all()
+    tuned = None if method == "lora" else load_file(str(model_dir / "model.safetensors"))
+    deltas = {}
+    for layer, matrix in TARGETS:
+        w_base = base["weights"][f"layers.{layer}.self_attn.{matrix}.weight"].astype(np.float64)
+        if tuned is not None:
+            w_ft = tuned[f"model.layers.{layer}.self_attn.{matrix}.weight"].astype(np.float64)
+        else:
+            adapter = load_file(str(model_dir / "adapter_model.safetensors"))
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{matrix}"
+            w_ft = w_base + LORA["alpha"] / LORA["r"] * (adapter[f"{prefix}.lora_B.weight"].astype(np.float64)
+                                                         @ adapter[f"{prefix}.lora_A.weight"].astype(np.float64))
+        deltas[(layer, matrix)] = w_ft - w_base
+        got = sweep[(sweep.layer == layer) & (sweep.matrix == matrix)]
+        assert [(r.k, r.epsilon) for r in got.itertuples()] == [(k, e) for k in ks for e in eps]
+        assert list(got.intruders) == [hand_intruders(w_base, w_ft, k, e) for k in ks for e in eps], (layer, matrix)
+        row = rows[(rows.layer == layer) & (rows.matrix == matrix)].iloc[0]
+        assert row.rank_energy == (hand_energy_rank(w_ft - w_base, 0.5) if np.abs(w_ft - w_base).max() > 0 else 0)
+    assert sweep.intruders.max() > 0
+    if method == "full":  # the constructed q_proj of layer 0: 3 intruders at k >= 3 and ε = 0.5 (see full_dir)
+        q0 = sweep[(sweep.layer == 0) & (sweep.matrix == "q_proj") & (sweep.epsilon == 0.5)]
+        assert list(q0.intruders) == [2, 3, 3]
+    else:
+        assert (rows.rank_energy <= LORA["r"]).all()
+    assert (summary["intruder_ks"], summary["intruder_epsilons"], summary["delta_energy"]) == (ks, eps, 0.5)
+    json.dumps(summary)
+
+
+def test_aggregate_intruders_keeps_runs_lr_strings_and_names_a_bad_file(tmp_path):
+    for i, lr in enumerate(["1e-3", "5e-3"]):
+        frame = pd.DataFrame([{**run_fields("full"), "lr": lr, "module": "m", "layer": 0, "matrix": "q_proj",
+                               "k": k, "epsilon": 0.5, "intruders": i + k} for k in (5, 10)])
+        io.write_csv(tmp_path / f"{i}.intruders.csv", frame)
+    table = aggregate_intruders([tmp_path / "0.intruders.csv", tmp_path / "1.intruders.csv"])
+    assert list(table.columns) == ["task", "method", "lr", "batch_size", "seed", "module", "layer", "matrix", "k",
+                                   "epsilon", "intruders"]
+    assert list(table.lr) == ["1e-3", "1e-3", "5e-3", "5e-3"] and list(table.intruders) == [5, 10, 6, 11]
+    assert list(aggregate_intruders([]).columns) == list(table.columns)
+    io.write_csv(tmp_path / "old.csv", pd.DataFrame([{**run_fields("full"), "module": "m"}]))
+    with pytest.raises(ValueError, match=r"old.csv: columns \['layer'"):
+        aggregate_intruders([tmp_path / "old.csv"])

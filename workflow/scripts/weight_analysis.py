@@ -5,16 +5,21 @@ smk.start(snakemake)  # before transformers is imported, so its log handler writ
 
 from ftdrift.analysis.weights import analyse_run  # noqa: E402
 
-rows, summary = analyse_run(
+weights = snakemake.params.weights
+rows, summary, sweep = analyse_run(
     model_dir=snakemake.input.model,
     model_cfg=snakemake.params.model,
     task_def=snakemake.params.task_def,
     method=snakemake.params.run["method"],
     lora_cfg=snakemake.params.lora,
     run=snakemake.params.run,
-    top_k=snakemake.params.weights["intruder_top_k"],
-    epsilon=snakemake.params.weights["intruder_epsilon"],
+    top_k=weights["intruder_top_k"],
+    epsilon=weights["intruder_epsilon"],
+    intruder_ks=weights["intruder_ks"],
+    intruder_epsilons=weights["intruder_epsilons"],
+    delta_energy=weights["delta_energy"],
     target_modules=snakemake.params.target_modules,
 )
 io.write_csv(snakemake.output.table, rows)
+io.write_csv(snakemake.output.intruders, sweep)
 io.write_json(snakemake.output.summary, summary)

@@ -9,8 +9,11 @@ BERT) and for both methods, the weight update ΔW is
     full:  ΔW = W_ft − W_base
 
 and each row records ΔW's spectrum (effective rank, stable rank, Frobenius norm, top singular
-value) and the intruder dimensions of W_ft = W_base + ΔW against W_base (Shuttleworth et al.
-2024). All of it runs in float64 on the CPU through `ftdrift.core.spectra`.
+value), `rank_energy` (the fewest singular values of ΔW holding `delta_energy` of ||ΔW||_F^2) and
+the intruder dimensions of W_ft = W_base + ΔW against W_base (Shuttleworth et al. 2024) at the
+headline (top-k, ε). A second table holds the intruder counts over the whole sweep of top-k x ε
+(one row per matrix x k x ε; both SVDs run once per matrix). All of it runs in float64 on the CPU
+through `ftdrift.core.spectra`.
 
 (That the merged adapter computes what the trained adapter computes is checked by
 ftdrift.analysis.checkpoints, on the validation split.)
@@ -26,7 +29,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ftdrift.core.spectra import intruder_dimensions, spectrum_summary
+from ftdrift.core.spectra import (
+    energy_rank,
+    intruder_cosines,
+    intruder_counts,
+    singular_value_summary,
+    singular_values,
+)
 from ftdrift.modeling import lora, models
 from ftdrift.modeling.lora import ADAPTER
 from ftdrift.study import families
@@ -36,7 +45,13 @@ from ftdrift.study.grid import RUN_KEYS
 log = logging.getLogger("ftdrift.analysis.weights")
 
 ROW_KEYS = ["module", "layer", "matrix", "effective_rank", "stable_rank", "frobenius_norm",
-            "top_singular_value", "intruder_dims"]
+            "top_singular_value", "intruder_dims", "rank_energy"]
+# results/weights/<run>.intruders.csv: one row per matrix x top-k x ε (after the RUN_KEYS)
+SWEEP_KEYS = ["module", "layer", "matrix", "k", "epsilon", "intruders"]
+# schema defaults of weights.intruder_ks / intruder_epsilons / delta_energy
+DEFAULT_KS = (5, 10, 20)
+DEFAULT_EPSILONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_ENERGY = 0.9
 
 
 def _task_model(model):
@@ -44,7 +59,8 @@ def _task_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def analysed_modules(model, family_name: str, targets, lora: bool = False) -> list[tuple[str, int, str, torch.nn.Module]]:
+def analysed_modules(model, family_name: str, targets,
+                     lora: bool = False) -> list[tuple[str, int, str, torch.nn.Module]]:
     """(dotted name in the task model, block index, matrix name, module) of every analysed matrix.
 
     Without `lora`, the linear layers whose last name part is in `targets`; with it, the LoRA
@@ -72,14 +88,30 @@ def analysed_modules(model, family_name: str, targets, lora: bool = False) -> li
 
 
 def matrix_row(w_base: np.ndarray, delta: np.ndarray, top_k: int, epsilon: float,
-               same_spectrum: np.ndarray | None = None) -> dict:
-    """Spectrum of ΔW and intruder dimensions of W_base + ΔW (float64 arrays).
+               same_spectrum: np.ndarray | None = None, *, ks=DEFAULT_KS, epsilons=DEFAULT_EPSILONS,
+               energy: float = DEFAULT_ENERGY) -> tuple[dict, np.ndarray]:
+    """Spectrum of ΔW, its `rank_energy`, and intruder dimensions of W_base + ΔW (float64 [out, in] arrays).
 
-    `same_spectrum`, when given, is a (smaller) matrix with ΔW's non-zero singular values,
-    whose decomposition replaces ΔW's own (see `lora_core`).
+    Returns (row, sweep): the row has ROW_KEYS' values after module/layer/matrix (intruder_dims at
+    (`top_k`, `epsilon`), rank_energy at `energy`); sweep is the int array [len(ks), len(epsilons)] of
+    intruder counts (`ftdrift.core.spectra.intruder_sweep`). Both SVDs of the intruder count run
+    once for the headline point and the sweep. `same_spectrum`, when given, is a (smaller) matrix
+    with ΔW's non-zero singular values, whose decomposition replaces ΔW's own (see `lora_core`).
     """
-    return {**spectrum_summary(delta if same_spectrum is None else same_spectrum),
-            "intruder_dims": intruder_dimensions(w_base, w_base + delta, k=top_k, epsilon=epsilon)}
+    s = singular_values(delta if same_spectrum is None else same_spectrum)
+    ks = list(ks)
+    cosines = intruder_cosines(w_base, w_base + delta, max([int(top_k), *ks]))
+    row = {**singular_value_summary(s),
+           "intruder_dims": int(intruder_counts(cosines, [top_k], [epsilon])[0, 0]),
+           "rank_energy": energy_rank(s, energy)}
+    return row, intruder_counts(cosines, ks, epsilons)
+
+
+def sweep_rows(module: str, layer: int, matrix: str, sweep: np.ndarray, ks, epsilons) -> list[dict]:
+    """The intruder sweep of one matrix as SWEEP_KEYS rows (k-major, then ε)."""
+    return [{"module": module, "layer": layer, "matrix": matrix, "k": int(k), "epsilon": float(eps),
+             "intruders": int(sweep[i, j])}
+            for i, k in enumerate(ks) for j, eps in enumerate(epsilons)]
 
 
 def lora_core(lora_A: torch.Tensor, lora_B: torch.Tensor, scale: float) -> torch.Tensor:
@@ -156,9 +188,15 @@ def _check_lora_config(lora_cfg: dict | None, peft_config, model_dir) -> None:
 
 
 def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora_cfg: dict | None, run: dict,
-                top_k: int = 10, epsilon: float = 0.5,
-                target_modules: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
-    """Per-matrix weight-update rows and a run summary for one saved run (see the module doc).
+                top_k: int = 10, epsilon: float = 0.5, intruder_ks=DEFAULT_KS, intruder_epsilons=DEFAULT_EPSILONS,
+                delta_energy: float = DEFAULT_ENERGY,
+                target_modules: list[str] | None = None) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """Per-matrix weight-update rows, a run summary and the intruder sweep of one saved run (see the module doc).
+
+    Returns (rows, summary, sweep): rows have RUN_KEYS + ROW_KEYS (results/weights/<run>.csv), sweep
+    RUN_KEYS + SWEEP_KEYS, one row per matrix x k in `intruder_ks` x ε in `intruder_epsilons`
+    (results/weights/<run>.intruders.csv). `top_k`/`epsilon` give the headline intruder_dims column,
+    `delta_energy` the share of ||ΔW||_F^2 that rank_energy must hold.
 
     `model_dir` is the run's saved model: a peft adapter folder (LoRA) or a full task model.
     The analysed matrices are the family's LoRA targets (`target_modules`, else
@@ -166,7 +204,7 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora
     the adapter itself adapts for LoRA.
 
     Summary: trainable_params and total_params as train.py counts them (total = the base task
-    model's parameters), the intruder settings and the adapter's LoRA settings.
+    model's parameters), the intruder and energy settings and the adapter's LoRA settings.
     """
     if method not in ("full", "lora"):
         raise ValueError(f"unknown method '{method}' (known: full, lora)")
@@ -181,7 +219,10 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora
     base = models.load_model(model_cfg, kind, num_labels, tokenizer, dtype=torch.float32)
     total_params = sum(p.numel() for p in base.parameters())
 
-    rows, lora_info = [], None
+    ks = [int(k) for k in intruder_ks]
+    epsilons = [float(e) for e in intruder_epsilons]
+    settings = dict(ks=ks, epsilons=epsilons, energy=delta_energy)
+    rows, sweeps, lora_info = [], [], None
     with torch.no_grad():
         if method == "lora":
             # trainable: the parameters training updated are counted as the training job counts them
@@ -193,9 +234,10 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora
             found = analysed_modules(model, family.name, targets, lora=True)
             for name, layer, matrix, module in found:
                 delta, core = lora_update(module, ADAPTER)
-                rows.append({"module": name, "layer": layer, "matrix": matrix,
-                             **matrix_row(_as64(module.get_base_layer().weight), delta, top_k, epsilon,
-                                          same_spectrum=core)})
+                row, sweep = matrix_row(_as64(module.get_base_layer().weight), delta, top_k, epsilon,
+                                        same_spectrum=core, **settings)
+                rows.append({"module": name, "layer": layer, "matrix": matrix, **row})
+                sweeps += sweep_rows(name, layer, matrix, sweep, ks, epsilons)
                 log.info("%s: %s", name, rows[-1])
             lora_info = {"r": peft_config.r, "alpha": peft_config.lora_alpha,
                          "use_rslora": bool(getattr(peft_config, "use_rslora", False)),
@@ -210,13 +252,16 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora
                 if name not in base_weights:
                     raise ValueError(f"{model_dir}: module {name} has no counterpart in the base model")
                 w_base, w_ft = _as64(base_weights[name]), _as64(module.weight)
-                rows.append({"module": name, "layer": layer, "matrix": matrix,
-                             **matrix_row(w_base, w_ft - w_base, top_k, epsilon)})
+                row, sweep = matrix_row(w_base, w_ft - w_base, top_k, epsilon, **settings)
+                rows.append({"module": name, "layer": layer, "matrix": matrix, **row})
+                sweeps += sweep_rows(name, layer, matrix, sweep, ks, epsilons)
                 log.info("%s: %s", name, rows[-1])
 
     table = pd.DataFrame(rows, columns=ROW_KEYS)
-    for i, key in enumerate(RUN_KEYS):
-        table.insert(i, key, run[key])
+    sweep_table = pd.DataFrame(sweeps, columns=SWEEP_KEYS)
+    for frame in (table, sweep_table):
+        for i, key in enumerate(RUN_KEYS):
+            frame.insert(i, key, run[key])
     summary = {
         "run": {k: run[k] for k in RUN_KEYS},
         "trainable_params": int(trainable_params),
@@ -225,15 +270,34 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: str, lora
         "n_matrices": len(rows),
         "intruder_top_k": int(top_k),
         "intruder_epsilon": float(epsilon),
+        "intruder_ks": ks,
+        "intruder_epsilons": epsilons,
+        "delta_energy": float(delta_energy),
         "lora": lora_info,
         "seconds": time.time() - started,
     }
-    return table, summary
+    return table, summary, sweep_table
+
+
+def _read_run_tables(paths, columns: list[str]) -> pd.DataFrame:
+    frames = [pd.read_csv(p, dtype={"lr": str}) for p in paths]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    for path, frame in zip(paths, frames):
+        missing = [c for c in columns if c not in frame]
+        if missing:
+            raise ValueError(f"{path}: columns {missing} missing (written by an older weight_analysis? re-run it)")
+    return pd.concat(frames, ignore_index=True)
 
 
 def aggregate_weights(paths) -> pd.DataFrame:
-    """All runs' per-matrix rows in one table (lr kept as its path string, e.g. '5e-3')."""
-    frames = [pd.read_csv(p, dtype={"lr": str}) for p in paths]
-    if not frames:
-        return pd.DataFrame(columns=RUN_KEYS + ROW_KEYS)
-    return pd.concat(frames, ignore_index=True)
+    """All runs' per-matrix rows (RUN_KEYS + ROW_KEYS, rank_energy included) in one table (lr kept as
+    its path string, e.g. '5e-3'). Raises ValueError naming a file that lacks a column."""
+    return _read_run_tables(paths, RUN_KEYS + ROW_KEYS)
+
+
+def aggregate_intruders(paths) -> pd.DataFrame:
+    """All runs' intruder sweeps (results/weights/<run>.intruders.csv) in one table: RUN_KEYS + SWEEP_KEYS
+    = task, method, lr, batch_size, seed, module, layer, matrix, k, epsilon, intruders; one row per run x
+    matrix x k x ε (lr kept as its path string). Raises ValueError naming a file that lacks a column."""
+    return _read_run_tables(paths, RUN_KEYS + SWEEP_KEYS)
