@@ -1,3 +1,23 @@
+# The chosen setting of each task x method (best mean dev metric) and its usable runs, from the
+# runs' metrics alone: what rule method_similarity compares.
+rule choose_settings:
+    input:
+        metrics=run_paths("results/runs/{run}/metrics.json"),
+    output:
+        chosen="results/tables/chosen.csv",
+    log:
+        "results/logs/choose_settings.log",
+    conda:
+        "../envs/ftdrift.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code_version=CODE_VERSIONS["aggregate"],
+    script:
+        "../workflow/scripts/choose_settings.py"
+
+
 # Every statistic over runs lives here, downstream of training: changing an `analysis.*` key
 # re-runs this job and the report, never a fine-tuning, drift or weight-analysis job.
 rule aggregate:
@@ -10,6 +30,10 @@ rule aggregate:
         weights=run_paths("results/weights/{run}.csv"),
         checks=run_paths("results/checks/{run}.json"),
         baselines=expand("results/baselines/{task}.json", task=CONFIG["tasks"]),
+        bootstrap=run_paths("results/drift/{run}.bootstrap.csv"),
+        seed_floor=SEED_FLOOR_PATHS,
+        forgetting=run_paths("results/forgetting/{run}.json"),
+        intruders=run_paths("results/weights/{run}.intruders.csv"),
     output:
         runs=report(
             "results/tables/runs.csv",
@@ -27,6 +51,11 @@ rule aggregate:
         weights="results/tables/weights.csv",
         stability="results/tables/stability.csv",
         baselines="results/tables/baselines.csv",
+        seed_floor="results/tables/seed_floor.csv",
+        forgetting="results/tables/forgetting.csv",
+        out_of_task="results/tables/out_of_task.csv",
+        probe_transfer="results/tables/probe_transfer.csv",
+        intruders="results/tables/intruders.csv",
     log:
         "results/logs/aggregate.log",
     conda:

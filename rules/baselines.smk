@@ -1,5 +1,5 @@
 # Baselines of one task: the trivial answer (majority class / always no answer) and a linear
-# probe of the frozen base model (pooled features; SQuAD v2: a token-level span probe).
+# probe of the frozen base model (pooled features; SQuAD v2: a token-level span probe), saved for reuse.
 rule baselines:
     input:
         train="results/data/{task}/train.jsonl",
@@ -7,6 +7,8 @@ rule baselines:
         validation="results/data/{task}/validation.jsonl",
     output:
         baselines="results/baselines/{task}.json",
+        # the fitted classification probe, for the forgetting rule (QA: an npz marked not_applicable)
+        probe="results/baselines/{task}.probe.npz",
     log:
         "results/logs/baselines/{task}.log",
     conda:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # use this checkout's library
 
+from ftdrift.analysis import pairs as ftpairs
 from ftdrift.study import config as ftconfig
+from ftdrift.study import families as ftfamilies
 from ftdrift.study import grid as ftgrid
 from ftdrift.study import resources as ftresources
 from ftdrift.study.versions import CODE_VERSIONS
@@ -89,4 +91,42 @@ def all_targets():
         "results/tables/runs.csv",
         "results/tables/drift.csv",
         "results/tables/summary.md",
+    ]
+
+
+# --- cross-run comparisons (rules/pairs.smk) ---
+# one CSV per setting of the analysed grid with >= 2 seeds (rule aggregate reads them)
+SEED_FLOOR_PATHS = ftpairs.seed_floor_paths(ANALYSED_RUNS)
+# both full-vs-LoRA CSVs of every task (the report reads them)
+METHOD_SIMILARITY_PATHS = ftpairs.method_similarity_paths(CONFIG["tasks"])
+
+
+def seed_floor_seeds(wildcards):
+    return ftpairs.seed_floor_setting(ANALYSED_RUNS, wildcards)["seeds"]
+
+
+def seed_floor_inputs(wildcards):
+    setting = {key: getattr(wildcards, key) for key in ("task", "method", "lr", "batch_size")}
+    paths = [RUN_PATTERN.format(**setting, seed=seed) for seed in seed_floor_seeds(wildcards)]
+    return {
+        "stores": [f"results/runs/{path}/representations.zarr" for path in paths],
+        "metrics": [f"results/runs/{path}/metrics.json" for path in paths],
+    }
+
+
+def task_runs(wildcards):
+    """The task's analysed runs, in one order for the stores (input) and their identities (params)."""
+    return [run for run in ANALYSED_RUNS if run.task == wildcards.task]
+
+
+# --- forgetting (rules/forgetting.smk) ---
+LM_FAMILY = ftfamilies.family(CONFIG["model"]["family"]).causal_lm
+
+
+def other_tasks(wildcards, kind=None):
+    """The configured tasks but the run's own (only those of task `kind` when given)."""
+    return [
+        t
+        for t in CONFIG["tasks"]
+        if t != wildcards.task and (kind is None or ftconfig.task_kind(CONFIG["task_defs"][t]) == kind)
     ]

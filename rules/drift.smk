@@ -4,6 +4,8 @@ rule drift:
         run=f"results/runs/{RUN_PATTERN}/representations.zarr",
     output:
         table=f"results/drift/{RUN_PATTERN}.csv",
+        # the final linear CKA's replicates over probe resamples (the tables' probe intervals)
+        bootstrap=f"results/drift/{RUN_PATTERN}.bootstrap.csv",
     log:
         f"results/logs/drift/{RUN_PATTERN}.log",
     conda:
@@ -14,6 +16,7 @@ rule drift:
     params:
         run=run_params,
         metrics=CONFIG["drift"]["metrics"],
+        bootstrap_resamples=CONFIG["drift"]["bootstrap_resamples"],
         code_version=CODE_VERSIONS["drift"],
     script:
         "../workflow/scripts/drift.py"

@@ -47,3 +47,24 @@ def test_the_schema_offers_exactly_the_registered_metrics():
     from ftdrift.study.config import load_schema
 
     assert load_schema("schema.yaml")["definitions"]["drift_metric"]["enum"] == list(DRIFT_METRICS)
+
+
+def test_bootstrap_replicates_of_the_final_snapshot(tmp_path):
+    """Replicates: linear CKA of the last snapshot against the base on the same resampled probe rows,
+    the same resamples for every run (fixed seed)."""
+    from ftdrift.analysis.drift import drift_bootstrap
+    from ftdrift.core.similarity import linear_cka, probe_resamples
+    from ftdrift.core.store import read_base
+
+    base_path, run_path = stores(tmp_path)
+    table = drift_bootstrap(base_path, run_path, RUN, ["linear_cka", "cosine"], 5)
+    assert len(table) == 2 * 5 and set(table.step) == {5} and set(table.metric) == {"linear_cka"}
+    base = read_base(base_path)[0]["mean"]
+    final = SnapshotStore(run_path, mode="r").read("mean")[1][-1]
+    indices = probe_resamples(5, 5, seed=0)
+    for layer in (0, 1):
+        got = table[table.layer == layer].sort_values("replicate").value.to_numpy()
+        want = [linear_cka(base[layer][i], final[layer][i]) for i in indices]
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert drift_bootstrap(base_path, run_path, RUN, ["cosine"], 5).empty
+    assert drift_bootstrap(base_path, run_path, RUN, ["linear_cka"], 0).empty

@@ -82,8 +82,8 @@ def test_report_caption_edit_reruns_nothing(tiny_run, tmp_path):
     assert planned(tiny_run, snakefile=copy / "Snakefile") == {}
 
 
-REPORT_JOBS = {"report_overview": 1, "report_performance": 1, "report_drift": 4, "report_training": 4,
-               "report_weights": 1, "all": 1}
+REPORT_JOBS = {"report_overview": 1, "report_performance": 1, "report_drift": 4,
+               "report_training": 4, "report_weights": 1, "report_similarity": 4, "report_forgetting": 1, "all": 1}
 
 
 def test_analysis_settings_rerun_only_the_statistics_and_the_report(tiny_run):

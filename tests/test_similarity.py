@@ -311,3 +311,33 @@ def test_procrustes_invariances_and_symmetry(rng):
     assert procrustes_distance(x, y) == pytest.approx(procrustes_distance(y, x), rel=1e-12)
     with pytest.raises(ValueError, match="constant"):
         procrustes_distance(np.ones((30, 5)), y)
+
+
+def test_bootstrap_linear_cka_equals_cka_of_each_resample(rng):
+    from ftdrift.core import similarity as sim
+
+    """Count-weighted Grams = CKA recomputed from scratch on the resampled rows (with repeats)."""
+    x = rng.normal(size=(30, 5))
+    y = x @ rng.normal(size=(5, 7)) + rng.normal(size=(30, 7))
+    indices = sim.probe_resamples(30, 6, seed=3)
+    got = sim.bootstrap_linear_cka(x, y, indices)
+
+    def naive(a, b):  # Kornblith et al. 2019, eq. for linear CKA, by hand
+        a, b = a - a.mean(0), b - b.mean(0)
+        return np.linalg.norm(b.T @ a) ** 2 / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
+
+    np.testing.assert_allclose(got, [naive(x[i], y[i]) for i in indices], rtol=1e-10)
+    # features with huge means (as Llama's outlier dimensions under mean pooling) lose no digits
+    shift = np.zeros(5)
+    shift[:2] = 3e4
+    np.testing.assert_allclose(sim.bootstrap_linear_cka(x + shift, y, indices), got, rtol=1e-9)
+    assert indices.shape == (6, 30) and np.array_equal(indices, sim.probe_resamples(30, 6, seed=3))
+
+
+def test_bootstrap_interval_is_centred_on_the_estimate():
+    from ftdrift.core import similarity as sim
+
+    replicates = np.array([0.70, 0.72, 0.74, 0.76])
+    low, high = sim.bootstrap_interval(0.6, replicates, 0.95)
+    half = 1.959963984540054 * np.std(replicates, ddof=1)
+    assert low == pytest.approx(0.6 - half) and high == pytest.approx(0.6 + half)

@@ -8,13 +8,13 @@ import pytest
 from helpers import REPO
 from scipy import stats as st
 
-from ftdrift.analysis import tables
+from ftdrift.analysis import tables, verdicts
 from ftdrift.core import io
 from ftdrift.study.config import load_catalog
 
 CATALOG = load_catalog(REPO / "config" / "tasks.yaml")
 ANALYSIS = {"confidence": 0.9, "bootstrap_resamples": 200, "h1_max_relative_drop": 0.03,
-            "h2_min_drift_reduction": 0.2, "h2_metric": "linear_cka", "h2_pooling": "mean",
+            "h2_min_drift_reduction": 0.2, "h2_metric": "linear_cka", "h2_pooling": "mean", "h2_alpha": 0.05,
             "stability": {"plateau_evals": 3, "plateau_tolerance": 0.05, "spike_threshold": 6.0,
                           "unstable_clipped_fraction": 1.0, "metric_fraction": 0.9, "heterogeneity_alpha": 0.01}}
 
@@ -57,7 +57,7 @@ def chosen(seeds_full, seeds_lora, val_full, val_lora, drift_full, drift_lora):
 
 def test_shared_seeds_are_paired_with_the_configured_confidence():
     full, lora = chosen([3, 1, 2], [1, 2, 3], [0.90, 0.80, 0.85], [0.79, 0.84, 0.88], [0.5, 0.4, 0.45], [0.3, 0.35, 0.2])
-    row = tables.verdict_row("sst2", CATALOG["sst2"], full, lora, ANALYSIS)
+    row = verdicts.verdict_row("sst2", CATALOG["sst2"], full, lora, ANALYSIS)
     assert row["analysis"] == "paired by seed (n = 3)" and row["confidence"] == 0.9
     diff = np.array([0.79 - 0.80, 0.84 - 0.85, 0.88 - 0.90])  # seeds 1, 2, 3
     half = st.t.ppf(0.95, 2) * diff.std(ddof=1) / np.sqrt(3)
@@ -75,11 +75,30 @@ def test_shared_seeds_are_paired_with_the_configured_confidence():
 
 def test_other_seeds_are_compared_unpaired():
     full, lora = chosen([1, 2, 3], [4, 5, 6], [0.90, 0.80, 0.85], [0.79, 0.84, 0.88], [0.5, 0.4, 0.45], [0.3, 0.35, 0.2])
-    row = tables.verdict_row("sst2", CATALOG["sst2"], full, lora, ANALYSIS)
+    row = verdicts.verdict_row("sst2", CATALOG["sst2"], full, lora, ANALYSIS)
     assert row["analysis"] == "unpaired (full n = 3, LoRA n = 3)"
     welch = st.ttest_ind([0.79, 0.84, 0.88], [0.90, 0.80, 0.85], equal_var=False)
     low, high = welch.confidence_interval(0.9)
     assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((low, high))
+
+
+OUTPUT_KEYS = ("runs", "drift", "best", "verdicts", "drift_by_layer", "summary", "latex", "weights", "stability",
+               "baselines", "seed_floor", "forgetting", "out_of_task", "probe_transfer", "intruders")
+
+
+def run_aggregate(tmp_path, names, analysis, planned=None, **paths) -> dict:
+    """tables.aggregate over the files write_run wrote for `names`; returns the output paths."""
+    outputs = {key: tmp_path / "out" / f"{key}.out" for key in OUTPUT_KEYS}
+    tables.aggregate(metrics_paths=[tmp_path / f"{n}.metrics.json" for n in names],
+                     predictions_paths=[tmp_path / f"{n}.predictions.json" for n in names],
+                     train_log_paths=[tmp_path / f"{n}.train_log.csv" for n in names],
+                     baseline_paths={"sst2": tmp_path / "sst2.baselines.json"},
+                     validation_paths={"sst2": tmp_path / "validation.jsonl"},
+                     drift_paths=[tmp_path / f"{n}.drift.csv" for n in names], weights_paths=[],
+                     check_paths=[tmp_path / f"{n}.check.json" for n in names],
+                     task_defs={"sst2": CATALOG["sst2"]}, analysis=analysis, outputs=outputs, planned=planned, **paths)
+    return outputs
+
 
 
 def write_run(root, task, method, seed, val, drift_values, metric, pooling, ok=True, status=None):
@@ -123,18 +142,8 @@ def test_aggregate_uses_the_configured_drift_and_shows_failed_checks(tmp_path):
     names += [write_run(tmp_path, "sst2", "lora", seed, 0.89, [0.8, 0.9], "cosine", "last", ok=seed == 1)
               for seed in (1, 2)]
     io.write_jsonl(tmp_path / "validation.jsonl", [{"id": "v0", "text": "a", "label": 1}, {"id": "v1", "text": "b", "label": 1}])
-    outputs = {key: tmp_path / "out" / f"{key}.out" for key in
-               ("runs", "drift", "best", "verdicts", "drift_by_layer", "summary", "latex", "weights", "stability",
-                "baselines")}
     analysis = {**ANALYSIS, "h2_metric": "cosine", "h2_pooling": "last"}
-    tables.aggregate(metrics_paths=[tmp_path / f"{n}.metrics.json" for n in names],
-                     predictions_paths=[tmp_path / f"{n}.predictions.json" for n in names],
-                     train_log_paths=[tmp_path / f"{n}.train_log.csv" for n in names],
-                     baseline_paths={"sst2": tmp_path / "sst2.baselines.json"},
-                     validation_paths={"sst2": tmp_path / "validation.jsonl"},
-                     drift_paths=[tmp_path / f"{n}.drift.csv" for n in names], weights_paths=[],
-                     check_paths=[tmp_path / f"{n}.check.json" for n in names],
-                     task_defs={"sst2": CATALOG["sst2"]}, analysis=analysis, outputs=outputs)
+    outputs = run_aggregate(tmp_path, names, analysis)
     best = pd.read_csv(outputs["best"]).set_index("method")
     # drift = mean over layers of 1 - cosine ("last" pooling) at the last snapshot
     assert best.loc["full", "drift_mean"] == pytest.approx(1 - (0.5 + 0.7) / 2)
@@ -168,19 +177,9 @@ def test_diverged_runs_are_listed_but_left_out_and_missing_runs_are_marked(tmp_p
     names += [write_run(tmp_path, "sst2", "lora", seed, val, [0.8, 0.9], "linear_cka", "mean")
               for seed, val in ((1, 0.85), (2, 0.75))]
     io.write_jsonl(tmp_path / "validation.jsonl", [{"id": "v0", "text": "a", "label": 1}, {"id": "v1", "text": "b", "label": 1}])
-    outputs = {key: tmp_path / "out" / f"{key}.out" for key in
-               ("runs", "drift", "best", "verdicts", "drift_by_layer", "summary", "latex", "weights", "stability",
-                "baselines")}
     planned = [{"task": "sst2", "method": m, "lr": "1e-3", "batch_size": 4, "seed": s} for m in ("full", "lora")
                for s in (1, 2, 3)]
-    tables.aggregate(metrics_paths=[tmp_path / f"{n}.metrics.json" for n in names],
-                     predictions_paths=[tmp_path / f"{n}.predictions.json" for n in names],
-                     train_log_paths=[tmp_path / f"{n}.train_log.csv" for n in names],
-                     baseline_paths={"sst2": tmp_path / "sst2.baselines.json"},
-                     validation_paths={"sst2": tmp_path / "validation.jsonl"},
-                     drift_paths=[tmp_path / f"{n}.drift.csv" for n in names], weights_paths=[],
-                     check_paths=[tmp_path / f"{n}.check.json" for n in names],
-                     task_defs={"sst2": CATALOG["sst2"]}, analysis=ANALYSIS, outputs=outputs, planned=planned)
+    outputs = run_aggregate(tmp_path, names, ANALYSIS, planned=planned)
     runs = pd.read_csv(outputs["runs"]).set_index(["method", "seed"])
     assert runs.loc[("full", 3), "status"] == "diverged" and runs.loc[("full", 3), "diverged_at_step"] == 3
     assert runs.loc[("lora", 3), "status"] == "missing" and len(runs) == 6
@@ -213,18 +212,8 @@ def test_tables_are_written_without_any_usable_run(tmp_path, case):
     names = [] if case == "no finished run" else [
         write_run(tmp_path, "sst2", m, 1, 0.1, [0.5], "linear_cka", "mean", status="diverged") for m in ("full", "lora")]
     io.write_jsonl(tmp_path / "validation.jsonl", [{"id": "v0", "text": "a", "label": 1}, {"id": "v1", "text": "b", "label": 1}])
-    outputs = {key: tmp_path / "out" / f"{key}.out" for key in
-               ("runs", "drift", "best", "verdicts", "drift_by_layer", "summary", "latex", "weights", "stability",
-                "baselines")}
     planned = [{"task": "sst2", "method": m, "lr": "1e-3", "batch_size": 4, "seed": 1} for m in ("full", "lora")]
-    tables.aggregate(metrics_paths=[tmp_path / f"{n}.metrics.json" for n in names],
-                     predictions_paths=[tmp_path / f"{n}.predictions.json" for n in names],
-                     train_log_paths=[tmp_path / f"{n}.train_log.csv" for n in names],
-                     baseline_paths={"sst2": tmp_path / "sst2.baselines.json"},
-                     validation_paths={"sst2": tmp_path / "validation.jsonl"},
-                     drift_paths=[tmp_path / f"{n}.drift.csv" for n in names], weights_paths=[],
-                     check_paths=[tmp_path / f"{n}.check.json" for n in names],
-                     task_defs={"sst2": CATALOG["sst2"]}, analysis=ANALYSIS, outputs=outputs, planned=planned)
+    outputs = run_aggregate(tmp_path, names, ANALYSIS, planned=planned)
     runs = pd.read_csv(outputs["runs"])
     assert list(runs.status) == (["missing"] * 2 if case == "no finished run" else ["diverged"] * 2)
     assert pd.read_csv(outputs["best"]).empty and outputs["verdicts"].read_text().strip() == ""

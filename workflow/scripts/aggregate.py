@@ -14,5 +14,9 @@ aggregate(
     task_defs=snakemake.params.task_defs,
     analysis=snakemake.params.analysis,
     planned=snakemake.params.planned,
+    bootstrap_paths=snakemake.input.bootstrap,
+    seed_floor_paths=snakemake.input.seed_floor,
+    forgetting_paths=snakemake.input.forgetting,
+    intruder_paths=snakemake.input.intruders,
     outputs=dict(snakemake.output.items()),
 )

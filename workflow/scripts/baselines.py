@@ -9,6 +9,7 @@ run_baselines(
     dev_path=snakemake.input.dev,
     validation_path=snakemake.input.validation,
     out_path=snakemake.output.baselines,
+    probe_path=snakemake.output.probe,
     model_cfg=snakemake.params.model,
     task_def=snakemake.params.task_def,
     data_settings=snakemake.params.data,

@@ -15,6 +15,9 @@ linear probe
     classification: the pooled features of each example (`baselines.probe_pooling`, null =
     `analysis.h2_pooling`), one multinomial (binary for two classes) regression.
 
+    The fitted classification probe is also saved (`save_probe`, results/baselines/<task>.probe.npz):
+    the forgetting rule applies it, frozen, to fine-tuned models' representations (`apply_probe`).
+
     extractive QA: a token-level span probe. Two binary regressions over every real token of each
     window, start / not start and end / not end, with the labels the fine-tuned models train on
     (ftdrift.data.features.encode_qa_train: a window without the answer points start and end at
@@ -121,7 +124,8 @@ def classification_probe(train: tuple[np.ndarray, np.ndarray], dev: tuple[np.nda
     """Fit a probe per C on train (X [examples, features], y [examples] class indices), choose C on
     dev by `main_metric`, score dev and validation with every metric in `metric_names`.
 
-    Returns {"C", "dev_by_C" ({str(C): main metric on dev}), "dev", "validation"}.
+    Returns {"C", "dev_by_C" ({str(C): main metric on dev}), "dev", "validation", "probe" (the
+    fitted pipeline at C: what `save_probe` writes)}.
     """
     names = list(metric_names)
     probes, dev_by_C = {}, {}
@@ -131,7 +135,77 @@ def classification_probe(train: tuple[np.ndarray, np.ndarray], dev: tuple[np.nda
     best = choose_C(dev_by_C)
     return {"C": best, "dev_by_C": {str(C): v for C, v in dev_by_C.items()},
             "dev": metrics.classification_metrics(dev[1], probes[best].predict(dev[0]), names),
-            "validation": metrics.classification_metrics(validation[1], probes[best].predict(validation[0]), names)}
+            "validation": metrics.classification_metrics(validation[1], probes[best].predict(validation[0]), names),
+            "probe": probes[best]}
+
+
+# ----------------------------------------------------------------------------- the saved probe
+PROBE_FORMAT = 1  # the npz layout below; bump when it changes
+
+
+def save_probe(path, *, task: str, main_metric: str, entry: dict, probe=None) -> None:
+    """Write a classification probe for reuse, atomically, as an npz of plain arrays (no pickle):
+
+    format (int), task, main_metric, status ("ok" | "not_applicable"), reason (str), layer (int,
+    index into hidden_states; -1 = none), pooling (str; "" = none), C (float; nan = none),
+    classes [classes] (int), coef [1 (binary) or classes, features], intercept [1 or classes],
+    scaler_mean, scaler_scale [features] (StandardScaler's mean_ and scale_, zero variances
+    already replaced by 1). Without a fitted `probe` (QA span probes, a single-class train set) the
+    arrays are empty and status is "not_applicable" with the reason. `entry`: the JSON's linear_probe.
+    """
+    fitted = probe is not None and entry["status"] == "ok"
+    if fitted:
+        scaler, regression = probe.named_steps["standardscaler"], probe.named_steps["logisticregression"]
+        arrays = {"classes": np.asarray(regression.classes_, dtype=np.int64),
+                  "coef": np.asarray(regression.coef_, dtype=np.float64),
+                  "intercept": np.asarray(regression.intercept_, dtype=np.float64),
+                  "scaler_mean": np.asarray(scaler.mean_, dtype=np.float64),
+                  "scaler_scale": np.asarray(scaler.scale_, dtype=np.float64)}
+        status, reason = "ok", entry["reason"]
+    else:
+        arrays = {"classes": np.zeros(0, np.int64), "coef": np.zeros((0, 0)), "intercept": np.zeros(0),
+                  "scaler_mean": np.zeros(0), "scaler_scale": np.zeros(0)}
+        status = "not_applicable"
+        reason = entry["reason"] if entry["status"] != "ok" else (
+            "extractive QA: the token-level span probe is not saved (it reads token features, not pooled ones)")
+    with io.atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:  # a handle: np.savez would append .npz to the temporary name
+            np.savez(handle, format=np.int64(PROBE_FORMAT), task=np.str_(task), main_metric=np.str_(main_metric),
+                     status=np.str_(status), reason=np.str_(reason),
+                     layer=np.int64(entry["layer"] if entry["layer"] is not None else -1),
+                     pooling=np.str_(entry["pooling"] or ""),
+                     C=np.float64(entry["C"] if entry["C"] is not None else np.nan), **arrays)
+
+
+def load_probe(path) -> dict:
+    """A probe written by `save_probe`: {key: value}, scalars as Python values (layer None when -1,
+    pooling None when ""). ValueError naming the file when its format is another."""
+    with np.load(path, allow_pickle=False) as data:
+        out = {k: data[k] for k in data.files}
+    if int(out.get("format", -1)) != PROBE_FORMAT:
+        raise ValueError(f"{path}: probe format {out.get('format')}, expected {PROBE_FORMAT}: re-run rule baselines")
+    for key in ("task", "main_metric", "status", "reason", "pooling"):
+        out[key] = str(out[key])
+    out["layer"] = None if int(out["layer"]) < 0 else int(out["layer"])
+    out["pooling"] = out["pooling"] or None
+    out["C"] = float(out["C"])
+    return out
+
+
+def apply_probe(probe: dict, X: np.ndarray) -> np.ndarray:
+    """Class indices [examples] a saved probe (`load_probe`) predicts for features X [examples,
+    features]: standardise with the saved mean/scale, then the logistic regression's decision rule
+    (binary: class 1 where the log-odds are > 0; multinomial: the largest score), in float64 as
+    scikit-learn's Pipeline.predict. ValueError when the probe was not fitted or the widths differ."""
+    if probe["status"] != "ok":
+        raise ValueError(f"probe of task {probe['task']} was not fitted: {probe['reason']}")
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != probe["coef"].shape[1]:
+        raise ValueError(f"probe of task {probe['task']}: features of shape {X.shape}, the probe reads "
+                         f"{probe['coef'].shape[1]} per example")
+    scores = ((X - probe["scaler_mean"]) / probe["scaler_scale"]) @ probe["coef"].T + probe["intercept"]
+    index = (scores[:, 0] > 0).astype(int) if scores.shape[1] == 1 else scores.argmax(axis=1)
+    return probe["classes"][index]
 
 
 def sample_tokens(lengths: Sequence[int], starts: Sequence[int], ends: Sequence[int], budget: int,
@@ -286,8 +360,9 @@ def _qa_linear_probe(model, tokenizer, splits: dict[str, list[dict]], task_def: 
 
 
 def linear_probe(splits: dict[str, list[dict]], *, model_cfg: dict, task_def: dict, data_settings: dict,
-                 batch_size: int, baselines_cfg: dict, pooling: str | None, precision: str) -> dict:
-    """The frozen base model's linear probe: the "linear_probe" entry of the baselines JSON.
+                 batch_size: int, baselines_cfg: dict, pooling: str | None, precision: str) -> tuple[dict, object]:
+    """The frozen base model's linear probe: (the "linear_probe" entry of the baselines JSON, the
+    fitted scikit-learn pipeline of a classification task or None: QA, or not fitted).
 
     splits: {"train", "dev", "validation": records}; train is capped at
     `baselines_cfg["max_train_examples"]` (seeded subset, seed data.split_seed + 4). `precision`
@@ -318,13 +393,14 @@ def linear_probe(splits: dict[str, list[dict]], *, model_cfg: dict, task_def: di
         pooling = None
         entry = _qa_linear_probe(model, tokenizer, splits, task_def, data_settings, baselines_cfg, layer, precision,
                                  batch_size)
+    fitted = entry.pop("probe", None)
     return _probe_entry(layer=layer, pooling=pooling, n_train=len(train), seconds=time.perf_counter() - began,
-                        **entry)
+                        **entry), fitted
 
 
 def run_baselines(*, task: str, train_path, dev_path, validation_path, out_path, model_cfg: dict, task_def: dict,
                   data_settings: dict, batch_size: int, baselines_cfg: dict, pooling: str | None,
-                  precision: str) -> dict:
+                  precision: str, probe_path=None) -> dict:
     """Both baselines of `task` from its prepared splits, written atomically to `out_path` as
 
     {"task", "main_metric", "kind": "classification" | "extractive_qa",
@@ -332,7 +408,8 @@ def run_baselines(*, task: str, train_path, dev_path, validation_path, out_path,
      "linear_probe": {"status": "ok" | "not_applicable", "reason", "layer" (index into hidden_states),
                       "pooling" (null for QA), "C", "dev_by_C": {str(C): main metric on dev}, "n_train",
                       "dev", "validation", "seconds"}}
-    and returned.
+    and returned. With `probe_path`, the fitted classification probe is saved there (`save_probe`;
+    QA and unfitted probes: an npz marked not_applicable).
     """
     splits = {name: io.read_jsonl(path) for name, path in
               (("train", train_path), ("dev", dev_path), ("validation", validation_path))}
@@ -343,12 +420,15 @@ def run_baselines(*, task: str, train_path, dev_path, validation_path, out_path,
                                          {s: [r["label"] for r in rs] for s, rs in scored.items()}, task_def["metrics"])
     else:
         trivial = trivial_qa(scored)
-    probe = linear_probe(splits, model_cfg=model_cfg, task_def=task_def, data_settings=data_settings,
-                         batch_size=batch_size, baselines_cfg=baselines_cfg, pooling=pooling, precision=precision)
+    probe, fitted = linear_probe(splits, model_cfg=model_cfg, task_def=task_def, data_settings=data_settings,
+                                 batch_size=batch_size, baselines_cfg=baselines_cfg, pooling=pooling,
+                                 precision=precision)
     result = {"task": task, "main_metric": task_def["main_metric"], "kind": kind, "trivial": trivial,
               "linear_probe": probe}
     log.info("%s: trivial %s %.4g, linear probe %s %s (C=%s) in %.1f s", task, trivial["name"],
              trivial["validation"][task_def["main_metric"]], probe["status"],
              probe["validation"].get(task_def["main_metric"]), probe["C"], probe["seconds"])
+    if probe_path is not None:
+        save_probe(probe_path, task=task, main_metric=task_def["main_metric"], entry=probe, probe=fitted)
     io.write_json(out_path, result)
     return result

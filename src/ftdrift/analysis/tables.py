@@ -98,6 +98,20 @@ def final_drift(drift: pd.DataFrame, metric: str, pooling: str) -> pd.DataFrame:
     return sub[sub.step == last]
 
 
+def chosen_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The usable (not diverged) runs of each task x method's chosen setting (best_settings on them)."""
+    usable = runs[runs.status.isin(USABLE_STATUSES)]
+    return usable.merge(best_settings(usable), on=SETTING_KEYS)
+
+
+def write_chosen(metrics_paths, path) -> None:
+    """chosen.csv (RUN_KEYS of chosen_runs) from the runs' metrics.json alone: its own rule, so that the
+    full-vs-LoRA comparison re-runs when the choice changes, not whenever a table is rebuilt."""
+    runs = runs_frame(metrics_paths)
+    runs["lr"] = runs["lr"].astype(str)
+    io.write_csv(path, chosen_runs(runs)[RUN_KEYS] if not runs.empty else pd.DataFrame(columns=RUN_KEYS))
+
+
 def best_settings(runs: pd.DataFrame) -> pd.DataFrame:
     """Per task x method, the (lr, batch size) with the best mean dev main metric over seeds."""
     dev = runs.groupby(SETTING_KEYS, as_index=False)["dev_main"].mean()
@@ -105,53 +119,26 @@ def best_settings(runs: pd.DataFrame) -> pd.DataFrame:
     return dev.loc[idx, SETTING_KEYS].reset_index(drop=True)
 
 
-def pair_by_seed(full: pd.DataFrame, lora: pd.DataFrame) -> bool:
-    """Both methods ran the same seeds (>= 2): the seed fixes the data order and the head's
-    initialisation for both, so the runs pair and the paired analysis applies."""
-    seeds_full, seeds_lora = sorted(full.seed), sorted(lora.seed)
-    return seeds_full == seeds_lora and len(seeds_full) >= 2 and len(set(seeds_full)) == len(seeds_full)
-
-
-def verdict_row(task: str, task_def: dict, full: pd.DataFrame, lora: pd.DataFrame, analysis: dict) -> dict:
-    """H1 and H2 for one task from its chosen full and LoRA runs (one row per seed each)."""
-    confidence = analysis["confidence"]
-    paired = pair_by_seed(full, lora)
-    if paired:
-        full, lora = full.sort_values("seed"), lora.sort_values("seed")
-    h1 = stats.verdict_h1(full.val_main.to_numpy(float), lora.val_main.to_numpy(float),
-                          analysis["h1_max_relative_drop"], confidence, paired=paired)
-    h2 = stats.verdict_h2(full.drift.to_numpy(float), lora.drift.to_numpy(float),
-                          analysis["h2_min_drift_reduction"], confidence, paired=paired)
-    if paired:
-        diff = stats.paired_difference(lora.val_main.to_numpy(float), full.val_main.to_numpy(float), confidence)
-    else:
-        diff = stats.welch_difference(lora.val_main.to_numpy(float), full.val_main.to_numpy(float), confidence)
-    return {"task": task, "metric": task_def["main_metric"],
-            "analysis": f"paired by seed (n = {len(full)})" if paired else
-            f"unpaired (full n = {len(full)}, LoRA n = {len(lora)})",
-            "lora_minus_full": diff["mean_diff"], "diff_ci_low": diff["ci_low"], "diff_ci_high": diff["ci_high"],
-            "h1_relative_drop": h1["relative_drop"], "h1_ci_low": h1["ci_low"], "h1_ci_high": h1["ci_high"],
-            "h1_verdict": h1["verdict"], "h1_reason": h1["reason"],
-            "h2_drift_metric": analysis["h2_metric"], "h2_pooling": analysis["h2_pooling"],
-            "h2_drift_reduction": h2["relative_reduction"], "h2_ci_low": h2["ci_low"], "h2_ci_high": h2["ci_high"],
-            "h2_verdict": h2["verdict"], "h2_reason": h2["reason"], "confidence": confidence}
-
-
 USABLE = USABLE_STATUSES
 
 
 def aggregate(*, metrics_paths, predictions_paths, train_log_paths, validation_paths: dict, drift_paths,
               weights_paths, check_paths, baseline_paths: dict, task_defs: dict, analysis: dict, outputs: dict,
-              planned: list[dict] | None = None) -> None:
+              planned: list[dict] | None = None, bootstrap_paths=(), seed_floor_paths=(), forgetting_paths=(),
+              intruder_paths=()) -> None:
     """Build every table of results/tables/ from the runs' outputs (see the README's Results).
 
     The per-run lists (metrics, predictions, train logs) are aligned; `validation_paths` and
     `baseline_paths`: {task: path}; `analysis`: the config's analysis section (confidence,
     bootstrap_resamples, H1/H2 thresholds, h2_metric, h2_pooling, stability); `planned`: the grid's
     runs (wildcards dicts), those without outputs are listed as missing. Diverged runs are listed
-    but left out of the choice of settings, the means and the verdicts.
+    but left out of the choice of settings, the means and the verdicts. `bootstrap_paths`: the drift
+    jobs' probe-bootstrap replicates; `seed_floor_paths`: the seed_floor jobs' CSVs;
+    `forgetting_paths`: the forgetting jobs' JSONs; `intruder_paths`: the intruder sweeps.
     """
-    from ftdrift.analysis.weights import aggregate_weights
+    from ftdrift.analysis import uncertainty
+    from ftdrift.analysis.verdicts import verdicts_table
+    from ftdrift.analysis.weights import aggregate_intruders, aggregate_weights
 
     confidence = analysis["confidence"]
     runs = runs_frame(metrics_paths)
@@ -169,19 +156,27 @@ def aggregate(*, metrics_paths, predictions_paths, train_log_paths, validation_p
     runs = runs.merge(checks, on=RUN_KEYS, how="left")
     drift = (pd.concat([pd.read_csv(p, dtype={"lr": str}) for p in drift_paths], ignore_index=True) if drift_paths
              else pd.DataFrame(columns=RUN_KEYS + ["step", "layer", "layer_name", "pooling", "metric", "value"]))
-    usable = runs[runs.status.isin(USABLE)]
-    chosen = usable.merge(best_settings(usable), on=SETTING_KEYS)
+    chosen = chosen_runs(runs)
     final = final_drift(drift, analysis["h2_metric"], analysis["h2_pooling"]).merge(chosen[RUN_KEYS], on=RUN_KEYS)
     # a run's drift: mean over layers of its drift value (1 - similarity, or the distance) at its last snapshot
     run_drift = final.assign(drift=to_drift(analysis["h2_metric"], final.value)).groupby(
         RUN_KEYS, as_index=False)["drift"].mean()
     chosen = chosen.merge(run_drift, on=RUN_KEYS, how="left")
 
+    metric, pooling = analysis["h2_metric"], analysis["h2_pooling"]
+    floor = uncertainty.seed_floor_table(seed_floor_paths, runs)
+    boot = uncertainty.read_bootstrap(bootstrap_paths)
     best = best_table(chosen, runs, baselines, list(task_defs), confidence)
+    best = pd.concat([best, uncertainty.drift_probe_intervals(boot, chosen, best, metric, pooling, confidence)],
+                     axis=1)
     pairs = {task: _methods(chosen, task) for task in task_defs}
-    verdicts = pd.DataFrame([verdict_row(task, task_defs[task], full, lora, analysis)
-                             for task, (full, lora) in pairs.items() if not full.empty and not lora.empty])
-    layers = layer_table(final, analysis)
+    verdicts = verdicts_table(pairs, uncertainty.task_floors(floor, chosen, metric, pooling), task_defs, analysis)
+    layers = layer_table(final, analysis, debiased=final_drift(drift, "debiased_cka", pooling).merge(
+        chosen[RUN_KEYS], on=RUN_KEYS))
+    if not layers.empty:
+        layers["floor_mean"] = uncertainty.layer_floor(layers, floor, metric, pooling)
+        layers = pd.concat([layers, uncertainty.layer_probe_intervals(boot, chosen, layers, metric, pooling,
+                                                                      confidence)], axis=1)
     runs = with_missing(runs, planned)
     io.write_csv(outputs["runs"], runs)
     io.write_csv(outputs["drift"], drift)
@@ -191,6 +186,10 @@ def aggregate(*, metrics_paths, predictions_paths, train_log_paths, validation_p
     io.write_csv(outputs["drift_by_layer"], layers)
     io.write_csv(outputs["stability"], setting_stability(runs, confidence, analysis["stability"]))
     io.write_csv(outputs["baselines"], baselines)
+    io.write_csv(outputs["seed_floor"], floor)
+    for name, table in forgetting_outputs(forgetting_paths, runs, baselines, task_defs, analysis).items():
+        io.write_csv(outputs[name], table)
+    io.write_csv(outputs["intruders"], with_status(aggregate_intruders(intruder_paths), runs))
     io.write_text(outputs["summary"], summary_markdown(best, verdicts, layers, analysis, failed_checks(runs),
                                                        runs[~runs.status.isin(USABLE)], below_trivial(runs)))
     io.write_text(outputs["latex"], latex_tables(best, verdicts, analysis))
@@ -235,15 +234,21 @@ BEST_COLUMNS = ["task", "method", "lr", "batch_size", "main_metric", "n_seeds", 
                 "beats_trivial", "drift_mean", "drift_ci_low", "drift_ci_high", "trainable_fraction"]
 
 
-def layer_table(final: pd.DataFrame, analysis: dict) -> pd.DataFrame:
-    """drift_by_layer.csv: per task x method x layer, the chosen runs' final value with its CI over seeds."""
+def layer_table(final: pd.DataFrame, analysis: dict, debiased: pd.DataFrame | None = None) -> pd.DataFrame:
+    """drift_by_layer.csv: per task x method x layer, the chosen runs' final value with its CI over seeds,
+    and (`debiased`: final_drift rows of debiased_cka) the debiased CKA's seed mean beside it."""
     rows = []
     for (task, method, layer, name), group in final.groupby(["task", "method", "layer", "layer_name"], sort=False):
         ci = stats.mean_ci(group.value.to_numpy(float), analysis["confidence"])
-        rows.append({"task": task, "method": method, "layer": layer, "layer_name": name,
-                     "metric": analysis["h2_metric"], "pooling": analysis["h2_pooling"],
-                     "value_mean": ci["mean"], "value_ci_low": ci["ci_low"], "value_ci_high": ci["ci_high"],
-                     "n_seeds": ci["n"]})
+        first = group.iloc[0]
+        row = {"task": task, "method": method, "lr": first.lr, "batch_size": first.batch_size, "layer": layer,
+               "layer_name": name, "metric": analysis["h2_metric"], "pooling": analysis["h2_pooling"],
+               "value_mean": ci["mean"], "value_ci_low": ci["ci_low"], "value_ci_high": ci["ci_high"],
+               "n_seeds": ci["n"], "debiased_value_mean": np.nan}
+        if debiased is not None and not debiased.empty:
+            sub = debiased[(debiased.task == task) & (debiased.method == method) & (debiased.layer == layer)]
+            row["debiased_value_mean"] = float(sub.value.mean()) if len(sub) else np.nan
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -360,3 +365,56 @@ def failed_checks(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs[runs.status != "missing"]  # a missing run has nothing to check
     bad = runs[~runs.checkpoint_ok.astype("boolean").fillna(False)]  # no check result counts as failed
     return bad[RUN_KEYS + ["checkpoint_failure"]].fillna({"checkpoint_failure": "no check result"})
+
+
+FORGETTING_COLUMNS = RUN_KEYS + ["status", "val_main", "in_task_gain", "out_of_task_drift", "probe_drop", "lm_status",
+                                 "lm_reason", "lm_base_perplexity", "lm_finetuned_perplexity"]
+
+
+def forgetting_outputs(paths, runs: pd.DataFrame, baselines: pd.DataFrame, task_defs: dict,
+                       analysis: dict) -> dict[str, pd.DataFrame]:
+    """forgetting.csv (one row per run: in-task gain over the frozen-base linear probe against
+    out-of-task drift, the frozen probes' drop and the LM perplexities), out_of_task.csv and
+    probe_transfer.csv (the forgetting jobs' rows, ftdrift.analysis.forgetting).
+
+    `in_task_gain` and `probe_drop` are fractions of their metric's range (study.config.metric_range:
+    1 for accuracy or F1, 2 for Matthews correlation, 100 for SQuAD's percentages), so that tasks
+    share one axis; `probe_drop` is the mean over the other classification tasks."""
+    from ftdrift.analysis.forgetting import forgetting_tables
+    from ftdrift.study.config import metric_range
+
+    raw = forgetting_tables(paths)
+    out_of_task, transfer, lm = (raw[k].assign(lr=raw[k].lr.astype(str)) if not raw[k].empty else raw[k]
+                                 for k in ("out_of_task", "probe_transfer", "lm"))
+    metric, pooling = analysis["h2_metric"], analysis["h2_pooling"]
+    rows = []
+    for run in runs[runs.status != "missing"].itertuples():
+        key = {k: getattr(run, k) for k in RUN_KEYS}
+
+        def of(frame: pd.DataFrame) -> pd.DataFrame:
+            if frame.empty:
+                return frame
+            mask = np.logical_and.reduce([frame[k].astype(str) == str(v) for k, v in key.items()])
+            return frame[mask]
+
+        ood = of(out_of_task)
+        ood = ood[(ood.metric == metric) & (ood.pooling == pooling)] if not ood.empty else ood
+        drops = of(transfer)
+        drops = drops[drops.status == "ok"] if not drops.empty else drops
+        scaled_drops = [d / metric_range(task_defs[t]) for d, t in zip(drops["drop"], drops.probe_task)] \
+            if len(drops) else []
+        lm_row = of(lm)
+        lm_row = lm_row.iloc[0] if len(lm_row) else None
+        probe = _baseline_value(baselines, run.task, "linear_probe")
+        rows.append({**key, "status": run.status, "val_main": run.val_main,
+                     "in_task_gain": (float(run.val_main) - probe) / metric_range(task_defs[run.task])
+                     if np.isfinite(probe) and pd.notna(run.val_main) else np.nan,
+                     "out_of_task_drift": float(to_drift(metric, ood.value).mean()) if len(ood) else np.nan,
+                     "probe_drop": float(np.mean(scaled_drops)) if len(scaled_drops) else np.nan,
+                     "lm_status": None if lm_row is None else lm_row.get("status"),
+                     "lm_reason": None if lm_row is None else lm_row.get("reason"),
+                     "lm_base_perplexity": np.nan if lm_row is None else lm_row.get("base_perplexity", np.nan),
+                     "lm_finetuned_perplexity": np.nan if lm_row is None else lm_row.get("finetuned_perplexity",
+                                                                                         np.nan)})
+    return {"forgetting": pd.DataFrame(rows, columns=FORGETTING_COLUMNS), "out_of_task": out_of_task,
+            "probe_transfer": transfer}

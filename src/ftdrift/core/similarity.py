@@ -190,6 +190,9 @@ def bootstrap_linear_cka(x: Any, y: Any, indices: np.ndarray) -> np.ndarray:
     """
     xa, ya = rep_2d(x, "x"), rep_2d(y, "y")
     n = check_pair(xa, ya)
+    # centre once: a shift of every row changes no resample's centred HSIC, and the formula's terms
+    # would otherwise cancel catastrophically for features with large means (Llama's outlier dims)
+    xa, ya = xa - xa.mean(axis=0), ya - ya.mean(axis=0)
     counts = np.zeros((len(indices), n), dtype=np.float64)
     for b, idx in enumerate(np.asarray(indices)):
         counts[b] = np.bincount(idx, minlength=n)

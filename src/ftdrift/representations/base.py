@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers import AutoModel
 
@@ -15,23 +16,37 @@ from ftdrift.study import families
 from ftdrift.study.config import task_kind
 
 
+def probe_representations(model, records: list[dict], tokenizer, task_def: dict, data_settings: dict,
+                          rep_settings: dict, poolings: tuple[str, ...], precision: str = "fp32",
+                          progress: str | None = None) -> dict[str, np.ndarray]:
+    """Pooled representations of a probe set by an already loaded model: {pooling: [layer, example,
+    hidden]} in `rep_settings["dtype"]`, layer 0 = the embeddings (`hidden_states` order).
+
+    The one code path of the base store: the task's tokenisation (`encode_probe` with its kind and
+    `data_settings` lengths), `make_batches` of `rep_settings["batch_size"]`, `extract` under autocast
+    in `precision` (already resolved, not 'auto'). `model` is a backbone (AutoModel) or a task model:
+    both return the same `hidden_states`.
+    """
+    kind = task_kind(task_def)
+    batches = make_batches(encode_probe(records, tokenizer, kind, data_settings["max_length"][kind],
+                                        data_settings["max_query_length"]),
+                           tokenizer, rep_settings["batch_size"])
+    return extract(model, batches, poolings, rep_settings["dtype"], progress=progress, precision=precision)
+
+
 def base_representations(*, probe_path, store_path, model_cfg: dict, task_def: dict, data_settings: dict,
                          rep_settings: dict, precision: str = "fp32") -> None:
     """The base model's pooled representations of the probe set, in the runs' training
     `precision` (as configured: 'auto' resolves on this machine), written atomically."""
     precision = resolve_precision(precision)
-    kind = task_kind(task_def)
     records = io.read_jsonl(probe_path)
     tokenizer = models.load_tokenizer(model_cfg)
     path = models.resolve_model_path(model_cfg["name_or_path"])
     model = AutoModel.from_pretrained(path, revision=model_cfg.get("revision"), dtype=torch.float32)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     family = families.family(model_cfg["family"])
-    batches = make_batches(encode_probe(records, tokenizer, kind, data_settings["max_length"][kind],
-                                        data_settings["max_query_length"]),
-                           tokenizer, rep_settings["batch_size"])
-    pooled = extract(model, batches, family.poolings, rep_settings["dtype"], progress="base representations",
-                     precision=precision)
+    pooled = probe_representations(model, records, tokenizer, task_def, data_settings, rep_settings,
+                                   family.poolings, precision, progress="base representations")
     with io.atomic_path(store_path) as tmp:
         write_base(tmp, pooled, {
             "model": model_cfg["name_or_path"], "poolings": list(family.poolings), "precision": precision,

@@ -1,7 +1,8 @@
 """Model families: the one registry of what differs between architectures.
 
 A family names its LoRA target modules, where its transformer blocks live, whether it is a
-decoder (pooling and padding differ) and the poolings its representations are taken with.
+decoder (pooling and padding differ), the poolings its representations are taken with and
+whether its checkpoints carry a language-modelling head (the forgetting rule's LM loss).
 No heavy imports, so the configuration can check against it at load.
 """
 
@@ -17,13 +18,16 @@ class Family:
     lora_target_modules: tuple[str, ...]  # peft default targets (q/v projections)
     blocks_path: str  # dotted path from the base model to its list of blocks
     poolings: tuple[str, ...]
+    # checkpoints load as transformers' AutoModelForCausalLM with a trained next-token head (llama);
+    # an encoder such as MiniLM ships without one (a masked-LM head, if any, is no causal LM)
+    causal_lm: bool = False
 
 
 FAMILIES: dict[str, Family] = {
     "bert": Family("bert", decoder=False, lora_target_modules=("query", "value"),
                    blocks_path="encoder.layer", poolings=("mean",)),
     "llama": Family("llama", decoder=True, lora_target_modules=("q_proj", "v_proj"),
-                    blocks_path="layers", poolings=("mean", "last")),
+                    blocks_path="layers", poolings=("mean", "last"), causal_lm=True),
 }
 
 
