@@ -3,7 +3,8 @@
 # CSV files flagged with report(); each rule's script calls one function of src/ftdrift/report/
 # (report_overview -> ftdrift.report.overview.write_overview, ...).
 #
-# Categories (left menu): Overview, Performance, Drift, Weight space, Training, Deployment. Every entry has
+# Categories (left menu): Overview, Performance, Drift, Full vs LoRA, Forgetting, Weight space, Training,
+# Deployment. Every entry has
 # labels (the columns a reader picks from: task, method, seed, metric, pooling, ...) and a
 # caption in report/*.rst.
 #
@@ -148,6 +149,8 @@ rule report_drift:
         drift=f"{TABLES}/drift.csv",
         runs=f"{TABLES}/runs.csv",
         best=f"{TABLES}/best.csv",
+        seed_floor=f"{TABLES}/seed_floor.csv",
+        drift_by_layer=f"{TABLES}/drift_by_layer.csv",
     output:
         heatmaps=report(
             directory(f"{REPORT_DIR}/drift/{{task}}/heatmaps"),
@@ -197,12 +200,13 @@ rule report_weights:
     input:
         weights=f"{TABLES}/weights.csv",
         best=f"{TABLES}/best.csv",
+        intruders=f"{TABLES}/intruders.csv",
     output:
         effective_rank=report(
             directory(f"{REPORT_DIR}/weights/effective_rank"),
             patterns=["{task}.svg"],
             category="Weight space",
-            subcategory="Effective rank of ΔW",
+            subcategory="Effective rank and energy rank of ΔW",
             labels={"task": "{task}"},
             caption="../report/weights_rank.rst",
         ),
@@ -214,12 +218,27 @@ rule report_weights:
             labels={"task": "{task}"},
             caption="../report/weights_intruders.rst",
         ),
+        intruder_sweep=report(
+            directory(f"{REPORT_DIR}/weights/intruder_sweep"),
+            patterns=["{task}.svg"],
+            category="Weight space",
+            subcategory="Intruder dimensions over ε and k",
+            labels={"task": "{task}"},
+            caption="../report/weights_intruder_sweep.rst",
+        ),
         table=report(
             f"{REPORT_DIR}/weights/weights_by_layer.csv",
             category="Weight space",
             subcategory="Tables",
             labels={"table": "ΔW diagnostics by layer (CSV)"},
             caption="../report/weights_table.rst",
+        ),
+        sweep_table=report(
+            f"{REPORT_DIR}/weights/intruder_sweep.csv",
+            category="Weight space",
+            subcategory="Tables",
+            labels={"table": "intruder sweep over ε and k (CSV)"},
+            caption="../report/weights_sweep_table.rst",
         ),
     log:
         "results/logs/report/weights.log",
@@ -231,6 +250,8 @@ rule report_weights:
     params:
         tasks=CONFIG["tasks"],
         lora_rank=CONFIG["lora"]["r"],
+        # delta_energy names the energy rank; intruder_epsilon marks the headline ε in the sweep
+        weights=CONFIG["weights"],
         code_version=CODE_VERSIONS["report"],
     script:
         "../workflow/scripts/report_weights.py"
@@ -321,6 +342,97 @@ rule report_deployment:
         "../workflow/scripts/report_deployment.py"
 
 
+rule report_similarity:
+    input:
+        full_vs_lora="results/similarity/{task}/full_vs_lora.csv",
+        layers="results/similarity/{task}/full_vs_lora_layers.csv",
+        best=f"{TABLES}/best.csv",
+        runs=f"{TABLES}/runs.csv",
+    output:
+        over_training=report(
+            f"{REPORT_DIR}/similarity/{{task}}/over_training.svg",
+            category="Full vs LoRA",
+            subcategory="Same layer over training",
+            labels={"task": "{task}"},
+            caption="../report/similarity_over_training.rst",
+        ),
+        layers=report(
+            f"{REPORT_DIR}/similarity/{{task}}/layers.svg",
+            category="Full vs LoRA",
+            subcategory="Layer × layer (final models)",
+            labels={"task": "{task}"},
+            caption="../report/similarity_layers.rst",
+        ),
+        table=report(
+            f"{REPORT_DIR}/similarity/{{task}}/final_by_layer.csv",
+            category="Full vs LoRA",
+            subcategory="Tables",
+            labels={"task": "{task}", "table": "final full vs LoRA similarity by layer (CSV)"},
+            caption="../report/similarity_table.rst",
+        ),
+    log:
+        "results/logs/report/similarity/{task}.log",
+    conda:
+        "../envs/ftdrift.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code_version=CODE_VERSIONS["report"],
+    script:
+        "../workflow/scripts/report_similarity.py"
+
+
+rule report_forgetting:
+    input:
+        forgetting=f"{TABLES}/forgetting.csv",
+        out_of_task=f"{TABLES}/out_of_task.csv",
+        probe_transfer=f"{TABLES}/probe_transfer.csv",
+        best=f"{TABLES}/best.csv",
+    output:
+        scatter=report(
+            f"{REPORT_DIR}/forgetting/vs_gain.svg",
+            category="Forgetting",
+            subcategory="Forgetting vs in-task gain",
+            labels={"figure": "every run"},
+            caption="../report/forgetting_scatter.rst",
+        ),
+        by_layer=report(
+            f"{REPORT_DIR}/forgetting/out_of_task_by_layer.svg",
+            category="Forgetting",
+            subcategory="Out-of-task drift by layer",
+            labels={"figure": "chosen settings, every task"},
+            caption="../report/forgetting_by_layer.rst",
+        ),
+        table_html=report(
+            f"{REPORT_DIR}/forgetting/forgetting.html",
+            category="Forgetting",
+            subcategory="Tables",
+            labels={"table": "forgetting per run (view)"},
+            caption="../report/forgetting_table.rst",
+        ),
+        table_csv=report(
+            f"{REPORT_DIR}/forgetting/forgetting.csv",
+            category="Forgetting",
+            subcategory="Tables",
+            labels={"table": "forgetting per run (CSV)"},
+            caption="../report/forgetting_table.rst",
+        ),
+    log:
+        "results/logs/report/forgetting.log",
+    conda:
+        "../envs/ftdrift.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        metric=CONFIG["analysis"]["h2_metric"],
+        pooling=CONFIG["analysis"]["h2_pooling"],
+        code_version=CODE_VERSIONS["report"],
+    script:
+        "../workflow/scripts/report_forgetting.py"
+
+
 # Everything `rule all` must build for the report: one output of every report job.
 REPORT_TARGETS = (
     [
@@ -328,7 +440,9 @@ REPORT_TARGETS = (
         f"{REPORT_DIR}/performance/validation.svg",
         f"{REPORT_DIR}/weights/weights_by_layer.csv",
         f"{REPORT_DIR}/deployment/tables.html",
+        f"{REPORT_DIR}/forgetting/forgetting.html",
     ]
     + expand(f"{REPORT_DIR}/drift/{{task}}/final_drift_by_layer.csv", task=CONFIG["tasks"])
+    + expand(f"{REPORT_DIR}/similarity/{{task}}/final_by_layer.csv", task=CONFIG["tasks"])
     + expand(f"{REPORT_DIR}/training/{{task}}/all_runs.svg", task=CONFIG["tasks"])
 )

@@ -19,7 +19,8 @@ SCRIPTS = sorted((REPO / "workflow" / "scripts").glob("report_*.py"))
 def test_every_report_rule_has_its_script():
     rules = (REPO / "rules" / "report.smk").read_text()
     assert sorted(p.name for p in SCRIPTS) == sorted(
-        f"report_{s}.py" for s in ("overview", "performance", "drift", "weights", "training", "deployment"))
+        f"report_{s}.py" for s in ("overview", "performance", "drift", "weights", "training", "deployment", "similarity",
+                                          "forgetting"))
     for script in SCRIPTS:
         assert f'"../workflow/scripts/{script.name}"' in rules
 

@@ -6,6 +6,8 @@ write_drift(
     drift=snakemake.input.drift,
     runs=snakemake.input.runs,
     best=snakemake.input.best,
+    seed_floor=snakemake.input.seed_floor,
+    drift_by_layer=snakemake.input.drift_by_layer,
     task=snakemake.wildcards.task,
     outputs=dict(snakemake.output.items()),
 )

@@ -3,7 +3,9 @@
     overview      the Overview page: headline, H1/H2 verdicts, setup, runs, summary.md
     performance   validation metric, hyperparameter grid, QA breakdown
     drift         drift heatmaps, by layer, over training, metric vs drift
-    weights       weight-space diagnostics of ΔW
+    weights       weight-space diagnostics of ΔW (spectra, intruder sweep, energy rank)
+    similarity    full vs LoRA: CKA per layer over training, layer x layer heatmap
+    forgetting    out-of-task drift, frozen-probe transfer, LM perplexity vs in-task gain
     training      per-run diagnostics and all runs' training curves
     labels        the report entries' labels (computed at report time)
     frames        reading the workflow's tables: canonical keys, run statuses, chosen settings

@@ -3,6 +3,10 @@ training, validation metric vs drift.
 
 Drift = 1 - similarity for similarity metrics (linear / debiased CKA, cosine), the distance
 itself for Procrustes: 0 = unchanged, larger = further from the base model (core.drift_metrics).
+
+The seed floor (results/tables/seed_floor.csv) is the same metric between two runs of one setting
+that differ only in their seed, in the same drift units: drift below it is within seed-to-seed
+variation. It needs at least two usable seeds of the chosen setting.
 """
 
 from __future__ import annotations
@@ -49,21 +53,76 @@ from ftdrift.study.grid import METHODS, RUN_KEYS, SETTING_KEYS
 FIGURES = ("heatmaps", "by_layer", "over_training", "vs_metric")  # one folder of <metric>/<pooling>.svg each
 
 
-def write_drift(*, drift, runs, best, task: str, outputs: Mapping) -> None:
-    """Rule report_drift: the task's four figures per metric x pooling, and its final-step table."""
+def write_drift(*, drift, runs, best, task: str, outputs: Mapping, seed_floor=None, drift_by_layer=None) -> None:
+    """Rule report_drift: the task's four figures per metric x pooling, and its final-step table.
+
+    `seed_floor` (seed_floor.csv) adds the seed floor to the by-layer and over-training figures and
+    the table; `drift_by_layer` (drift_by_layer.csv) adds the probe-bootstrap interval to the table.
+    Either may be None (or absent): the figures then say the floor is not available.
+    """
     drift = read_table(drift)
     drift = drift[drift.task == task] if not drift.empty else drift
     runs, best = read_table(runs), read_table(best)
+    floor = read_table(seed_floor, required=False)
+    by_layer = read_table(drift_by_layer, required=False)
     dirs = {k: fresh_dir(outputs[k]) for k in FIGURES}
     for metric, pooling in _combos(drift, task):
         name = Path(metric) / f"{pooling}.svg"
         for key in dirs:
             (dirs[key] / metric).mkdir(exist_ok=True)
         plot_drift_heatmaps(drift, runs, best, task, metric, pooling, dirs["heatmaps"] / name)
-        plot_drift_by_layer(drift, runs, best, task, metric, pooling, dirs["by_layer"] / name)
-        plot_drift_over_training(drift, runs, best, task, metric, pooling, dirs["over_training"] / name)
+        plot_drift_by_layer(drift, runs, best, task, metric, pooling, dirs["by_layer"] / name, floor=floor)
+        plot_drift_over_training(drift, runs, best, task, metric, pooling, dirs["over_training"] / name, floor=floor)
         plot_metric_vs_drift(drift, runs, best, task, metric, pooling, dirs["vs_metric"] / name)
-    io.write_csv(outputs["table"], layer_drift_table(drift, runs, best, task))
+    io.write_csv(outputs["table"], layer_drift_table(drift, runs, best, task, floor=floor, by_layer=by_layer))
+
+
+FLOOR_NOTE = "seed floor needs ≥ 2 seeds"
+FLOOR_COLUMNS = ["floor_step", "floor_n_pairs", "floor_drift_mean", "floor_drift_min", "floor_drift_max"]
+
+
+def floor_drift(seed_floor: pd.DataFrame | None, best: pd.DataFrame | None, task: str, metric: str | None = None,
+                pooling: str | None = None) -> pd.DataFrame:
+    """The chosen settings' seed floor of `task` in drift units, every step (optionally one metric x pooling).
+
+    Columns: task, method, lr, batch_size, step, layer, layer_name, pooling, metric, n_pairs,
+    floor_drift (drift of the mean similarity between seeds: 1 − value for a similarity, the
+    distance itself otherwise), floor_drift_min, floor_drift_max (the pair extremes, ordered as drift).
+    Empty when seed_floor.csv has no row of a chosen setting (fewer than 2 seeds).
+    """
+    cols = SETTING_KEYS + ["step", "layer", "layer_name", "pooling", "metric", "n_pairs", "final", "floor_drift",
+                           "floor_drift_min", "floor_drift_max"]
+    if seed_floor is None or seed_floor.empty or best is None or best.empty:
+        return pd.DataFrame(columns=cols)
+    sub = seed_floor[seed_floor.task == task]
+    if metric is not None:
+        sub = sub[sub.metric == metric]
+    if pooling is not None:
+        sub = sub[sub.pooling == pooling]
+    sub = sub.merge(best[SETTING_KEYS].drop_duplicates(), on=SETTING_KEYS)
+    if sub.empty:
+        return pd.DataFrame(columns=cols)
+    out = sub.copy()
+    out["floor_drift"] = [to_drift(m, v) for m, v in zip(out.metric, out.value.astype(float))]
+    lo = np.array([to_drift(m, v) for m, v in zip(out.metric, out.value_min.astype(float))], dtype=float)
+    hi = np.array([to_drift(m, v) for m, v in zip(out.metric, out.value_max.astype(float))], dtype=float)
+    # 1 − s reverses the order: the most similar pair is the smallest drift
+    out["floor_drift_min"], out["floor_drift_max"] = np.fmin(lo, hi), np.fmax(lo, hi)
+    return out[cols].reset_index(drop=True)
+
+
+def final_floor(floor: pd.DataFrame) -> pd.DataFrame:
+    """The floor rows over each seed pair at its own last common snapshot (seed_floor.csv's `final`)."""
+    if floor.empty:
+        return floor
+    return floor[floor.final.astype(bool)]
+
+
+def per_step_floor(floor: pd.DataFrame) -> pd.DataFrame:
+    """The floor rows per snapshot step (seed_floor.csv's rows that are not `final`)."""
+    if floor.empty:
+        return floor
+    return floor[~floor.final.astype(bool)]
 
 
 def drift_slice(drift: pd.DataFrame, task: str, metric: str, pooling: str) -> pd.DataFrame:
@@ -188,9 +247,16 @@ def plot_drift_heatmaps(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd
     return vmin, vmax
 
 
-def layer_drift_table(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd.DataFrame | None, task: str
-                      ) -> pd.DataFrame:
-    """Final-snapshot drift per layer (chosen settings): mean, min and max over seeds, all metrics/poolings."""
+def layer_drift_table(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd.DataFrame | None, task: str,
+                      floor: pd.DataFrame | None = None, by_layer: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Final-snapshot drift per layer (chosen settings): mean, min and max over seeds, all metrics/poolings.
+
+    With `floor` (seed_floor.csv): the chosen setting's seed floor at its last step in drift units
+    (floor_step, floor_n_pairs, floor_drift_mean/min/max; NaN where fewer than 2 seeds) and
+    drift_above_floor = drift_mean − floor_drift_mean. With `by_layer` (drift_by_layer.csv, the
+    H2 metric x pooling only): probe_drift_ci_low/high, the bootstrap interval over probe examples
+    of the mean value, in drift units (NaN for other metrics/poolings).
+    """
     if drift is None or drift.empty:
         return pd.DataFrame()
     sub = _chosen_drift(drift[drift.task == task], best, runs)
@@ -203,12 +269,39 @@ def layer_drift_table(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd.D
                       sort=False).agg(n_seeds=("seed", "nunique"), final_step=("step", "max"),
                                       drift_mean=("drift", "mean"), drift_min=("drift", "min"),
                                       drift_max=("drift", "max")).reset_index()
+    out = _with_floor(out, final_floor(floor_drift(floor, best, task)))
+    out = _with_probe_ci(out, by_layer)
     return out.sort_values(["method", "metric", "pooling", "layer"]).reset_index(drop=True)
 
 
+def _with_floor(table: pd.DataFrame, floor: pd.DataFrame) -> pd.DataFrame:
+    keys = ["task", "method", "lr", "batch_size", "metric", "pooling", "layer"]
+    fl = floor.rename(columns={"step": "floor_step", "n_pairs": "floor_n_pairs", "floor_drift": "floor_drift_mean"})
+    table = table.merge(fl[keys + FLOOR_COLUMNS], on=keys, how="left") if not fl.empty else \
+        table.assign(**{c: np.nan for c in FLOOR_COLUMNS})
+    table["drift_above_floor"] = table.drift_mean - table.floor_drift_mean.astype(float)
+    return table
+
+
+def _with_probe_ci(table: pd.DataFrame, by_layer: pd.DataFrame | None) -> pd.DataFrame:
+    keys = ["task", "method", "metric", "pooling", "layer"]
+    if by_layer is None or by_layer.empty or not {"probe_ci_low", "probe_ci_high"} <= set(by_layer):
+        return table.assign(probe_drift_ci_low=np.nan, probe_drift_ci_high=np.nan)
+    ci = by_layer[keys + ["probe_ci_low", "probe_ci_high"]].copy()
+    lo = np.array([to_drift(m, v) for m, v in zip(ci.metric, ci.probe_ci_low.astype(float))], dtype=float)
+    hi = np.array([to_drift(m, v) for m, v in zip(ci.metric, ci.probe_ci_high.astype(float))], dtype=float)
+    ci["probe_drift_ci_low"], ci["probe_drift_ci_high"] = np.fmin(lo, hi), np.fmax(lo, hi)
+    return table.merge(ci[keys + ["probe_drift_ci_low", "probe_drift_ci_high"]], on=keys, how="left")
+
+
 def plot_drift_by_layer(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd.DataFrame | None, task: str,
-                        metric: str, pooling: str, path) -> None:
-    """Final-snapshot drift vs layer: mean over seeds with a min–max band, both methods on one axis."""
+                        metric: str, pooling: str, path, floor: pd.DataFrame | None = None) -> None:
+    """Final-snapshot drift vs layer: mean over seeds with a min–max band, both methods on one axis.
+
+    With `floor` (seed_floor.csv): each method's seed floor at its last step as a dotted line
+    (drift units: 1 − mean similarity between seeds) with a hatched min–max band over seed pairs;
+    a method without one (fewer than 2 seeds) is named in the title with FLOOR_NOTE.
+    """
     info = metric_info(metric)
     sub = final_step(_chosen_drift(drift_slice(drift, task, metric, pooling), best, runs))
     if sub.empty:
@@ -235,17 +328,36 @@ def plot_drift_by_layer(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd
             any_early |= early
             ssub = ssub.sort_values("layer")
             ax.plot(ssub.layer, ssub.drift, ls="--" if early else "-", color=color, lw=0.8, alpha=0.6)
+    fin_floor = final_floor(floor_drift(floor, best, task, metric, pooling))
+    no_floor = []
+    for method in [m for m in METHODS if m in set(sub.method)]:
+        fsub = fin_floor[fin_floor.method == method].sort_values("layer")
+        if fsub.empty:
+            no_floor.append(method_name(method))
+            continue
+        color = METHOD_COLOR[method]
+        ax.fill_between(fsub.layer, fsub.floor_drift_min, fsub.floor_drift_max, facecolor="none", edgecolor=color,
+                        hatch="///", alpha=0.45, lw=0)
+        ax.plot(fsub.layer, fsub.floor_drift, ls=":", marker="s", ms=3, color=color, lw=1.8,
+                label=f"seed floor, {method_name(method)} (step {int(fsub.step.max())}, "
+                      f"{int(fsub.n_pairs.max())} seed pair{'s' if int(fsub.n_pairs.max()) != 1 else ''})")
     layer_ticks(ax, sorted(sub.layer.unique()), names)
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel(f"{info.drift_label} at final step")
     ax.set_ylim(bottom=min(0.0, float(sub.drift.min())))
     handles, _ = ax.get_legend_handles_labels()
+    if len(no_floor) < len(set(sub.method)):
+        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="none", edgecolor="#777777", hatch="///",
+                                     label="seed floor band: min–max over seed pairs"))
     handles.append(plt.Rectangle((0, 0), 1, 1, color="#777777", alpha=0.3, label="band: min–max over seeds"))
     handles.append(Line2D([], [], color="#777777", lw=0.8, label="single seed"))
     if any_early:
         handles.append(Line2D([], [], color="#777777", lw=0.8, ls="--", label="seed stopped early"))
     ax.legend(handles=handles, loc="upper left", frameon=False)
-    ax.set_title(f"{task}: drift from the base model at the final snapshot ({pooling} pooling)")
+    title = f"{task}: drift from the base model at the final snapshot ({pooling} pooling)"
+    if no_floor:
+        title += f"\n{' and '.join(no_floor)}: no seed floor ({FLOOR_NOTE})"
+    ax.set_title(title)
     save(fig, path)
 
 
@@ -260,8 +372,12 @@ def pick_layers(layers: Sequence[int]) -> list[int]:
 
 
 def plot_drift_over_training(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd.DataFrame | None, task: str,
-                             metric: str, pooling: str, path) -> None:
-    """Drift vs step for the first, middle and last block; mean over seeds with min–max band."""
+                             metric: str, pooling: str, path, floor: pd.DataFrame | None = None) -> None:
+    """Drift vs step for the first, middle and last block; mean over seeds with min–max band.
+
+    With `floor` (seed_floor.csv) holding the chosen setting: its seed floor per step as a dotted
+    line in the method's colour; otherwise the figure says FLOOR_NOTE.
+    """
     info = metric_info(metric)
     sub = _chosen_drift(drift_slice(drift, task, metric, pooling), best, runs)
     if sub.empty:
@@ -274,6 +390,9 @@ def plot_drift_over_training(drift: pd.DataFrame, runs: pd.DataFrame | None, bes
                              squeeze=False)
     which = ["first", "middle", "last"] if len(layers) == 3 else [""] * len(layers)
     early_seen = False
+    fl = per_step_floor(floor_drift(floor, best, task, metric, pooling))
+    methods = [m for m in METHODS if m in set(sub.method)]
+    no_floor = [method_name(m) for m in methods if fl[fl.method == m].empty]
     for ax, layer, label in zip(axes[0], layers, which):
         lsub = sub[sub.layer == layer]
         for method in METHODS:
@@ -284,6 +403,9 @@ def plot_drift_over_training(drift: pd.DataFrame, runs: pd.DataFrame | None, bes
             color = METHOD_COLOR[method]
             ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.22, lw=0)
             ax.plot(stats.index, stats["mean"], "-", color=color, lw=2, label=method_name(method))
+            fsub = fl[(fl.method == method) & (fl.layer == layer)].sort_values("step")
+            if not fsub.empty:
+                ax.plot(fsub.step, fsub.floor_drift, ls=":", color=color, lw=1.8)
             for _, ssub in msub.groupby("seed"):
                 if status.get(run_key(ssub.iloc[0])) == "stopped_early":
                     early_seen = True
@@ -294,11 +416,16 @@ def plot_drift_over_training(drift: pd.DataFrame, runs: pd.DataFrame | None, bes
     axes[0][0].set_ylabel(info.drift_label)
     handles = method_handles([m for m in METHODS if m in set(sub.method)])
     handles.append(plt.Rectangle((0, 0), 1, 1, color="#777777", alpha=0.3, label="min–max over seeds"))
+    if len(no_floor) < len(methods):
+        handles.append(Line2D([], [], color="#555555", ls=":", lw=1.8, label="seed floor: same setting, other seed"))
     if early_seen:
         handles.append(Line2D([], [], **{**marker_kw("full", "stopped_early", 7), "mec": "#555555"},
                               label="last snapshot of a seed that stopped early"))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
-    fig.suptitle(f"{task}: drift over training, chosen settings ({pooling} pooling)")
+    title = f"{task}: drift over training, chosen settings ({pooling} pooling)"
+    if no_floor:
+        title += f"\n{' and '.join(no_floor)}: no seed floor ({FLOOR_NOTE})"
+    fig.suptitle(title)
     save(fig, path)
 
 

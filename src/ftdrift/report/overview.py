@@ -93,27 +93,77 @@ def headline(status: pd.DataFrame, verdicts: pd.DataFrame, runs: pd.DataFrame | 
             "H2": verdict_counts(verdicts.h2_verdict) if not verdicts.empty else "no verdict yet"}
 
 
-def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
-    """Compact per-task verdicts: difference with CI, H1 and H2 with the number they rest on."""
-    def ci(r, mean, lo, hi):
-        if mean not in r or pd.isna(r[mean]):
-            return "n/a"
-        text = fmt(r[mean])
-        if lo in r and hi in r and pd.notna(r[lo]) and pd.notna(r[hi]):
-            text += f" [{fmt(r[lo])}, {fmt(r[hi])}]"
-        return text
+def _cell(r, col):
+    """A verdicts.csv cell, None where the column is absent or the value NaN."""
+    value = r.get(col)
+    try:
+        return None if value is None or pd.isna(value) else value
+    except (TypeError, ValueError):
+        return value
 
+
+def _ci(r, mean, lo, hi) -> str:
+    """'0.12 [0.05, 0.19]', 'n/a' without a value."""
+    if _cell(r, mean) is None:
+        return "n/a"
+    text = fmt(r[mean])
+    if _cell(r, lo) is not None and _cell(r, hi) is not None:
+        text += f" [{fmt(r[lo])}, {fmt(r[hi])}]"
+    return text
+
+
+def _yes_no(value) -> str:
+    """A boolean cell as read from CSV (bool, 'True'/'False', NaN) -> 'yes' / 'no' / 'n/a'."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, str):
+        return {"true": "yes", "false": "no"}.get(value.strip().lower(), value)
+    return "yes" if bool(value) else "no"
+
+
+def _why(r, verdict: str, reason: str) -> str:
+    """The verdict's reason where it is inconclusive (what would settle it), else empty."""
+    if str(_cell(r, verdict) or "") != "inconclusive":
+        return ""
+    return str(_cell(r, reason) or "no reason recorded")
+
+
+def h1_table(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Per task, H1 in full: its mode and tolerance (h1_mode, h1_tolerance), LoRA − full with CI, the
+    quantity judged with its CI (relative mode: the relative drop; absolute mode: h1_difference =
+    mean full − mean LoRA), the verdict and, where inconclusive, why."""
     rows = []
     for _, r in verdicts.iterrows():
-        row = {"task": r.get("task"), "metric": r.get("metric"),
-               "LoRA − full (CI)": ci(r, "lora_minus_full", "diff_ci_low", "diff_ci_high"),
-               "H1": r.get("h1_verdict")}
-        if "h1_relative_drop" in r:
-            row["relative drop"] = r.get("h1_relative_drop")
-        row["H2"] = r.get("h2_verdict")
-        if "h2_drift_reduction" in r:
-            row["drift reduction"] = r.get("h2_drift_reduction")
-        rows.append(row)
+        mode, tol = _cell(r, "h1_mode"), _cell(r, "h1_tolerance")
+        if mode == "absolute":
+            judged = "full − LoRA " + _ci(r, "h1_difference", "h1_ci_low", "h1_ci_high")
+        else:
+            judged = "relative drop " + _ci(r, "h1_relative_drop", "h1_ci_low", "h1_ci_high")
+        rows.append({"task": r.get("task"), "metric": r.get("metric"),
+                     "H1 rule": f"{mode or 'n/a'}, tolerance {fmt(tol)}",
+                     "LoRA − full (CI)": _ci(r, "lora_minus_full", "diff_ci_low", "diff_ci_high"),
+                     "judged (CI)": judged, "analysis": _cell(r, "analysis"),
+                     "H1": _cell(r, "h1_verdict") or "unknown", "why inconclusive": _why(r, "h1_verdict", "h1_reason")})
+    return pd.DataFrame(rows)
+
+
+def h2_table(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Per task, H2 in full: drift reduction with CI, the drift difference, the permutation test's
+    Holm-adjusted and raw p-values (with the smallest p the seeds allow and α), the seed floor and
+    whether the difference exceeds it, the verdict, the test's sentence (h2_test) and, where
+    inconclusive, why."""
+    rows = []
+    for _, r in verdicts.iterrows():
+        drift = " ".join(str(v) for v in (_cell(r, "h2_drift_metric"), _cell(r, "h2_pooling")) if v is not None)
+        rows.append({"task": r.get("task"), "drift": drift or "n/a",
+                     "drift reduction (CI)": _ci(r, "h2_drift_reduction", "h2_ci_low", "h2_ci_high"),
+                     "full − LoRA drift": _cell(r, "h2_difference"),
+                     "p (Holm)": _cell(r, "h2_p_holm"), "p (raw)": _cell(r, "h2_p_value"),
+                     "smallest possible p": _cell(r, "h2_min_p"), "α": _cell(r, "h2_alpha"),
+                     "seed floor": _cell(r, "h2_seed_floor"),
+                     "exceeds floor": _yes_no(_cell(r, "h2_exceeds_floor")),
+                     "H2": _cell(r, "h2_verdict") or "unknown", "test": _cell(r, "h2_test") or "",
+                     "why inconclusive": _why(r, "h2_verdict", "h2_reason")})
     return pd.DataFrame(rows)
 
 
@@ -158,7 +208,8 @@ def _runs_html(status: pd.DataFrame) -> list[str]:
     problems = status[status.status.isin(NOT_COMPLETED) | ~status.planned]
     body.append("<p><b>Runs that did not complete normally</b> "
                 "(stopped early = the early-stopping rule ended training before the step budget; "
-                "diverged = training stopped on a non-finite or exploding loss, a result left out of means and verdicts; "
+                "diverged = training stopped on a non-finite or exploding loss, a result left out of means and "
+                "verdicts; "
                 "missing = planned but no result, i.e. failed or not run yet)</p>")
     body.append(html_table(problems[RUN_KEYS + ["status"]], badges=("status",)))
     return body
@@ -177,6 +228,7 @@ def overview_page(runs: pd.DataFrame | None, best: pd.DataFrame | None, summary_
     analysis = study.get("analysis", {}) or {}
     h1 = analysis.get("h1_max_relative_drop")
     h2 = analysis.get("h2_min_drift_reduction")
+    alpha = analysis.get("h2_alpha", 0.05)
     conf = analysis.get("confidence", 0.95)
     drift = drift_formula(analysis.get("h2_metric", "linear_cka"))
     body = ["<h1>ftdrift — how full fine-tuning and LoRA change a model's representations</h1>",
@@ -188,7 +240,9 @@ def overview_page(runs: pd.DataFrame | None, best: pd.DataFrame | None, summary_
             f"<li><b>H1</b>: LoRA's validation main metric is at most {fmt(100 * h1 if h1 is not None else None, 3)} % "
             "(relative) below full fine-tuning's.</li>"
             f"<li><b>H2</b>: LoRA's drift (mean over layers at the final snapshot) is at least "
-            f"{fmt(100 * h2 if h2 is not None else None, 3)} % lower than full fine-tuning's.</li></ul>",
+            f"{fmt(100 * h2 if h2 is not None else None, 3)} % lower than full fine-tuning's; supported only when "
+            f"the permutation test over seeds rejects at α = {fmt(alpha)} (Holm-adjusted across tasks) and the "
+            "difference exceeds the seed floor.</li></ul>",
             "<h2>Headline</h2>",
             f'<div class="kpi">Runs<b>{escape(head["runs"])}</b></div>',
             f'<div class="kpi{" alarm" if alarm else ""}">Checkpoint validation<b>{escape(checks)}</b></div>',
@@ -197,7 +251,14 @@ def overview_page(runs: pd.DataFrame | None, best: pd.DataFrame | None, summary_
             f'<div class="kpi">H1 (LoRA within tolerance)<b>{escape(head["H1"])}</b></div>',
             f'<div class="kpi">H2 (LoRA drifts less)<b>{escape(head["H2"])}</b></div>']
     if not verdicts.empty:
-        body.append(html_table(verdict_table(verdicts), badges=("H1", "H2")))
+        body += ["<h2>H1: LoRA's validation metric within tolerance</h2>",
+                 html_table(h1_table(verdicts), badges=("H1",)),
+                 "<h2>H2: LoRA drifts less than full fine-tuning</h2>",
+                 '<p class="muted">p: exact permutation test over seeds of the drift difference, Holm-adjusted '
+                 "across tasks (with few seeds the smallest possible p may exceed α: then H2 cannot be supported); "
+                 "seed floor: the drift between runs of one setting that differ only in their seed, in drift "
+                 "units.</p>",
+                 html_table(h2_table(verdicts), badges=("H2",))]
     body += ["<h2>Setup</h2>", _setup_html(study)]
     body += _runs_html(status)
     if best is not None and not best.empty:
