@@ -47,7 +47,10 @@ rule report_overview:
         mem_mb=2000,
         runtime=10,
     params:
-        study={key: CONFIG[key] for key in ("model", "tasks", "task_defs", "grid", "lora", "analysis")},
+        study={
+            **{key: CONFIG[key] for key in ("model", "tasks", "task_defs", "grid", "lora", "analysis")},
+            "task_seeds": {task: ftgrid.task_seeds(CONFIG, task) for task in CONFIG["tasks"]},
+        },
         planned=PLANNED_RUNS,
         code_version=CODE_VERSIONS["report"],
     script:

@@ -348,3 +348,13 @@ def test_overview_shows_the_h2_test_floor_and_reasons():
                      "rejects at α = 0.010", "relative, tolerance 0.030"):
         assert expected in page, expected
     assert re.search(r"n/a</td>", page)  # NaN cells are written, not crashed on
+
+
+def test_setup_names_a_task_with_its_own_seeds():
+    """task_overrides.<task>.grid.seeds: the overview's grid line names the task's seeds beside grid.seeds."""
+    from ftdrift.report.overview import _setup_html
+
+    study = {"tasks": ["sst2", "rte"], "grid": {"seeds": [42], "batch_sizes": [32], "learning_rates": {}},
+             "task_seeds": {"sst2": [42, 43], "rte": [42]}}
+    html = _setup_html(study)
+    assert "seeds 42; sst2: seeds 42, 43</p>" in html and "rte: seeds" not in html

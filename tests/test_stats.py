@@ -285,6 +285,16 @@ def test_h2_verdict_rules(drift_full, drift_lora, floor, verdict, reason):
     assert row["h2_exceeds_floor"] == (None if math.isnan(floor) else difference > floor)
 
 
+def test_h2_reason_names_every_failing_condition():
+    """2 + 2 seeds (smallest p 1/6) whose difference is also within the seed floor: both are said."""
+    full, lora = arms([0.50, 0.52], [0.45, 0.46])
+    row = verdict_row("sst2", SST2, full, lora, ANALYSIS, seed_floor=0.2)
+    assert row["h2_verdict"] == "inconclusive"
+    assert "cannot reach p < 0.05" in row["h2_reason"] and "within the seed floor 0.2" in row["h2_reason"]
+    one_seed = verdict_row("sst2", SST2, *arms([0.5], [0.45, 0.46]), ANALYSIS, seed_floor=0.2)
+    assert one_seed["h2_test"].startswith("no permutation test")
+
+
 def test_holm_across_tasks_can_turn_a_supported_verdict_inconclusive():
     """Each task alone: p = 1/70 < 0.05, supported. Four tasks: Holm multiplies the smallest by 4."""
     pairs = {f"t{i}": arms(FULL4, [0.20, 0.21, 0.22, 0.19]) for i in range(4)}

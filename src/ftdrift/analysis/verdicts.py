@@ -79,7 +79,9 @@ def _task_row(task: str, task_def: dict, full: pd.DataFrame, lora: pd.DataFrame,
 def _judge_h2(row: dict[str, Any], p_holm: float, k: int) -> dict[str, Any]:
     """The H2 verdict of a row once its Holm-adjusted p is known (k: p-values in the family)."""
     alpha, n_full, n_lora = row["h2_alpha"], *row["_n"]
-    row = {**row, "h2_p_holm": p_holm, "h2_test": H2_TEST.format(k=k, s="" if k == 1 else "s")}
+    test = H2_TEST.format(k=k, s="" if k == 1 else "s") if np.isfinite(row["h2_p_value"]) else \
+        "no permutation test: fewer than 2 seeds in an arm or drift missing"
+    row = {**row, "h2_p_holm": p_holm, "h2_test": test}
     ci_verdict, verdict, reason = row.pop("_h2_ci_verdict"), "inconclusive", None
     row.pop("_n")
     finite = row.pop("_finite")
@@ -91,22 +93,27 @@ def _judge_h2(row: dict[str, Any], p_holm: float, k: int) -> dict[str, Any]:
         verdict, reason = "not supported", row["h2_reason"]
     elif not np.isfinite(row["h2_drift_reduction"]):
         reason = row["h2_reason"]  # relative reduction undefined
-    elif not np.isfinite(row["h2_seed_floor"]):
-        reason = "no seed floor (fewer than 2 seeds of a chosen setting): cannot tell the difference from reseeding"
-    elif row["h2_min_p"] >= alpha:
-        reason = (f"with {n_full} and {n_lora} seeds the exact test cannot reach p < {alpha:g}: add seeds "
-                  f"(smallest attainable p {row['h2_min_p']:.4g})")
-    elif not p_holm < alpha:
-        reason = f"Holm-adjusted p {p_holm:.4g} >= {alpha:g} (raw p {row['h2_p_value']:.4g}, {k} tasks)"
-    elif not row["h2_exceeds_floor"]:
-        reason = (f"drift difference {row['h2_difference']:.4g} within the seed floor "
-                  f"{row['h2_seed_floor']:.4g}")
-    elif ci_verdict != "supported":
-        reason = row["h2_reason"]  # the interval straddles the threshold
-    else:
-        verdict = "supported"
-        reason = (f"{row['h2_reason']}; Holm-adjusted p {p_holm:.4g} < {alpha:g}; difference "
-                  f"{row['h2_difference']:.4g} > seed floor {row['h2_seed_floor']:.4g}")
+    else:  # every condition that fails is named, not only the first
+        failing = []
+        if not np.isfinite(row["h2_seed_floor"]):
+            failing.append("no seed floor (fewer than 2 seeds of a chosen setting): cannot tell the difference from "
+                           "reseeding")
+        if row["h2_min_p"] >= alpha:
+            failing.append(f"with {n_full} and {n_lora} seeds the exact test cannot reach p < {alpha:g}: add seeds "
+                           f"(smallest attainable p {row['h2_min_p']:.4g})")
+        elif not p_holm < alpha:
+            failing.append(f"Holm-adjusted p {p_holm:.4g} >= {alpha:g} (raw p {row['h2_p_value']:.4g}, {k} tasks)")
+        if np.isfinite(row["h2_seed_floor"]) and not row["h2_exceeds_floor"]:
+            failing.append(f"drift difference {row['h2_difference']:.4g} within the seed floor "
+                           f"{row['h2_seed_floor']:.4g}")
+        if ci_verdict != "supported":
+            failing.append(row["h2_reason"])  # the interval straddles the threshold
+        if failing:
+            reason = "; ".join(failing)
+        else:
+            verdict = "supported"
+            reason = (f"{row['h2_reason']}; Holm-adjusted p {p_holm:.4g} < {alpha:g}; difference "
+                      f"{row['h2_difference']:.4g} > seed floor {row['h2_seed_floor']:.4g}")
     row.update(h2_verdict=verdict, h2_reason=reason)
     return row
 

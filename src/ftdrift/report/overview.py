@@ -184,8 +184,11 @@ def _setup_html(study: Mapping) -> str:
         for kind, values in (lrs.get(method) or {}).items():
             grows.append({"method": method_name(method), "task kind": kind,
                           "learning rates": ", ".join(lr_text(v) for v in values)})
+    # tasks with their own seeds (task_overrides.<task>.grid.seeds) are named beside the grid's
+    own = {t: seeds for t, seeds in (study.get("task_seeds") or {}).items() if list(seeds) != list(grid.get("seeds", []))}
+    own_text = "".join(f"; {t}: seeds {', '.join(map(str, seeds))}" for t, seeds in own.items())
     parts.append("<p><b>Grid</b>: batch sizes " + escape(", ".join(map(str, grid.get("batch_sizes", [])))) +
-                 "; seeds " + escape(", ".join(map(str, grid.get("seeds", [])))) + "</p>" +
+                 "; seeds " + escape(", ".join(map(str, grid.get("seeds", [])))) + escape(own_text) + "</p>" +
                  html_table(pd.DataFrame(grows)))
     if lora:
         parts.append("<p><b>LoRA</b>: " + escape(", ".join(f"{k} = {v}" for k, v in lora.items())) + "</p>")

@@ -14,6 +14,6 @@ CODE_VERSIONS = {
     "baselines": 2,
     "forgetting": 1,
     "deployment": 1,
-    "aggregate": 4,
-    "report": 3,
+    "aggregate": 5,
+    "report": 4,
 }
