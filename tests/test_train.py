@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import zarr
 from helpers import make_tiny_workdir
+from transformers import AutoTokenizer, TrainerCallback
 
 from ftdrift.data.tasks import prepare_task
 from ftdrift.study import config as ftconfig
@@ -59,7 +60,7 @@ def reps(path):
 
 
 def comparable(metrics):
-    meta = {k: v for k, v in metrics["meta"].items() if k not in ("train_seconds", "resumed_from")}
+    meta = {k: v for k, v in metrics["meta"].items() if k not in ("train_seconds", "resumed_from", "stage_seconds")}
     return {**metrics, "meta": meta}
 
 
@@ -331,3 +332,98 @@ def test_step0_snapshot_is_the_base_model_s_representation(tiny, tmp_path, famil
         assert snapshots.shape[1:] == layers.shape
         for layer in range(layers.shape[0]):
             assert hand_linear_cka(layers[layer], snapshots[0, layer]) == pytest.approx(1.0, abs=1e-6), (pooling, layer)
+
+
+class EvalSeen(TrainerCallback):
+    """Records what each in-training evaluation read: each example's real tokens, in batch order."""
+
+    def __init__(self):
+        self.evaluations = []
+
+    def on_evaluate(self, args, state, control, eval_dataloader=None, **kwargs):
+        self.evaluations.append([tuple(i for i, m in zip(ids, mask) if m) for batch in eval_dataloader
+                                 for ids, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())])
+
+
+def test_eval_subset_is_a_fixed_subset_at_every_evaluation_and_the_times_add_up(tiny, tmp_path):
+    """training.eval_subset: every evaluation during training reads the same `eval_subset` dev
+    examples, longest first; the whole dev split is still predicted at the end (metrics.json); the
+    stage times cover the job's wall time."""
+    seen = EvalSeen()
+    kwargs = run_kwargs(tiny, tmp_path, eval_subset=5, eval_steps=2, max_steps=6)
+    kwargs["callbacks"] = (seen,)
+    started = time.time()
+    result = finetune(**kwargs)
+    wall = time.time() - started
+    dev = [json.loads(line) for line in (kwargs["data_dir"] / "dev.jsonl").read_text().splitlines()]
+    assert len(dev) > 5 and len(seen.evaluations) == 3
+    assert all(e == seen.evaluations[0] for e in seen.evaluations)
+    # the 5 are drawn once with data.split_seed (re-drawn here by hand), evaluated longest first
+    tokenizer = AutoTokenizer.from_pretrained(kwargs["model_cfg"]["name_or_path"])
+    pick = np.random.default_rng(kwargs["settings"]["data"]["split_seed"]).choice(len(dev), 5, replace=False)
+    expected = {tuple(tokenizer(dev[i]["text"], truncation=True, max_length=64)["input_ids"]) for i in pick}
+    first = seen.evaluations[0]
+    assert set(first) == expected and len(first) == 5
+    assert [len(e) for e in first] == sorted((len(e) for e in first), reverse=True)
+    # the final dev metrics are over the whole dev split: accuracy is a multiple of 1/len(dev)
+    accuracy = result["dev"]["accuracy"]
+    assert abs(accuracy * len(dev) - round(accuracy * len(dev))) < 1e-9
+    stages = result["meta"]["stage_seconds"]
+    assert {"start-up", "load data", "model load", "training steps", "dev evaluation", "snapshots",
+            "checkpoint writes", "final evaluation"} <= set(stages)
+    assert all(v >= 0 for v in stages.values())
+    in_call = sum(v for k, v in stages.items() if k != "start-up")
+    assert 0.8 * wall <= in_call <= wall  # metrics.json's content is taken inside the "outputs" stage
+
+
+def test_predictions_come_back_in_dataset_order(tiny, tmp_path):
+    """predict_split batches by length; each example's logits must still be its own: equal to a
+    forward pass of that example alone (no padding), in dataset order."""
+    import torch
+
+    from ftdrift.modeling import models
+    from ftdrift.training.predict import predict_split, predictor
+
+    workdir, cfg, data = tiny
+    records = [json.loads(line) for line in (workdir / "prepared" / "sst2" / "validation.jsonl").read_text().splitlines()]
+    tokenizer = models.load_tokenizer(cfg["model"])
+    torch.manual_seed(0)
+    model = models.load_model(cfg["model"], "classification", 2, tokenizer).eval()
+    out = predict_split(predictor(model, tokenizer, 4, "fp32"), records, CATALOG["sst2"], tokenizer,
+                        data["sst2"]["data"])
+    with torch.no_grad():
+        alone = np.stack([model(**tokenizer(r["text"], return_tensors="pt", truncation=True,
+                                             max_length=data["sst2"]["data"]["max_length"]["classification"])
+                                ).logits[0].numpy() for r in records])
+    np.testing.assert_allclose(out.logits[0], alone, atol=1e-5)
+    assert list(out.predictions["predictions"]) == [r["id"] for r in records]
+    assert [out.predictions["predictions"][r["id"]] for r in records] == alone.argmax(-1).tolist()
+
+
+def test_a_resume_between_snapshot_steps_adds_no_snapshot(tiny, tmp_path):
+    """A checkpoint off the snapshot cadence (checkpoints every 2 steps, snapshots every 3): the
+    resumed run snapshots where an uninterrupted one does, no more (bench/chaos_slurm.py found the
+    extra one), and its train log is the same table."""
+    class StopAt(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise KeyboardInterrupt  # a kill right after checkpoint-4 (off the cadence of 3)
+
+    full = run_kwargs(tiny, tmp_path / "full", max_steps=8, eval_steps=2, save_steps=2, logging_steps=1)
+    full["settings"]["representations"]["snapshot_steps"] = 3
+    finetune(**full)
+    cut = run_kwargs(tiny, tmp_path / "cut", max_steps=8, eval_steps=2, save_steps=2, logging_steps=1)
+    cut["settings"]["representations"]["snapshot_steps"] = 3
+    with pytest.raises(KeyboardInterrupt):
+        finetune(**{**cut, "callbacks": (StopAt(),)})
+    assert (tmp_path / "cut" / "work" / "checkpoints" / "checkpoint-4").is_dir()
+    finetune(**cut)
+    steps_full, reps_full = reps(tmp_path / "full" / "reps.zarr")
+    steps_cut, reps_cut = reps(tmp_path / "cut" / "reps.zarr")
+    assert list(steps_full) == list(steps_cut) == [0, 3, 6, 8]
+    for pooling in reps_full:
+        assert np.array_equal(reps_full[pooling], reps_cut[pooling])
+    logs = [pd.read_csv(tmp_path / run / "train_log.csv") for run in ("full", "cut")]
+    assert list(logs[0].columns) == list(logs[1].columns)
+    clock = [c for c in logs[0].columns if "runtime" in c or "per_second" in c or c == "cpu_rss_mb"]
+    pd.testing.assert_frame_equal(*(log.drop(columns=clock) for log in logs))

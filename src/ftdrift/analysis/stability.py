@@ -4,7 +4,7 @@ A train_log.csv is the Trainer's log history as a table: training rows (`loss`, 
 the logging window; `grad_norm`, the pre-clip norm of the window's last optimizer step;
 `grad_clipped_fraction`, the share of the window's steps that were clipped; `learning_rate`;
 `step`), evaluation rows (`eval_loss`, and for classification `eval_<metric>`), and one summary
-row (`train_loss`, `train_runtime`). NaN and missing cells are the same thing in a CSV, so a
+row (`train_runtime`; the Trainer's `train_loss` is left out, see ftdrift.training.recipe.train_log). NaN and missing cells are the same thing in a CSV, so a
 training row is recognised by its `learning_rate` (the Trainer logs it with every training
 loss, also when that loss is NaN), or by a `loss` where the log has no learning rates.
 

@@ -64,6 +64,10 @@ class SnapshotStore:
         self.group["step"][n] = step
 
     def truncate_after(self, step: int) -> None:
+        """Keep the snapshots up to `step`; also drop the temporary chunk files (`*.partial`) a
+        write killed midway leaves behind (zarr writes each chunk through one)."""
+        for partial in self.path.rglob("*.partial"):
+            partial.unlink(missing_ok=True)
         keep = sum(1 for s in self.steps() if s <= step)
         self.group["step"].resize((keep,))
         for pooling in self.attrs["poolings"]:

@@ -41,8 +41,12 @@ def extract(model, batches: list[tuple[dict, list[int]]], poolings: tuple[str, .
     """Pooled hidden states of every layer: {pooling: [layer, example, hidden]} in `dtype`.
 
     The forward pass runs under autocast in `precision` (ftdrift.core.precision: the training
-    precision, for base models and snapshots alike); pooling is done in float32.
+    precision, for base models and snapshots alike); pooling is done in float32, as `pool` does it.
+    Raises ValueError for an unknown pooling (before any forward pass).
     """
+    for p in poolings:
+        if p not in POOLINGS:
+            raise ValueError(f"unknown pooling '{p}' (known: {POOLINGS})")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -53,11 +57,23 @@ def extract(model, batches: list[tuple[dict, list[int]]], poolings: tuple[str, .
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(precision, device):
             outputs = model(**batch, output_hidden_states=True)
-        hidden = torch.stack([h.float() for h in outputs.hidden_states])  # [layer, batch, seq, dim]
-        layers, b, s, d = hidden.shape
-        mask = batch["attention_mask"].repeat(layers, 1)  # pool all layers in one call
+        # Pool each layer's hidden state as it comes: stacking all layers into one float32
+        # [layer, batch, seq, dim] tensor first costs a copy of every layer (and the mask
+        # product another), which made a snapshot measurably dearer than the bare forward pass.
+        mask = batch["attention_mask"]
+        weights = mask.to(torch.float32).unsqueeze(-1)  # [batch, seq, 1]
+        counts = weights.sum(1).clamp(min=1)  # [batch, 1]
+        rows = torch.arange(mask.shape[0], device=mask.device)
+        last = mask.sum(1).long() - 1
+        pooled: dict[str, list[torch.Tensor]] = {p: [] for p in poolings}
+        for h in outputs.hidden_states:
+            if "mean" in pooled:
+                # `pool`'s arithmetic, layer by layer: the same values, bit for bit
+                pooled["mean"].append((h.float() * weights).sum(1) / counts)
+            if "last" in pooled:
+                pooled["last"].append(h[rows, last].float())
         for p in poolings:
-            out[p].append(pool(hidden.reshape(layers * b, s, d), mask, p).reshape(layers, b, d).float().cpu())
+            out[p].append(torch.stack(pooled[p]).cpu())  # [layer, batch, dim]
     if was_training:
         model.train()
     inverse = torch.empty(len(positions), dtype=torch.long)

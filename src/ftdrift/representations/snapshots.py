@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from transformers import TrainerCallback
 
 from ftdrift.core.store import SnapshotStore
@@ -12,19 +14,26 @@ class SnapshotCallback(TrainerCallback):
     """Snapshots the probe-set representations at step 0, every N steps, and at the end."""
 
     def __init__(self, store: SnapshotStore, batches: list[dict], poolings: tuple[str, ...],
-                 every: int, dtype: str, precision: str = "fp32"):
+                 every: int, dtype: str, precision: str = "fp32", clock=None):
         self.store, self.batches, self.poolings = store, batches, poolings
         self.every, self.dtype, self.precision = every, dtype, precision
+        self.clock = clock  # ftdrift.training.timing.StageClock, or None
 
     def _snapshot(self, model, step: int) -> None:
         if step in self.store.steps():
             return  # taken before a restart: resume keeps it
+        started = time.perf_counter()
         self.store.append(step, extract(model, self.batches, self.poolings, self.dtype, precision=self.precision))
+        if self.clock is not None:
+            self.clock.add("snapshots", time.perf_counter() - started)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        # a resumed run redoes the steps after its checkpoint: drop the snapshots it will retake
+        # a resumed run redoes the steps after its checkpoint: drop the snapshots it will retake.
+        # Snapshot only where an uninterrupted run does (step 0, the cadence): a checkpoint between
+        # two cadence steps must not add one (found by bench/chaos_slurm.py)
         self.store.truncate_after(state.global_step)
-        self._snapshot(model, state.global_step)
+        if state.global_step == 0 or state.global_step % self.every == 0:
+            self._snapshot(model, state.global_step)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:

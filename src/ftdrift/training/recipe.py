@@ -22,6 +22,7 @@ Benchmarks and tests drive the same stages, and observe training through `callba
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -45,6 +46,7 @@ from ftdrift.study.config import task_kind
 from ftdrift.training import oom, tracking, workdir
 from ftdrift.training.monitor import BestModelCallback, Divergence, TrainingMonitor
 from ftdrift.training.predict import SplitPrediction, predict_split, predictor
+from ftdrift.training.timing import StageClock
 from ftdrift.training.trainer import StudyTrainer, last_complete_checkpoint, training_arguments
 
 log = logging.getLogger("ftdrift.training.recipe")
@@ -76,6 +78,7 @@ class Job:
     resolved_config: dict | None = None  # sent to W&B
     code_version: int | None = None
     callbacks: tuple[TrainerCallback, ...] = ()
+    clock: StageClock = field(default_factory=StageClock)
 
     @property
     def name(self) -> str:
@@ -125,15 +128,22 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
     """One fine-tuning job, stage by stage (see the module doc). Returns metrics.json's content."""
     job = Job(run, task_def, settings, model_cfg, lora_cfg, wandb_cfg, Path(data_dir), Path(work_dir), outputs,
               resolved_config, code_version, tuple(callbacks))
+    clock = job.clock
+    clock.add_start_up()
     if threads:
         torch.set_num_threads(threads)
-    mirror = claim_work_dir(job)
-    data = load_data(job.split_files, task_def, model_cfg, settings["data"], settings["representations"])
+    with clock.stage("work folder"):
+        mirror = claim_work_dir(job)
+    with clock.stage("load data"):
+        data = load_data(job.split_files, task_def, model_cfg, settings["data"], settings["representations"])
     trained = train(job, data, mirror)
-    dev, validation = evaluate(job, data, trained)
-    result = save(job, data, trained, dev, validation)
+    with clock.stage("final evaluation"):
+        dev, validation = evaluate(job, data, trained)
+    with clock.stage("outputs"):
+        result = save(job, data, trained, dev, validation)
     if mirror:
         mirror.discard()
+    clock.log_summary(job.name)
     return result
 
 
@@ -234,8 +244,9 @@ def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
     run, training, data_settings = job.run, job.settings["training"], job.settings["data"]
     rep_settings, kind, precision = job.settings["representations"], job.kind, job.precision
     num_labels = len(job.task_def["labels"]) if kind == "classification" else None
-    model, lora_targets, total_params = build_model(job.model_cfg, job.task_def, run["method"], job.lora_cfg,
-                                                    int(run["seed"]), training["full_determinism"], data.tokenizer)
+    with job.clock.stage("model load"):
+        model, lora_targets, total_params = build_model(job.model_cfg, job.task_def, run["method"], job.lora_cfg,
+                                                        int(run["seed"]), training["full_determinism"], data.tokenizer)
     check_feasible(model, data_settings["max_length"][kind], num_labels,
                    data.splits["train"] + data.splits["dev"] if kind == "classification" else [])
     if lora_targets is not None:
@@ -255,7 +266,7 @@ def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
     monitor = TrainingMonitor(int(run["batch_size"]), checkpoint_dir, check_finite=precision != "fp16",
                               loss_factor=training["divergence_loss_factor"])
     snapshots = SnapshotCallback(store, data.probe_batches, family.poolings, rep_settings["snapshot_steps"],
-                                 rep_settings["dtype"], precision)
+                                 rep_settings["dtype"], precision, clock=job.clock)
     callbacks = [monitor, snapshots, best]
     if training["early_stopping_patience"]:
         callbacks.append(EarlyStoppingCallback(training["early_stopping_patience"]))
@@ -267,17 +278,22 @@ def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
         return metrics.classification_metrics(prediction.label_ids, prediction.predictions.argmax(-1),
                                               job.task_def["metrics"])
 
-    trainer = StudyTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.dev,
+    dev = dev_at_cadence(data.dev, training["eval_subset"], data_settings["split_seed"])
+    trainer = StudyTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=dev,
                            data_collator=DataCollatorWithPadding(data.tokenizer), processing_class=data.tokenizer,
                            compute_metrics=compute_metrics if kind == "classification" else None,
-                           callbacks=callbacks, train_lengths=data.train["length"], monitor=monitor)
+                           callbacks=callbacks, train_lengths=data.train["length"], eval_lengths=dev["length"],
+                           monitor=monitor, clock=job.clock)
     if report_to:
         tracking.attach(trainer, job.resolved_config)
     last = last_complete_checkpoint(checkpoint_dir)
     if last:
         log.info("resuming %s from %s", job.name, last)
-    started = time.time()
-    trainer.train(resume_from_checkpoint=last)
+    started, in_loop = time.time(), job.clock.in_loop()
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    finally:
+        job.clock.split_loop(time.time() - started, in_loop)
     if monitor.divergence is not None:
         log.warning("%s diverged: %s; last good checkpoint: %s", job.name, monitor.divergence.reason,
                     monitor.divergence.last_good_checkpoint)
@@ -285,6 +301,16 @@ def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
     return Trained(model, trainer, best, store, last, time.time() - started,
                    sum(p.numel() for p in model.parameters() if p.requires_grad), total_params,
                    divergence=monitor.divergence)
+
+
+def dev_at_cadence(dev, size: int | None, seed: int):
+    """The dev examples (QA: windows) evaluated every `eval_steps`: all of them, or a fixed random
+    subset of `size` (config `training.eval_subset`) drawn with `seed`. Early stopping and the best
+    dev-loss weights read this subset's loss; the whole dev split is predicted once at the end
+    (stage 5), and its metrics choose the hyperparameters."""
+    if size is None or size >= len(dev):
+        return dev
+    return dev.select(sorted(np.random.default_rng(seed).choice(len(dev), size, replace=False).tolist()))
 
 
 def keep_finite_snapshots(store: SnapshotStore, before: int) -> None:
@@ -320,6 +346,27 @@ def run_status(steps: int, max_steps: int, divergence: Divergence | None) -> str
     return "stopped_early" if steps < max_steps else "completed"
 
 
+def train_log(history: list[dict]) -> pd.DataFrame:
+    """The Trainer's log history as train_log.csv: the same for a resumed run as for an
+    uninterrupted one. A resumed run's history comes back from trainer_state.json with its keys
+    sorted (columns in a fixed order here), and the Trainer's closing `train_loss` averages only the
+    last session's steps (transformers 5.24, `_finalize_training`): it is left out; the per-step
+    `loss` rows are the training curve."""
+    frame = pd.DataFrame([{k: v for k, v in row.items() if k != "train_loss"} for row in history])
+    first = [c for c in ("step", "epoch") if c in frame.columns]
+    return frame[first + sorted(c for c in frame.columns if c not in first)]
+
+
+def sort_target_modules(path: Path) -> None:
+    """peft stores `target_modules` as a set, written in the order of the process's string hashing:
+    sorted, adapter_config.json is the same file in every run."""
+    if path.is_file():
+        config = io.read_json(path)
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def save(job: Job, data: TaskData, trained: Trained, dev: SplitPrediction, validation: SplitPrediction) -> dict:
     """Stage 6: the run's outputs, each atomic; metrics.json last marks the run complete."""
     state, best_info, outputs = trained.trainer.state, trained.best_info, job.outputs
@@ -335,14 +382,16 @@ def save(job: Job, data: TaskData, trained: Trained, dev: SplitPrediction, valid
         "trainable_fraction": trained.trainable_params / trained.total_params,
         "train_seconds": trained.train_seconds, "resumed_from": trained.resumed_from,
         "snapshot_steps": trained.store.steps(),
+        "stage_seconds": job.clock.rounded(),  # so far: the outputs are written after metrics.json's content
     }
     with io.atomic_path(outputs.representations) as tmp:
-        shutil.copytree(trained.store.path, tmp)
+        shutil.copytree(trained.store.path, tmp, ignore=shutil.ignore_patterns("*.partial"))
     with io.atomic_path(outputs.model) as tmp:
         trained.model.save_pretrained(tmp)  # peft saves the adapter plus the trained head
         data.tokenizer.save_pretrained(tmp)
+        sort_target_modules(Path(tmp) / "adapter_config.json")
     io.write_json(outputs.predictions, validation.predictions)
-    io.write_csv(outputs.train_log, pd.DataFrame(state.log_history))
+    io.write_csv(outputs.train_log, train_log(state.log_history))
     result = {"task": job.run["task"], "main_metric": job.task_def["main_metric"], "dev": dev.metrics,
               "validation": validation.metrics, "meta": meta}
     io.write_json(outputs.metrics, result)
