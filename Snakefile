@@ -29,6 +29,20 @@ include: "rules/deployment.smk"
 include: "rules/report.smk"  # after every rule that writes results/tables/*
 
 
+# Preflight (src/ftdrift/preflight.py): on a cluster executor, check the model, the data, the
+# profile's settings and the container image once, before any job is submitted, and stop with one
+# message listing every problem. Snakemake runs onstart only in the main process (jobs get
+# --no-hooks) and not for dry runs. FTDRIFT_PREFLIGHT=0 skips it.
+onstart:
+    if not workflow.local_exec:
+        from ftdrift import preflight as ftpreflight
+
+        try:
+            ftpreflight.run_before_jobs(CONFIG, workflow.executor_plugin.name)
+        except ftpreflight.PreflightError as err:
+            raise WorkflowError(str(err)) from None
+
+
 rule all:
     default_target: True
     input:
