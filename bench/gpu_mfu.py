@@ -20,6 +20,11 @@ Goals (issue): >= 40 % MFU for full fine-tuning on an H100; a LoRA step <= 0.7x 
 
 `--tiny` runs a 2-layer toy shape on whatever device there is (CPU included): a smoke test of
 the script, not a benchmark.
+
+`--profile N` runs N more steps of each configuration under torch.profiler after the timed steps
+(not counted in step_s) and adds the top operators by self device time (CUDA; CPU time on a
+machine without one) to each run's record as `profile_top`, plus a printed table: where the time
+goes when the MFU falls short. `--out FILE` writes the JSON there instead of bench/out/gpu.json.
 """
 
 from __future__ import annotations
@@ -69,8 +74,44 @@ def build(shape: dict, method: str, precision: str, attn: str, device):
     return model, n_total, n_embed
 
 
+def profile_steps(step, steps: int, device, row_limit: int = 15) -> tuple[list[dict], str]:
+    """Run `step` `steps` times under torch.profiler; returns (top operators by self device time,
+    each {name, calls, self_ms_per_step, share}, and profiler's own table as text).
+
+    Device time is CUDA kernel time attributed to the operator that launched it; on a CPU-only
+    machine CPU self time stands in. Shares are of the summed self time over all operators.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+
+    def self_us(event) -> float:
+        if device.type != "cuda":
+            return float(event.self_cpu_time_total)
+        # torch >= 2.4 names it self_device_time_total; older releases self_cuda_time_total
+        return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0))
+
+    total = sum(self_us(e) for e in events) or 1.0
+    ranked = sorted(events, key=self_us, reverse=True)[:row_limit]
+    top = [{"name": e.key, "calls": int(e.count), "self_ms_per_step": self_us(e) / 1e3 / steps,
+            "share": self_us(e) / total} for e in ranked]
+    sort_key = "self_cpu_time_total" if device.type != "cuda" else "self_cuda_time_total"
+    try:
+        table = events.table(sort_by=sort_key, row_limit=row_limit)
+    except (KeyError, AttributeError, ValueError):  # sort key renamed in a later torch
+        table = events.table(sort_by="self_device_time_total", row_limit=row_limit)
+    return top, table
+
+
 def bench(shape: dict, method: str, precision: str, batch: int, seq: int, steps: int, warmup: int,
-          attn: str, device) -> dict:
+          attn: str, device, profile: int = 0) -> dict:
     import torch
 
     model, n_total, n_embed = build(shape, method, precision, attn, device)
@@ -116,14 +157,19 @@ def bench(shape: dict, method: str, precision: str, batch: int, seq: int, steps:
            "params_trainable": sum(p.numel() for p in params)}
     if device.type == "cuda":
         out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    del model, optimizer
+    if profile:
+        out["profile_top"], out["profile_table"] = profile_steps(step, profile, device)
+    model = optimizer = None  # noqa: F841 - frees the cells the step closure holds, before empty_cache
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
 
 
 def run(precision: str = "amp", batch: int = 8, seq: int = 512, steps: int = 10, warmup: int = 3,
-        attn: str = "sdpa", tiny: bool = False, peak: float | None = None) -> dict:
+        attn: str = "sdpa", tiny: bool = False, peak: float | None = None, profile: int = 0,
+        methods: tuple[str, ...] = ("full", "lora")) -> dict:
+    """Both methods (or `methods`) in each precision; see the module doc. `profile`: steps to run
+    under torch.profiler per configuration after the timed ones (0 = none)."""
     import torch
 
     if not torch.cuda.is_available() and not tiny:
@@ -137,13 +183,15 @@ def run(precision: str = "amp", batch: int = 8, seq: int = 512, steps: int = 10,
     result = {"device": name, "peak_bf16_tflops": peak, "shape": shape, "torch": torch.__version__,
               "load_avg_before": load(), "runs": []}
     for prec in (("amp", "bf16") if precision == "both" else (precision,)):
-        for method in ("full", "lora"):
-            r = bench(shape, method, prec, batch, seq, steps, warmup, attn, device)
+        by_method = {}
+        for method in methods:
+            r = bench(shape, method, prec, batch, seq, steps, warmup, attn, device, profile)
             if peak:
                 r["mfu"] = r["model_tflops_per_s"] / peak
             result["runs"].append(r)
-        full, lora = result["runs"][-2], result["runs"][-1]
-        result[f"lora_over_full_step_{prec}"] = lora["step_s"] / full["step_s"]
+            by_method[method] = r
+        if {"full", "lora"} <= set(by_method):
+            result[f"lora_over_full_step_{prec}"] = by_method["lora"]["step_s"] / by_method["full"]["step_s"]
     return result
 
 
@@ -157,7 +205,19 @@ if __name__ == "__main__":
     p.add_argument("--attn", default="sdpa")
     p.add_argument("--peak-tflops", type=float)
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="profile N extra steps per configuration (torch.profiler); prints the top operators")
+    p.add_argument("--methods", default="full,lora", help="comma-separated subset of full,lora")
+    p.add_argument("--out", type=Path, help="JSON output (default bench/out/gpu.json, gpu_tiny.json with --tiny)")
     a = p.parse_args()
-    res = run(a.precision, a.batch, a.seq, a.steps, a.warmup, a.attn, a.tiny, a.peak_tflops)
-    write_json(OUT / ("gpu_tiny.json" if a.tiny else "gpu.json"), res)
-    print(json.dumps(res, indent=2))
+    methods = tuple(m for m in a.methods.split(",") if m)
+    if not methods or set(methods) - {"full", "lora"}:
+        p.error(f"--methods: expected a comma-separated subset of full,lora, got {a.methods!r}")
+    res = run(a.precision, a.batch, a.seq, a.steps, a.warmup, a.attn, a.tiny, a.peak_tflops, a.profile, methods)
+    write_json(a.out or OUT / ("gpu_tiny.json" if a.tiny else "gpu.json"), res)
+    tables = [(f"{r['method']} {r['precision']}", r.pop("profile_table")) for r in res.get("runs", [])
+              if "profile_table" in r]
+    compact = {**res, "runs": [{k: v for k, v in r.items() if k != "profile_top"} for r in res.get("runs", [])]}
+    print(json.dumps(compact, indent=2))
+    for label, table in tables:
+        print(f"\n== torch.profiler: {label}, top operators by self device time ==\n{table}")
