@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import MINILM, data_dir, load, median, prepare  # noqa: E402
+from _common import MINILM, load, median  # noqa: E402
 from _common import threads as limit_threads
 
 
