@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_check.sh                 # on a CUDA machine
 #   bash bench/gpu_check.sh --cpu-smoke     # the plumbing on a CPU (toy shapes; ~2 min); or FTDRIFT_GPU_CHECK_CPU=1
-#   options: --with-workflow (CPU smoke: run stage 1 too, sst2 only), --tasks a,b (stage 1's tasks; default
+#   options: --with-workflow (CPU smoke: run the workflow stage too, sst2 only), --tasks a,b (the workflow stage's tasks; default
 #            sst2,squad_v2: one classification and one QA task, 4 fine-tuning runs),
 #            --budget SECONDS (whole run, default 450), --force-profile (profile even without a shortfall),
 #            --only numerics,mfu,workflow (a subset, e.g. to rerun one stage on a still-warm machine)

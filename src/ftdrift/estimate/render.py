@@ -114,8 +114,8 @@ def render(est: Estimate) -> str:
         out.append(table(["task", "method", "batch", "dev eval by examples", now, other, "final eval", "snapshots",
                           "snapshots fp32", "checkpoint writes", "best-weight writes"], rows))
         out.append("  dev eval by examples: issue 15's count (evaluated examples / (3 x trained examples), LoRA 2 x); "
-                   "the other columns are time on the device: padded tokens (dev batches are in dataset order, "
-                   "training batches length-grouped), at least each pass's weight traffic. dev eval: periodic (every "
+                   "the other columns are time on the device: padded tokens (dev and prediction batches sorted by "
+                   "length, training batches length-grouped), at least each pass's weight traffic. dev eval: periodic (every "
                    "training.eval_steps and at the end); final eval: whole dev + validation once; snapshots in the "
                    "training precision (fp32: what they would cost in fp32); writes at "
                    f"{prices['write_mib_per_s']} MiB/s, best weights at every evaluation (upper bound)")
