@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from io import StringIO
 from pathlib import Path
 
 import numpy as np
 
 from ftdrift.core import io
-from ftdrift.study.config import task_kind
+from ftdrift.study.config import ConfigError, task_kind
 
 
 class DataError(ValueError):
@@ -146,8 +147,11 @@ def _objects(value, path: Path, where: str) -> list[dict]:
     return value
 
 
-def read_hub(task_def: dict, split: str) -> list[dict]:
-    """Load one split from the Hugging Face hub into the same (validated) record layout."""
+def read_hub(task_def: dict, split: str, task: str | None = None) -> list[dict]:
+    """Load one split from the Hugging Face hub into the same (validated) record layout.
+
+    `task` (the catalog key) only names the task in errors; labels are mapped as records_from_hub says.
+    """
     import datasets
 
     hub = task_def["hub"]
@@ -156,14 +160,25 @@ def read_hub(task_def: dict, split: str) -> list[dict]:
     except Exception as err:  # the hub raises many kinds; all mean "not reachable / not there"
         raise DataError(f"could not load {hub['path']}/{hub.get('name', '')} [{split}] from the hub "
                         f"({type(err).__name__}: {err}). {HOW_TO_PROVIDE}") from None
-    return records_from_hub(dataset, task_def, split, f"hub {hub['path']}/{hub.get('name') or ''} [{split}]")
+    return records_from_hub(dataset, task_def, split, f"hub {hub['path']}/{hub.get('name') or ''} [{split}]",
+                            task=task)
 
 
-def records_from_hub(dataset, task_def: dict, split: str, source: str) -> list[dict]:
+def records_from_hub(dataset, task_def: dict, split: str, source: str, task: str | None = None) -> list[dict]:
     """Records from a loaded `datasets.Dataset` (hub column names: `task_def['hub']['columns']`).
 
-    Values are taken as they are (no type coercion), then checked by validate_records, which
+    Classification labels become class indices into `task_def['labels']` by name wherever the
+    source carries names (see hub_label_map): a `datasets.ClassLabel` label column is matched
+    through its `names`, a string label column value by value, so a hub whose class order differs
+    from the catalog's (MNLI's) keeps every label's meaning. Only a plain integer column (or a
+    ClassLabel whose names are just its indices '0'..'n-1' that are not catalog names) carries no
+    names: its integers are taken as catalog class indices, by position. ClassLabel's "no label"
+    (-1, e.g. GLUE's test split) stays -1 and is refused by validate_records.
+
+    Other values are taken as they are (no type coercion), then checked by validate_records, which
     raises DataError naming `source`. Rows without an id column get ids `{split}-{row}`.
+    DataError (naming `task`, `source` and both orders) when the label names cannot be matched;
+    ConfigError for a broken `hub.label_names` in the catalog.
     """
     if task_kind(task_def) == "extractive_qa":
         records = [{"id": r["id"], "title": r["title"], "context": r["context"], "question": r["question"],
@@ -172,15 +187,99 @@ def records_from_hub(dataset, task_def: dict, split: str, source: str) -> list[d
                    for r in dataset]
     else:
         columns = task_def.get("hub", {}).get("columns", task_def["columns"])
+        features = getattr(dataset, "features", None) or {}
+        by_class = hub_label_map(features.get(columns["label"]), task_def, source, task)
+        by_name = catalog_label_names(task_def, task)
         records = []
         for row, item in enumerate(dataset):
             record = {"id": str(item[columns["id"]]) if "id" in columns else f"{split}-{row}",
-                      "text": item[columns["text"]], "label": item[columns["label"]]}
+                      "text": item[columns["text"]]}
+            record["label"] = _hub_label(item[columns["label"]], by_class, by_name, task_def,
+                                         f"{source}, record {record['id']!r}")
             if "text_pair" in columns:
                 record["text_pair"] = item[columns["text_pair"]]
             records.append(record)
     validate_records(records, task_def, source)
     return records
+
+
+def _task_label(task: str | None) -> str:
+    return f"task '{task}'" if task else "task (catalog key not given)"
+
+
+def _normalise_label(name: str) -> str:
+    # hubs and GLUE files spell one class differently: 'not_entailment', 'not entailment', 'Not-Entailment'
+    return re.sub(r"[\s_-]+", "_", name.strip().casefold())
+
+
+def catalog_label_names(task_def: dict, task: str | None = None) -> dict[str, int]:
+    """Normalised label name -> catalog class index, from `labels` and the optional aliases
+    `hub.label_names` ({catalog label: the hub's name for it}); both spellings are accepted.
+
+    ConfigError (naming the catalog key) for an alias of a label not in `labels`, or when two
+    classes share a normalised name.
+    """
+    labels = task_def["labels"]
+    key = f"task catalog key '{task}.hub.label_names'" if task else "task catalog key 'hub.label_names'"
+    aliases = task_def.get("hub", {}).get("label_names", {})
+    unknown = [label for label in aliases if label not in labels]
+    if unknown:
+        raise ConfigError(f"{key}: {unknown} are not among the task's labels {labels}")
+    index: dict[str, int] = {}
+    for position, label in enumerate(labels):
+        for name in dict.fromkeys((label, aliases.get(label, label))):
+            other = index.setdefault(_normalise_label(name), position)
+            if other != position:
+                raise ConfigError(f"{key}: the name {name!r} of label {label!r} is also a name of label "
+                                  f"{labels[other]!r} (names are compared ignoring case, spaces, '-' and '_')")
+    return index
+
+
+def hub_label_map(feature, task_def: dict, source: str, task: str | None = None) -> list[int] | None:
+    """For a `datasets.ClassLabel` label feature: the catalog class index of each hub class index
+    (list position = hub index), matched by name through catalog_label_names. None where the
+    feature carries no names (not a ClassLabel, or names that are only '0'..'n-1' and not the
+    catalog's): the hub's integers are then used by position.
+
+    DataError naming the task, `source`, the hub's names and the catalog's labels (both in
+    class-index order) unless the two sets of classes match one to one.
+    """
+    import datasets
+
+    if not isinstance(feature, datasets.ClassLabel):
+        return None
+    hub_names, labels = list(feature.names), task_def["labels"]
+    index = catalog_label_names(task_def, task)
+    matched = [index.get(_normalise_label(name)) for name in hub_names]
+    if hub_names == [str(i) for i in range(len(hub_names))] and None in matched:
+        return None  # ClassLabel(num_classes=n): indices without names
+    if None in matched or len(set(matched)) != len(hub_names) or len(hub_names) != len(labels):
+        unmatched = [name for name, m in zip(hub_names, matched) if m is None]
+        aliases = task_def.get("hub", {}).get("label_names", {})
+        raise DataError(
+            f"{_task_label(task)}, {source}: the hub's label names {hub_names} (its class-index order) do not "
+            f"match the catalog's labels {labels} (class-index order"
+            + (f"; hub names given in hub.label_names: {aliases}" if aliases else "") + ") one to one"
+            + (f"; unmatched: {unmatched}" if unmatched else "")
+            + ". Taking them by position would permute the classes; name the hub's class of each catalog label "
+              "in config/tasks.yaml `hub.label_names` ({catalog label: hub name}).")
+    return matched
+
+
+def _hub_label(value, by_class: list[int] | None, by_name: dict[str, int], task_def: dict, where: str):
+    """The catalog class index of one hub label value (see records_from_hub); values that are
+    neither names nor the hub's class indices are returned as they are, for validate_records."""
+    if isinstance(value, str):
+        position = by_name.get(_normalise_label(value))
+        if position is None:
+            aliases = task_def.get("hub", {}).get("label_names", {})
+            raise DataError(f"{where}: unknown label {value!r} (catalog labels: {task_def['labels']}"
+                            + (f", hub names: {aliases}" if aliases else "")
+                            + "; the hub's names go in config/tasks.yaml `hub.label_names`)")
+        return position
+    if by_class is not None and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(by_class):
+        return by_class[value]
+    return value
 
 
 def validate_records(records: list[dict], task_def: dict, source) -> None:
@@ -242,10 +341,12 @@ def _qa_problem(record: dict) -> str | None:
     return None
 
 
-def load_split(task_def: dict, data_dir: Path | None, split: str) -> tuple[list[dict], dict]:
-    """Records of an official split and a description of where they came from."""
+def load_split(task_def: dict, data_dir: Path | None, split: str,
+               task: str | None = None) -> tuple[list[dict], dict]:
+    """Records of an official split and a description of where they came from (`task`, the
+    catalog key, names the task in errors)."""
     if data_dir is None:
-        return read_hub(task_def, "validation" if split == "validation" else "train"), {
+        return read_hub(task_def, "validation" if split == "validation" else "train", task), {
             "source": "hub", "path": task_def["hub"]["path"], "name": task_def["hub"].get("name")}
     path = data_dir / task_def["files"][split]
     if task_def["format"] == "squad_json":
@@ -301,8 +402,8 @@ def seeded_subset(records: list[dict], size: int | None, seed: int) -> list[dict
 
 def prepare_task(task: str, task_def: dict, data_dir: Path | None, settings: dict, out_dir: Path) -> dict:
     """Write train/dev/validation/probe JSON lines and splits.json for one task; return the summary."""
-    train_all, train_source = load_split(task_def, data_dir, "train")
-    validation_all, validation_source = load_split(task_def, data_dir, "validation")
+    train_all, train_source = load_split(task_def, data_dir, "train", task)
+    validation_all, validation_source = load_split(task_def, data_dir, "validation", task)
     seed = settings["split_seed"]
     train, dev = carve_dev(train_all, settings["dev_size"], seed)
     train = seeded_subset(train, settings["max_train_examples"], seed + 1)

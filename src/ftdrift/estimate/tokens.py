@@ -64,8 +64,8 @@ def split_records(config: dict, task: str, workdir: Path = Path(".")) -> tuple[d
     settings = task_settings(config, task)["data"]
     task_def = config["task_defs"][task]
     try:
-        train_all, source = ftasks.load_split(task_def, resolve_data_dir(config["data_dir"]), "train")
-        validation_all, _ = ftasks.load_split(task_def, resolve_data_dir(config["data_dir"]), "validation")
+        train_all, source = ftasks.load_split(task_def, resolve_data_dir(config["data_dir"]), "train", task)
+        validation_all, _ = ftasks.load_split(task_def, resolve_data_dir(config["data_dir"]), "validation", task)
     except ftasks.DataError as err:
         prepared = Path(workdir) / "results" / "data" / task
         if all((prepared / f"{name}.jsonl").is_file() for name in SPLITS):

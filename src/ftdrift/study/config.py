@@ -185,6 +185,9 @@ def _check_catalog(catalog: dict) -> None:
                     raise ConfigError(f"{where}.{needed}: required for {task['type']} tasks")
             if task["type"] == "sentence_pair" and "text_pair" not in task["columns"]:
                 raise ConfigError(f"{where}.columns.text_pair: required for sentence_pair tasks")
+            unknown = [label for label in task.get("hub", {}).get("label_names", {}) if label not in task["labels"]]
+            if unknown:
+                raise ConfigError(f"{where}.hub.label_names: {unknown} are not among its labels {task['labels']}")
 
 
 def load_catalog(path: str | os.PathLike) -> dict:
