@@ -84,10 +84,11 @@ def write_squad(data_dir: Path) -> None:
 
 
 def write_tiny_llama(model_dir: Path, texts: list[str]) -> Path:
-    """A randomly initialised 2-block Llama with a small BPE tokenizer trained on `texts`."""
+    """A randomly initialised 2-block Llama with a small BPE tokenizer trained on `texts`, saved as
+    `LlamaForCausalLM` (backbone under `model.`, an LM head): the study model's checkpoint form."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -105,7 +106,7 @@ def write_tiny_llama(model_dir: Path, texts: list[str]) -> Path:
     config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    LlamaModel(config).save_pretrained(model_dir)
+    LlamaForCausalLM(config).save_pretrained(model_dir)
     return model_dir
 
 

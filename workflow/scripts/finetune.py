@@ -17,4 +17,5 @@ finetune(
     threads=snakemake.threads,
     resolved_config={k: v for k, v in snakemake.config.items()},
     code_version=snakemake.params.code_version,
+    base_store=Path(snakemake.input.base),
 )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 from transformers import (
@@ -54,13 +55,62 @@ def task_model_class(kind: str):
 
 def load_model(model_cfg: dict, kind: str, num_labels: int | None, tokenizer,
                dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A task model (sequence classification or extractive QA) with the family's conventions."""
+    """A task model (sequence classification or extractive QA) whose backbone is the checkpoint's.
+
+    Every backbone weight must come from the checkpoint; only the task head (ftdrift.modeling.lora
+    .head_modules: `score`, `classifier`, `qa_outputs`) is newly drawn. Some task classes keep their
+    backbone under another attribute than the checkpoint's (transformers 5.24: Llama/Qwen2/Qwen3
+    `*ForQuestionAnswering` under `transformer.`, their `*ForCausalLM` checkpoints under `model.`);
+    transformers then loads nothing into the backbone and says so only in its loading report. Such a
+    checkpoint is reloaded with transformers' documented `key_mapping` from its prefix to the task
+    class's. Raises RuntimeError naming the model and the backbone keys still missing.
+    """
     path = resolve_model_path(model_cfg["name_or_path"])
     config = AutoConfig.from_pretrained(path, revision=model_cfg.get("revision"))
     if kind == "classification":
         config.num_labels = num_labels
     config.pad_token_id = tokenizer.pad_token_id
-    return task_model_class(kind).from_pretrained(path, config=config, revision=model_cfg.get("revision"), dtype=dtype)
+    cls = task_model_class(kind)
+    load = dict(config=config, revision=model_cfg.get("revision"), dtype=dtype, output_loading_info=True)
+    model, info = cls.from_pretrained(path, **load)
+    mapping = backbone_key_mapping(model, info)
+    if mapping:
+        model, info = cls.from_pretrained(path, key_mapping=mapping, **load)
+    missing = missing_backbone_keys(model, info)
+    if missing:
+        raise RuntimeError(
+            f"model '{model_cfg['name_or_path']}' as {type(model).__name__}: {len(missing)} backbone weights are not in "
+            f"the checkpoint and would be trained from random values: {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''} (unexpected checkpoint keys: {sorted(info['unexpected_keys'])[:10]})")
+    return model
+
+
+def missing_backbone_keys(model: PreTrainedModel, info: dict) -> list[str]:
+    """The missing keys of a `from_pretrained(..., output_loading_info=True)` load that lie in the
+    backbone (under `model.base_model_prefix`), sorted; the task head's are expected."""
+    prefix = model.base_model_prefix + "."
+    return sorted(k for k in info["missing_keys"] if k.startswith(prefix))
+
+
+def backbone_key_mapping(model: PreTrainedModel, info: dict) -> dict[str, str]:
+    """A `key_mapping` ({regex: replacement} on checkpoint keys) that moves a backbone stored under
+    another top-level prefix to `model.base_model_prefix`, when the checkpoint's unexpected keys
+    hold missing backbone keys under another prefix (the one holding most of them); {} when
+    nothing is missing or no prefix holds any (the caller then names the missing keys)."""
+    prefix = model.base_model_prefix
+    wanted = {k[len(prefix) + 1:] for k in missing_backbone_keys(model, info)}
+    if not wanted:
+        return {}
+    holders = {}
+    for key in info["unexpected_keys"]:
+        head, _, rest = key.partition(".")
+        if rest in wanted:
+            holders.setdefault(head, set()).add(rest)
+    if not holders:
+        return {}
+    # the prefix holding most of them (a checkpoint may also lack some: those are named after the reload)
+    best = max(holders, key=lambda head: len(holders[head]))
+    return {rf"^{re.escape(best)}\.": f"{prefix}."}
 
 
 def load_fine_tuned(model_dir, kind: str) -> PreTrainedModel:

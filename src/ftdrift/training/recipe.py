@@ -39,6 +39,7 @@ from ftdrift.core.precision import resolve_precision
 from ftdrift.core.store import SnapshotStore
 from ftdrift.data.features import encode_classification, encode_probe, encode_qa_train
 from ftdrift.modeling import lora, models
+from ftdrift.representations.base_check import BaseModelGuard
 from ftdrift.representations.extract import make_batches
 from ftdrift.representations.snapshots import SnapshotCallback
 from ftdrift.study import families
@@ -79,6 +80,7 @@ class Job:
     code_version: int | None = None
     callbacks: tuple[TrainerCallback, ...] = ()
     clock: StageClock = field(default_factory=StageClock)
+    base_store: Path | None = None  # the task's base representations: the step-0 guard compares with them
 
     @property
     def name(self) -> str:
@@ -124,10 +126,15 @@ class Trained:
 def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora_cfg: dict | None, wandb_cfg: dict,
              data_dir: Path, work_dir: Path, outputs: RunOutputs, threads: int | None = None,
              resolved_config: dict | None = None, code_version: int | None = None,
-             callbacks: tuple[TrainerCallback, ...] = ()) -> dict:
-    """One fine-tuning job, stage by stage (see the module doc). Returns metrics.json's content."""
+             callbacks: tuple[TrainerCallback, ...] = (), base_store: Path | None = None) -> dict:
+    """One fine-tuning job, stage by stage (see the module doc). Returns metrics.json's content.
+
+    `base_store`: the task's base representations (rule base_representations); when given, the job
+    fails before its first update unless its step-0 snapshot equals them
+    (ftdrift.representations.base_check).
+    """
     job = Job(run, task_def, settings, model_cfg, lora_cfg, wandb_cfg, Path(data_dir), Path(work_dir), outputs,
-              resolved_config, code_version, tuple(callbacks))
+              resolved_config, code_version, tuple(callbacks), base_store=Path(base_store) if base_store else None)
     clock = job.clock
     clock.add_start_up()
     if threads:
@@ -268,6 +275,8 @@ def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
     snapshots = SnapshotCallback(store, data.probe_batches, family.poolings, rep_settings["snapshot_steps"],
                                  rep_settings["dtype"], precision, clock=job.clock)
     callbacks = [monitor, snapshots, best]
+    if job.base_store is not None:  # right after the step-0 snapshot it checks
+        callbacks.insert(2, BaseModelGuard(job.base_store, store, job.model_cfg["name_or_path"]))
     if training["early_stopping_patience"]:
         callbacks.append(EarlyStoppingCallback(training["early_stopping_patience"]))
     if mirror:
