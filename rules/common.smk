@@ -7,6 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # use this checkout's library
 
 from ftdrift.analysis import pairs as ftpairs
+from ftdrift.modeling import checkpoint as ftcheckpoint
 from ftdrift.study import config as ftconfig
 from ftdrift.study import families as ftfamilies
 from ftdrift.study import grid as ftgrid
@@ -15,7 +16,8 @@ from ftdrift.study.versions import CODE_VERSIONS
 
 try:
     CONFIG = ftconfig.resolve(config, base_dir=workflow.basedir)
-except ftconfig.ConfigError as err:
+    ftcheckpoint.check_lengths(CONFIG["model"], ftconfig.max_lengths(CONFIG))
+except ValueError as err:  # ConfigError included
     raise WorkflowError(str(err)) from None
 config.update(CONFIG)  # scripts see the validated values, defaults filled in
 RUNS = ftgrid.grid(CONFIG)

