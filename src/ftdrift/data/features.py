@@ -68,41 +68,90 @@ def encode_qa_train(records: list[dict], tokenizer, max_length: int, stride: int
 
     Windows hold at most `max_length` tokens and overlap by `stride` context tokens; questions are
     cut to `max_query_length` tokens. Labels cover the first answer without its surrounding white
-    space. ValueError when `stride` leaves no room (see _qa_questions).
+    space: start = the first token of its first character, end = the last token of its last
+    character (see _answer_tokens: a byte-level BPE or a byte fallback splits one character into
+    several tokens). A window holds the answer only when it holds all of those tokens. ValueError
+    when `stride` leaves no room (see _qa_questions), when no context token holds a character of an
+    answer (naming the question id), or when the tokenizer's windows do not overlap as documented.
     """
     encoded = _qa_windows(records, tokenizer, max_length, stride, max_query_length)
-    starts, ends = [], []
-    for i, offsets in enumerate(encoded["offset_mapping"]):
-        record = records[encoded["overflow_to_sample_mapping"][i]]
-        sequence_ids = encoded.sequence_ids(i)
-        context_tokens = [t for t, s in enumerate(sequence_ids) if s == 1]
-        answers = record["answers"]
-        if not answers["text"] or not context_tokens:
-            starts.append(0)
-            ends.append(0)
+    starts, ends = [0] * len(encoded["input_ids"]), [0] * len(encoded["input_ids"])
+    for sample, windows in _windows_by_sample(encoded["overflow_to_sample_mapping"]).items():
+        record = records[sample]
+        span = _answer_chars(record)
+        if span is None:
             continue
-        # white space around the answer text belongs to no token (WordPiece): label only the rest
-        text = answers["text"][0]
-        start_char = answers["answer_start"][0] + len(text) - len(text.lstrip())
-        end_char = answers["answer_start"][0] + len(text.rstrip())
-        first, last = context_tokens[0], context_tokens[-1]
-        if offsets[first][0] > start_char or offsets[last][1] < end_char:
-            starts.append(0)  # answer not (fully) inside this window
-            ends.append(0)
-            continue
-        start = first
-        while start <= last and offsets[start][0] <= start_char:
-            start += 1
-        end = last
-        while end >= first and offsets[end][1] >= end_char:
-            end -= 1
-        starts.append(start - 1)
-        ends.append(end + 1)
+        context = [[t for t, s in enumerate(encoded.sequence_ids(w)) if s == 1] for w in windows]
+        offsets = [[tuple(encoded["offset_mapping"][w][t]) for t in tokens] for w, tokens in zip(windows, context)]
+        full, window_starts = _stitch_windows(offsets, stride, record["id"])
+        answer = _answer_tokens(full, *span)
+        if answer is None:
+            raise ValueError(f"question {record['id']!r}: no context token holds a character of its answer "
+                             f"{record['answers']['text'][0]!r} (characters {span[0]}..{span[1]})")
+        for w, tokens, begin in zip(windows, context, window_starts):
+            if begin <= answer[0] and answer[1] < begin + len(tokens):
+                starts[w], ends[w] = tokens[answer[0] - begin], tokens[answer[1] - begin]
     columns = {k: v for k, v in encoded.items() if k not in ("offset_mapping", "overflow_to_sample_mapping")}
     columns["start_positions"] = starts
     columns["end_positions"] = ends
     columns["length"] = [len(ids) for ids in encoded["input_ids"]]
     return Dataset.from_dict(columns)
+
+
+def _answer_chars(record: dict) -> tuple[int, int] | None:
+    """[start, end) characters of the record's first answer in its context, surrounding white space
+    left out (it belongs to no WordPiece token); None for a question without answer."""
+    answers = record["answers"]
+    if not answers["text"]:
+        return None
+    text = answers["text"][0]
+    start = answers["answer_start"][0]
+    return start + len(text) - len(text.lstrip()), start + len(text.rstrip())
+
+
+def _answer_tokens(offsets: list[tuple[int, int]], start_char: int, end_char: int) -> tuple[int, int] | None:
+    """(first, last) positions in `offsets` of the tokens that hold a character of [start_char, end_char).
+
+    offsets: (start, end) characters of one sequence's tokens, in order. A byte-level BPE
+    (GPT-2, Llama 3, RoBERTa) or a byte fallback (Llama 2, for characters outside its vocabulary)
+    splits one character into several tokens that all carry that character's offsets: the span
+    starts on the first of them and ends on the last, so it decodes to whole characters (the
+    labels' target must have start <= end). Tokens without characters (empty offsets) hold no
+    answer. None when no token holds an answer character.
+    """
+    holding = [t for t, (a, b) in enumerate(offsets) if a < b and a < end_char and b > start_char]
+    return (holding[0], holding[-1]) if holding else None
+
+
+def _windows_by_sample(sample_of_window: list[int]) -> dict[int, list[int]]:
+    """{record index: its windows, in order} from the tokenizer's overflow_to_sample_mapping."""
+    out: dict[int, list[int]] = {}
+    for window, sample in enumerate(sample_of_window):
+        out.setdefault(sample, []).append(window)
+    return out
+
+
+def _stitch_windows(windows: list[list[tuple[int, int]]], stride: int,
+                    record_id: str) -> tuple[list[tuple[int, int]], list[int]]:
+    """One context's token offsets, whole, from those of its windows' context tokens, and where each
+    window begins in them.
+
+    `windows`: in the tokenizer's order, each overlapping the previous by `stride` tokens (the
+    overlap transformers documents for `stride` with return_overflowing_tokens). The whole context is
+    needed because a window may begin or end inside the tokens of one character. ValueError naming
+    the question and data.doc_stride when the windows do not overlap so.
+    """
+    full: list[tuple[int, int]] = []
+    begins = []
+    for k, window in enumerate(windows):
+        overlap = stride if k else 0
+        if overlap > len(full) or full[len(full) - overlap:] != window[:overlap]:
+            raise ValueError(f"question {record_id!r}: window {k} of its context does not repeat the last "
+                             f"data.doc_stride ({stride}) tokens of the window before it (a tokenizer that "
+                             "truncates on the left?)")
+        begins.append(len(full) - overlap)
+        full.extend(window[overlap:])
+    return full, begins
 
 
 def encode_qa_eval(records: list[dict], tokenizer, max_length: int, stride: int,

@@ -17,6 +17,11 @@ def postprocess(records: list[dict], meta: list[dict], start_logits: np.ndarray,
     at most `max_answer_length` tokens) among each window's n-best starts and ends. The answer
     is "" when the null score beats the best span. `na_probs` is sigmoid(null - best span),
     monotone in that margin, so the official best-threshold search applies.
+
+    A span's text is the context from its start token's first character to its end token's last
+    (meta offsets). Every token of a character split into byte tokens (byte-level BPE, byte
+    fallback) carries that character's offsets, so a span that starts or ends on an inner byte
+    token decodes to whole characters, never to part of one.
     """
     by_example: dict[int, list[int]] = {}
     for feature, info in enumerate(meta):
