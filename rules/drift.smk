@@ -2,6 +2,8 @@ rule drift:
     input:
         base="results/representations/base/{task}.zarr",
         run=f"results/runs/{RUN_PATTERN}/representations.zarr",
+        # its meta.snapshot_steps: the store must hold exactly these
+        metrics=f"results/runs/{RUN_PATTERN}/metrics.json",
     output:
         table=f"results/drift/{RUN_PATTERN}.csv",
         # the final linear CKA's replicates over probe resamples (the tables' probe intervals)

@@ -28,6 +28,7 @@ rule method_similarity:
         # the chosen settings' usable runs: rewritten only when a run's metrics change, not with every table
         chosen="results/tables/chosen.csv",
         stores=lambda wc: [f"results/runs/{run.path}/representations.zarr" for run in task_runs(wc)],
+        metrics=lambda wc: [f"results/runs/{run.path}/metrics.json" for run in task_runs(wc)],
     output:
         pairs=ftpairs.FULL_VS_LORA,
         layers=ftpairs.FULL_VS_LORA_LAYERS,

@@ -207,11 +207,12 @@ def test_the_rules_plan_seed_floor_and_method_similarity_jobs(tmp_path):
     targets = ["results/seed_floor/sst2/full/lr1e-3_bs4.csv", "results/seed_floor/sst2/lora/lr5e-3_bs4.csv",
                "results/similarity/sst2/full_vs_lora.csv", "results/similarity/sst2/full_vs_lora_layers.csv"]
     dry = run_snakemake(workdir, "-n", "--allowed-rules", "seed_floor", "method_similarity", "finetune",
-                        "prepare_data", "--", *targets)
+                        "prepare_data", "base_representations", "--", *targets)
     stats = dry.stdout.split("Job stats:")[1].split("Reasons:")[0]
     counts = {words[0]: int(words[1]) for words in map(str.split, stats.splitlines())
               if len(words) == 2 and words[1].isdigit() and not words[0].endswith(":")}
-    assert counts == {"prepare_data": 1, "finetune": 4, "seed_floor": 2, "method_similarity": 1, "total": 8}
+    assert counts == {"prepare_data": 1, "base_representations": 1, "finetune": 4, "seed_floor": 2,
+                      "method_similarity": 1, "total": 9}
     assert "results/runs/sst2/lora/lr5e-3_bs4_seed2/metrics.json" in dry.stdout
     off_grid = run_snakemake(workdir, "-n", "results/seed_floor/sst2/full/lr0.001_bs4.csv", check=False)
     assert off_grid.returncode != 0 and "at least 2 seeds" in off_grid.stdout + off_grid.stderr

@@ -1,5 +1,9 @@
 """Drift of a run's representations away from the base model, per snapshot and layer, and the
-bootstrap over probe examples of its final linear CKA (ftdrift.core.similarity)."""
+bootstrap over probe examples of its final linear CKA (ftdrift.core.similarity).
+
+The run's store is checked before it is read (ftdrift.core.store.SnapshotStore): steps strictly
+increasing and, given the run's metrics.json, equal to its meta.snapshot_steps; SnapshotStoreError
+(a ValueError naming the store and the steps) otherwise."""
 
 from __future__ import annotations
 
@@ -7,30 +11,28 @@ import numpy as np
 import pandas as pd
 
 from ftdrift.core import drift_metrics
-from ftdrift.core.store import SnapshotStore, read_base
+from ftdrift.core.store import SnapshotStore, check_comparable, read_base, recorded_snapshot_steps
 from ftdrift.study.grid import RUN_KEYS
 
 BOOTSTRAP_METRIC = "linear_cka"  # the one estimator whose resamples are well defined (similarity module)
 BOOTSTRAP_SEED = 0  # the same probe resamples for every run of a task: replicates average across runs
 
 
-def _open(base_path, run_path) -> tuple[dict, SnapshotStore, dict]:
+def _open(base_path, run_path, metrics_path=None) -> tuple[dict, SnapshotStore, dict]:
     base, base_attrs = read_base(base_path)
-    store = SnapshotStore(run_path, mode="r")
+    store = SnapshotStore(run_path, mode="r", expected_steps=recorded_snapshot_steps(metrics_path),
+                          expected_source=str(metrics_path))
     attrs = store.attrs
-    if attrs["probe_ids"] != base_attrs["probe_ids"]:
-        raise ValueError(f"{run_path} and {base_path} were taken on different probe sets")
-    if attrs.get("precision", "fp32") != base_attrs.get("precision", "fp32"):
-        # e.g. the base extracted on a CPU (fp32), the run trained on a GPU (bf16 under 'auto')
-        raise ValueError(f"{run_path} was taken in {attrs.get('precision')} but {base_path} in "
-                         f"{base_attrs.get('precision')}: drift would include the rounding difference. Run "
-                         "base_representations where the runs train, or set config key 'training.precision'")
+    check_comparable(base_path, base_attrs, run_path, attrs)
     return base, store, attrs
 
 
-def drift_table(base_path, run_path, run: dict, metrics: list[str]) -> pd.DataFrame:
-    """Tidy rows: run fields, step, layer, layer_name, pooling, metric, value."""
-    base, store, attrs = _open(base_path, run_path)
+def drift_table(base_path, run_path, run: dict, metrics: list[str], metrics_path=None) -> pd.DataFrame:
+    """Tidy rows: run fields, step, layer, layer_name, pooling, metric, value.
+
+    `metrics_path`: the run's metrics.json, whose meta.snapshot_steps the store's steps must equal
+    (None, or a file without that field: only the store's own check)."""
+    base, store, attrs = _open(base_path, run_path, metrics_path)
     frames = []
     for pooling in attrs["poolings"]:
         steps, snapshots = store.read(pooling)
@@ -47,7 +49,8 @@ def drift_table(base_path, run_path, run: dict, metrics: list[str]) -> pd.DataFr
     return table
 
 
-def drift_bootstrap(base_path, run_path, run: dict, metrics: list[str], n_resamples: int) -> pd.DataFrame:
+def drift_bootstrap(base_path, run_path, run: dict, metrics: list[str], n_resamples: int,
+                    metrics_path=None) -> pd.DataFrame:
     """Bootstrap replicates over probe examples of the final snapshot's linear CKA vs the base.
 
     Tidy rows: run fields, step, layer, pooling, metric, replicate, value ([replicate] in
@@ -55,13 +58,14 @@ def drift_bootstrap(base_path, run_path, run: dict, metrics: list[str], n_resamp
     The resamples come from a fixed seed, so replicate b of every run of a task resamples the same
     examples: a seed mean's or layer mean's replicates are the means of the runs' replicates.
     Cost: the two Grams of each layer (O(n^2 d), as the CKA itself) plus O(n^2) per replicate.
+    `metrics_path`: as drift_table.
     """
     from ftdrift.core.similarity import bootstrap_linear_cka, probe_resamples
 
     columns = RUN_KEYS + ["step", "layer", "pooling", "metric", "replicate", "value"]
     if BOOTSTRAP_METRIC not in metrics or n_resamples == 0:
         return pd.DataFrame(columns=columns)
-    base, store, attrs = _open(base_path, run_path)
+    base, store, attrs = _open(base_path, run_path, metrics_path)
     frames = []
     for pooling in attrs["poolings"]:
         steps, snapshots = store.read(pooling)

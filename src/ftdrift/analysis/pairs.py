@@ -99,12 +99,16 @@ def run_status(metrics_path) -> str:
 # --------------------------------------------------------------------------- #
 # comparing two runs' snapshot stores
 # --------------------------------------------------------------------------- #
-def _open(path):
-    from ftdrift.core.store import SnapshotStore
+def _open(path, metrics_path=None):
+    """The run's store at `path`, checked (ftdrift.core.store.SnapshotStore): steps strictly increasing and,
+    given the run's metrics.json `metrics_path`, equal to its meta.snapshot_steps. FileNotFoundError when
+    there is no store; SnapshotStoreError (a ValueError naming the store and the steps) when it fails a check."""
+    from ftdrift.core.store import SnapshotStore, recorded_snapshot_steps
 
     if not (Path(path) / "zarr.json").exists():
         raise FileNotFoundError(f"{path}: no snapshot store (representations.zarr) there")
-    return SnapshotStore(path, mode="r")
+    return SnapshotStore(path, mode="r", expected_steps=recorded_snapshot_steps(metrics_path),
+                         expected_source=str(metrics_path))
 
 
 def _comparable_attrs(path_a, attrs_a: dict, path_b, attrs_b: dict) -> dict:
@@ -141,7 +145,8 @@ def bootstrap_se(x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> np.ndarra
                      for layer in range(x.shape[0])])
 
 
-def compare_stores(path_a, path_b, metrics: list[str], bootstrap_resamples: int = 0) -> pd.DataFrame:
+def compare_stores(path_a, path_b, metrics: list[str], bootstrap_resamples: int = 0,
+                   metrics_paths: tuple = (None, None)) -> pd.DataFrame:
     """Similarity of two runs' representations, per pooling, metric, step and layer.
 
     Compares layer l of run A with layer l of run B on the same probe examples at every step both
@@ -150,9 +155,11 @@ def compare_stores(path_a, path_b, metrics: list[str], bootstrap_resamples: int 
     between the two runs (e.g. linear CKA, 1 = same up to rotation and scale; Procrustes: 0 = same).
     `bootstrap_se`: for linear_cka at the last common step, the std of `bootstrap_resamples` probe
     resamples (seed 0); NaN on other rows or when `bootstrap_resamples` < 2.
+    `metrics_paths`: the two runs' metrics.json (or None), whose meta.snapshot_steps each store must hold.
 
     Returns a frame with PAIR_COLUMNS, steps ascending. Raises ValueError when the stores differ in
-    probe set, layers, poolings or precision; FileNotFoundError when a store is missing.
+    probe set, layers, poolings or precision; FileNotFoundError when a store is missing; SnapshotStoreError
+    (a ValueError) when a store's steps are not strictly increasing or not those its metrics.json recorded.
     Snapshots are read one step at a time, so memory is two snapshots, not two runs.
     """
     import numpy as np
@@ -160,7 +167,7 @@ def compare_stores(path_a, path_b, metrics: list[str], bootstrap_resamples: int 
 
     from ftdrift.core import drift_metrics
 
-    store_a, store_b = _open(path_a), _open(path_b)
+    store_a, store_b = _open(path_a, metrics_paths[0]), _open(path_b, metrics_paths[1])
     attrs = _comparable_attrs(path_a, store_a.attrs, path_b, store_b.attrs)
     steps, idx_a, idx_b = np.intersect1d(np.array(store_a.steps(), dtype=np.int64),
                                          np.array(store_b.steps(), dtype=np.int64), return_indices=True)
@@ -225,14 +232,15 @@ def layer_cka_matrix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def final_layer_matrix(path_full, path_lora) -> pd.DataFrame:
+def final_layer_matrix(path_full, path_lora, metrics_paths: tuple = (None, None)) -> pd.DataFrame:
     """Per pooling, linear CKA between every layer of run A's (full) and run B's (LoRA) last snapshot:
     columns pooling, layer_full, layer_name_full, layer_lora, layer_name_lora, value. Each run's own last
-    snapshot (the final model), even where one run stopped earlier. Same refusals as compare_stores."""
+    snapshot (the final model), even where one run stopped earlier. Same refusals and `metrics_paths` as
+    compare_stores."""
     import numpy as np
     import pandas as pd
 
-    store_a, store_b = _open(path_full), _open(path_lora)
+    store_a, store_b = _open(path_full, metrics_paths[0]), _open(path_lora, metrics_paths[1])
     attrs = _comparable_attrs(path_full, store_a.attrs, path_lora, store_b.attrs)
     columns = LAYER_COLUMNS[2:]
     last_a, last_b = len(store_a.steps()) - 1, len(store_b.steps()) - 1
@@ -260,7 +268,7 @@ def seed_floor_table(setting: dict, store_paths: dict, metrics_paths: dict, metr
     `setting`: task, method, lr, batch_size. `store_paths` / `metrics_paths`: seed -> the run's
     representations.zarr / metrics.json. Runs whose status is not usable (USABLE_STATUSES: a diverged
     run) are left out, with a log line; fewer than 2 usable seeds give a header-only table.
-    Columns SEED_FLOOR_COLUMNS; values as compare_stores.
+    Columns SEED_FLOOR_COLUMNS; values as compare_stores, each store checked against its metrics.json.
     """
     import pandas as pd
 
@@ -277,7 +285,8 @@ def seed_floor_table(setting: dict, store_paths: dict, metrics_paths: dict, metr
     frames = []
     for n, seed_a in enumerate(usable):
         for seed_b in usable[n + 1:]:
-            pair = compare_stores(store_paths[seed_a], store_paths[seed_b], metrics, bootstrap_resamples)
+            pair = compare_stores(store_paths[seed_a], store_paths[seed_b], metrics, bootstrap_resamples,
+                                  (metrics_paths[seed_a], metrics_paths[seed_b]))
             if pair.empty:
                 continue
             frames.append(pair.assign(seed_a=int(seed_a), seed_b=int(seed_b)))
@@ -304,13 +313,15 @@ def _read_settings_table(path, name: str, required: list[str]) -> pd.DataFrame:
 
 
 def method_similarity_tables(task: str, chosen_path, store_paths: dict, metrics: list[str],
-                             bootstrap_resamples: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                             bootstrap_resamples: int = 0,
+                             metrics_paths: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Full fine-tuning vs LoRA for one task: (full_vs_lora, full_vs_lora_layers).
 
     `chosen_path`: results/tables/chosen.csv (RUN_KEYS of the usable runs of each task x method's
     chosen setting; rule choose_settings). `store_paths`: (method, lr, batch_size, seed) ->
     representations.zarr of the task's analysed runs (lr canonical, batch_size and seed int).
-    A seed enters when both chosen settings ran it.
+    A seed enters when both chosen settings ran it. `metrics_paths`: the same keys -> the run's
+    metrics.json, whose meta.snapshot_steps its store must hold (None or a missing key: no such check).
 
     full_vs_lora (FULL_VS_LORA_COLUMNS): compare_stores(full, LoRA) per seed. full_vs_lora_layers
     (LAYER_COLUMNS): final_layer_matrix per seed. No chosen setting for a method or no shared seed:
@@ -342,12 +353,17 @@ def method_similarity_tables(task: str, chosen_path, store_paths: dict, metrics:
             raise KeyError(f"task {task}: no snapshot store given for run {method}/lr{key[1]}_bs{key[2]}_seed{seed}")
         return store_paths[key]
 
+    def recorded(method: str, seed: int):
+        return (metrics_paths or {}).get((method, *chosen[method], seed))
+
     pairs, layers = [], []
     fields = {"task": task, "lr_full": chosen["full"][0], "batch_size_full": chosen["full"][1],
               "lr_lora": chosen["lora"][0], "batch_size_lora": chosen["lora"][1]}
     for seed in shared:
         full, lora = store("full", seed), store("lora", seed)
-        pair, layer = compare_stores(full, lora, metrics, bootstrap_resamples), final_layer_matrix(full, lora)
+        checked = (recorded("full", seed), recorded("lora", seed))
+        pair = compare_stores(full, lora, metrics, bootstrap_resamples, checked)
+        layer = final_layer_matrix(full, lora, checked)
         if not pair.empty:
             pairs.append(pair.assign(seed=seed, **fields))
         if not layer.empty:

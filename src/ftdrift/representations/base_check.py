@@ -12,7 +12,7 @@ import numpy as np
 from transformers import TrainerCallback
 
 from ftdrift.core.similarity import linear_cka
-from ftdrift.core.store import SnapshotStore, read_base
+from ftdrift.core.store import SnapshotStore, check_comparable, read_base
 
 # linear CKA of the step-0 snapshot vs the base store, per layer and pooling: both are the same
 # forward pass in the same precision and storage dtype, so anything but float rounding is a fault
@@ -28,13 +28,12 @@ def check_step0(base_path, store: SnapshotStore, model_name: str, tolerance: flo
 
     Every pooling of the base store, every layer (layer 0 = embeddings): |1 - linear CKA| must not
     exceed `tolerance`. Raises BaseModelMismatch naming the model, the first differing layer (by
-    name) and pooling, and its CKA; ValueError when the two were taken on different probe sets or
+    name) and pooling, and its CKA; ValueError when the two were taken on different probe sets or precisions or
     the store holds no step-0 snapshot.
     """
     base, base_attrs = read_base(base_path)
     attrs, steps = store.attrs, store.steps()
-    if attrs["probe_ids"] != base_attrs["probe_ids"]:
-        raise ValueError(f"{store.path} and {base_path} were taken on different probe sets")
+    check_comparable(base_path, base_attrs, store.path, attrs)
     if not steps or steps[0] != 0:
         raise ValueError(f"{store.path}: no step-0 snapshot to compare with the base model (steps {steps[:5]})")
     names = attrs["layer_names"]
