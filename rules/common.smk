@@ -73,9 +73,9 @@ def run_data(wildcards):
     step-0 guard compares with them); a target off the grid (or with a learning rate
     not in canonical form) is refused here, naming the grid's values, instead of planning a job."""
     ftgrid.check_run(CONFIG, RUNS, wildcards)
-    return {split: f"results/data/{wildcards.task}/{split}.jsonl" for split in ("train", "dev", "validation", "probe")} | {
-        "base": f"results/representations/base/{wildcards.task}.zarr"
-    }
+    return {
+        split: f"results/data/{wildcards.task}/{split}.jsonl" for split in ("train", "dev", "validation", "probe")
+    } | {"base": f"results/representations/base/{wildcards.task}.zarr"}
 
 
 @functools.lru_cache(maxsize=None)

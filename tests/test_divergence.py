@@ -130,7 +130,7 @@ def test_diverged_qa_run_with_non_finite_weights_downstream_is_valid(tiny, tmp_p
                          predictions_path=tmp_path / "predictions.json",
                          validation_path=kwargs["data_dir"] / "validation.jsonl", model_cfg=kwargs["model_cfg"],
                          task_def=kwargs["task_def"], method="full", data_settings=kwargs["settings"]["data"])
-    assert check["passed"], check
+    assert check["passed"], check["checks"]
 
 
 def test_normal_learning_rate_completes(tiny, tmp_path):  # noqa: F811

@@ -139,3 +139,21 @@ def finetune_with_base(kwargs, base_store):
     from ftdrift.training.recipe import finetune
 
     return finetune(**kwargs, base_store=base_store)
+
+
+@pytest.mark.parametrize("kind, num_labels", [("classification", 2), ("extractive_qa", None)])
+def test_a_saved_task_model_reloads_with_every_weight(tmp_path, kind, num_labels):
+    """transformers writes a model loaded through key_mapping back under the checkpoint's prefix
+    (`model.`): the saved fine-tuned model must reload with its trained backbone and head."""
+    causal_checkpoint(tmp_path / "base", "llama")
+    cfg = {"name_or_path": str(tmp_path / "base"), "family": "llama"}
+    model = models.load_model(cfg, kind, num_labels, models.load_tokenizer(cfg))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.01)  # "trained": differs from the base checkpoint everywhere
+    model.save_pretrained(tmp_path / "run")
+    reloaded = models.load_fine_tuned(tmp_path / "run", kind)
+    expected, got = model.state_dict(), reloaded.state_dict()
+    assert sorted(expected) == sorted(got)
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name

@@ -53,18 +53,26 @@ def load_model(model_cfg: dict, kind: str, num_labels: int | None, tokenizer,
     if kind == "classification":
         config.num_labels = num_labels
     config.pad_token_id = tokenizer.pad_token_id
-    cls = task_model_class(kind)
-    load = dict(config=config, revision=model_cfg.get("revision"), dtype=dtype, output_loading_info=True)
-    model, info = cls.from_pretrained(path, **load)
+    return load_checkpoint(task_model_class(kind), path, model_cfg["name_or_path"], head_may_be_new=True,
+                           config=config, revision=model_cfg.get("revision"), dtype=dtype)
+
+
+def load_checkpoint(cls, path: str, name: str, head_may_be_new: bool, **kwargs) -> PreTrainedModel:
+    """`cls.from_pretrained(path, **kwargs)` with every backbone weight from the checkpoint (and,
+    unless `head_may_be_new`, every other weight too), whatever prefix the checkpoint keeps the
+    backbone under; see `load_model`. transformers 5.24 writes a model loaded through `key_mapping`
+    back under the checkpoint's prefix, so a saved task model needs the same mapping to reload.
+    RuntimeError naming `name` and the keys still missing."""
+    model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
     mapping = backbone_key_mapping(model, info)
     if mapping:
-        model, info = cls.from_pretrained(path, key_mapping=mapping, **load)
-    missing = missing_backbone_keys(model, info)
+        model, info = cls.from_pretrained(path, output_loading_info=True, key_mapping=mapping, **kwargs)
+    missing = missing_backbone_keys(model, info) if head_may_be_new else sorted(info["missing_keys"])
     if missing:
         raise RuntimeError(
-            f"model '{model_cfg['name_or_path']}' as {type(model).__name__}: {len(missing)} backbone weights are not in "
-            f"the checkpoint and would be trained from random values: {missing[:10]}"
-            f"{' ...' if len(missing) > 10 else ''} (unexpected checkpoint keys: {sorted(info['unexpected_keys'])[:10]})")
+            f"model '{name}' as {type(model).__name__}: {len(missing)} weights are not in the checkpoint and would "
+            f"be random: {missing[:10]}{' ...' if len(missing) > 10 else ''} (unexpected checkpoint keys: "
+            f"{sorted(info['unexpected_keys'])[:10]})")
     return model
 
 
@@ -97,8 +105,10 @@ def backbone_key_mapping(model: PreTrainedModel, info: dict) -> dict[str, str]:
 
 
 def load_fine_tuned(model_dir, kind: str) -> PreTrainedModel:
-    """A run's saved, fully fine-tuned task model (its `model/` folder), in float32."""
-    return task_model_class(kind).from_pretrained(str(model_dir), dtype=torch.float32)
+    """A run's saved, fully fine-tuned task model (its `model/` folder), in float32; RuntimeError
+    naming any weight the folder lacks (see `load_checkpoint`)."""
+    return load_checkpoint(task_model_class(kind), str(model_dir), str(model_dir), head_may_be_new=False,
+                           dtype=torch.float32)
 
 
 def blocks(model: PreTrainedModel, family_name: str):
