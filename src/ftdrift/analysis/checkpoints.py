@@ -104,8 +104,10 @@ def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, 
     tokenizer = models.load_tokenizer(model_cfg)
 
     def predict(model, in_precision: str) -> SplitPrediction:
-        return predict_split(predictor(model.to(device).eval(), tokenizer, batch_size, in_precision), records,
-                             task_def, tokenizer, data_settings)
+        # the job's own batch pieces, if an out-of-memory error split them: the same pieces, the same bits
+        trainer = predictor(model.to(device).eval(), tokenizer, batch_size, in_precision,
+                            split_limit=meta.get("eval_split_limit"))
+        return predict_split(trainer, records, task_def, tokenizer, data_settings)
 
     num_labels = len(task_def["labels"]) if kind == "classification" else None
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from ftdrift.core.memory import BatchSplitter
+
 ADAPTER = "default"  # peft's name for the single adapter ftdrift trains
 
 
@@ -52,21 +54,27 @@ def check_passes_inputs(peft_model: PeftModel, batch: dict) -> None:
 
     The adapted task model under the wrapper computes the same function whether it is called
     directly or through the wrapper; any difference means the wrapper dropped or altered an
-    input. Compares the logits and every hidden state, bitwise, in eval mode.
+    input. Compares the logits and every hidden state, bitwise, in eval mode. A batch (a probe
+    batch: config representations.batch_size) that runs out of memory is checked in pieces
+    (ftdrift.core.memory.BatchSplitter): each piece goes through both paths, so the comparison
+    holds piece by piece. Raises RuntimeError naming the first output that differs.
     """
+    def compare(piece: dict) -> None:
+        through = peft_model(**piece, output_hidden_states=True)
+        direct = peft_model.get_base_model()(**piece, output_hidden_states=True)
+        pairs = [(name, through[name], direct[name]) for name in through.keys()
+                 if name != "hidden_states" and torch.is_tensor(through[name])]
+        pairs += [(f"hidden_states[{i}]", a, b) for i, (a, b) in
+                  enumerate(zip(through["hidden_states"], direct["hidden_states"], strict=True))]
+        for name, a, b in pairs:
+            if not torch.equal(a, b):
+                raise RuntimeError(
+                    f"the peft wrapper {type(peft_model).__name__} changes the model's inputs: its {name} differs "
+                    f"from the task model's by up to {float((a - b).abs().max()):.3g} (inputs: {sorted(piece)})")
+
     was_training = peft_model.training
     peft_model.eval()
     try:
-        through = peft_model(**batch, output_hidden_states=True)
-        direct = peft_model.get_base_model()(**batch, output_hidden_states=True)
+        BatchSplitter("the adapter input check (config representations.batch_size)").run(compare, dict(batch))
     finally:
         peft_model.train(was_training)
-    pairs = [(name, through[name], direct[name]) for name in through.keys()
-             if name != "hidden_states" and torch.is_tensor(through[name])]
-    pairs += [(f"hidden_states[{i}]", a, b) for i, (a, b) in
-              enumerate(zip(through["hidden_states"], direct["hidden_states"], strict=True))]
-    for name, a, b in pairs:
-        if not torch.equal(a, b):
-            raise RuntimeError(
-                f"the peft wrapper {type(peft_model).__name__} changes the model's inputs: its {name} differs "
-                f"from the task model's by up to {float((a - b).abs().max()):.3g} (inputs: {sorted(batch)})")

@@ -1,10 +1,15 @@
-"""The out-of-memory retry policy of a fine-tuning job (its rule has `retries: 0`).
+"""The out-of-memory policies of a fine-tuning job (its rule has `retries: 0`).
 
-Only out-of-memory errors are retried, in the same process, from the last checkpoint: with half
-the micro-batch and twice the gradient accumulation (ftdrift.study.resources.micro_batch_plan:
-the same effective batch, and by ftdrift.core.loss the same objective), from the third attempt
-with activation checkpointing too, until the plan cannot shrink further. Any other error (data,
-config, a bug) propagates at once: retrying it would only repeat it.
+Training (`with_retries`): only out-of-memory errors are retried, in the same process, from the
+last checkpoint: with half the micro-batch and twice the gradient accumulation
+(ftdrift.study.resources.micro_batch_plan: the same effective batch, and by ftdrift.core.loss the
+same objective), from the third attempt with activation checkpointing too, until the plan cannot
+shrink further. Any other error (data, config, a bug) propagates at once: retrying it would only
+repeat it.
+
+Forward-only passes split their own batch instead (ftdrift.core.memory.BatchSplitter); a
+single example that does not fit there (EvalOutOfMemoryError) is not retried here: a smaller
+training micro-batch would not make it fit.
 """
 
 from __future__ import annotations
@@ -13,18 +18,13 @@ import gc
 import logging
 from typing import Callable, TypeVar
 
-import torch
-from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
+from accelerate.utils.memory import clear_device_cache
 
+from ftdrift.core.memory import EvalOutOfMemoryError, is_out_of_memory  # noqa: F401 - the policy's classification
 from ftdrift.study.resources import micro_batch_plan
 
 log = logging.getLogger("ftdrift.training.oom")
 T = TypeVar("T")
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """CUDA/CPU allocation failures (torch's own type, or accelerate's classification)."""
-    return isinstance(err, torch.OutOfMemoryError) or should_reduce_batch_size(err)
 
 
 def with_retries(attempt: Callable[[dict, int], T], batch_size: int, max_micro_batch: int) -> tuple[T, int, dict]:

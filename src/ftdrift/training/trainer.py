@@ -1,5 +1,6 @@
 """The study's Trainer: seeded length-grouped batches that survive a restart, the study's loss,
-predictions in dataset order, and the protocol as TrainingArguments."""
+predictions in dataset order, evaluation batches that split on out-of-memory, and the protocol
+as TrainingArguments."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ftdrift.core import loss
 from ftdrift.training.monitor import TrainingMonitor
+from ftdrift.core.memory import BatchSplitter, batch_rows, concat_rows
 from ftdrift.training.timing import StageClock
 
 log = logging.getLogger("ftdrift.training.trainer")
@@ -40,10 +42,53 @@ class EpochSeededLengthSampler(LengthGroupedSampler):
         return super().__iter__()
 
 
-class StudyTrainer(Trainer):
+class SplittingEvalTrainer(Trainer):
+    """A Trainer whose evaluation and prediction batches split in halves on out-of-memory.
+
+    Evaluation runs at `per_device_eval_batch_size` (the study's config representations.batch_size),
+    which the training retry's smaller micro-batch does not change: an out-of-memory error in
+    `prediction_step` splits that batch (ftdrift.core.memory.BatchSplitter), later batches start
+    at the size that fitted, and no training step is redone. The step's outputs are the unsplit
+    batch's (to float rounding, see ftdrift.core.memory): logits and labels concatenated in row
+    order (same padding length), the loss the row-weighted mean of the pieces' losses (each a mean
+    over its examples, ftdrift.core.loss).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_splitter = BatchSplitter(
+            f"evaluation/prediction at per_device_eval_batch_size={self.args.per_device_eval_batch_size} "
+            "(config representations.batch_size)")
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        def step(piece):
+            return batch_rows(piece), super(SplittingEvalTrainer, self).prediction_step(
+                model, piece, prediction_loss_only, ignore_keys=ignore_keys)
+
+        parts = self.eval_splitter.run(step, inputs)
+        return parts[0][1] if len(parts) == 1 else merge_prediction_steps(parts)
+
+
+def merge_prediction_steps(parts: list[tuple[int, tuple]]) -> tuple:
+    """(rows, (loss, logits, labels)) of consecutive pieces of one batch -> the batch's (loss, logits, labels).
+
+    loss: scalar, the row-weighted mean of the pieces' mean losses (None if they have none);
+    logits, labels: tensors or tuples of tensors, concatenated along dimension 0 (None stays None).
+    """
+    rows = torch.tensor([n for n, _ in parts], dtype=torch.float32)
+    losses = [step[0] for _, step in parts]
+    merged = None
+    if losses[0] is not None:
+        merged = (torch.stack([x.float() for x in losses]) * rows.to(losses[0].device)).sum() / rows.sum()
+        merged = merged.to(losses[0].dtype)
+    return (merged, concat_rows([step[1] for _, step in parts]), concat_rows([step[2] for _, step in parts]))
+
+
+class StudyTrainer(SplittingEvalTrainer):
     """Trainer whose training order survives a restart bit for bit (see EpochSeededLengthSampler),
-    whose loss is the study's per-example mean over the effective batch (ftdrift.core.loss), and
-    whose predictions come back in dataset order."""
+    whose loss is the study's per-example mean over the effective batch (ftdrift.core.loss), whose
+    predictions come back in dataset order, and whose evaluation batches split on out-of-memory
+    (SplittingEvalTrainer)."""
 
     # compute_loss below divides by the effective batch's example count itself: the Trainer
     # must not divide by the accumulation steps again (documented Trainer attribute)
@@ -155,7 +200,7 @@ def training_arguments(*, run: dict, name: str, training: dict, plan: dict, prec
         learning_rate=float(run["lr"]),
         per_device_train_batch_size=plan["micro_batch"],
         gradient_accumulation_steps=plan["accumulation"],
-        per_device_eval_batch_size=eval_batch_size,
+        per_device_eval_batch_size=eval_batch_size,  # split on out-of-memory (SplittingEvalTrainer)
         num_train_epochs=training["epochs"],
         max_steps=training["max_steps"],
         warmup_steps=training["warmup_ratio"],  # a float < 1 is a ratio of the total steps
