@@ -46,6 +46,7 @@ from ftdrift.representations.snapshots import SnapshotCallback
 from ftdrift.study import families
 from ftdrift.study.config import task_kind
 from ftdrift.training import oom, tracking, workdir
+from ftdrift.training.live_drift import LiveDrift
 from ftdrift.training.monitor import BestModelCallback, Divergence, TrainingMonitor
 from ftdrift.training.predict import SplitPrediction, predict_split, predictor
 from ftdrift.training.timing import StageClock
@@ -123,6 +124,7 @@ class Trained:
     plan: dict = field(default_factory=dict)
     best_info: dict | None = None  # {step, eval_loss} of the restored best dev-loss weights
     divergence: Divergence | None = None  # set when training stopped because the run diverged
+    eval_split_limit: int | None = None  # rows per piece of the final predictions after an out-of-memory error
 
 
 def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora_cfg: dict | None, wandb_cfg: dict,
@@ -299,6 +301,8 @@ def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
     callbacks = [monitor, snapshots, best]
     if job.base_store is not None:  # right after the step-0 snapshot it checks
         callbacks.insert(2, BaseModelGuard(job.base_store, store, job.model_cfg["name_or_path"]))
+        if report_to:  # after the SnapshotCallback: logs the drift of what it wrote
+            callbacks.append(LiveDrift(job.base_store, store, family.poolings, job.work_dir))
     if training["early_stopping_patience"]:
         callbacks.append(EarlyStoppingCallback(training["early_stopping_patience"]))
     if mirror:
@@ -316,7 +320,7 @@ def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
                            callbacks=callbacks, train_lengths=data.train["length"], eval_lengths=dev["length"],
                            monitor=monitor, clock=job.clock)
     if report_to:
-        tracking.attach(trainer, job.resolved_config)
+        tracking.attach(trainer, job.resolved_config, job.work_dir)
     last = last_complete_checkpoint(checkpoint_dir)
     if last:
         log.info("resuming %s from %s", job.name, last)
@@ -365,8 +369,10 @@ def evaluate(job: Job, data: TaskData, trained: Trained) -> tuple[SplitPredictio
     trained.best_info = trained.best.restore(trained.model)
     predict = predictor(trained.model, data.tokenizer, job.eval_batch_size, job.precision)
     settings = job.settings["data"]
-    return (predict_split(predict, data.splits["dev"], job.task_def, data.tokenizer, settings),
-            predict_split(predict, data.splits["validation"], job.task_def, data.tokenizer, settings))
+    predictions = (predict_split(predict, data.splits["dev"], job.task_def, data.tokenizer, settings),
+                   predict_split(predict, data.splits["validation"], job.task_def, data.tokenizer, settings))
+    trained.eval_split_limit = predict.eval_splitter.limit  # the validator re-predicts with the same pieces
+    return predictions
 
 
 def run_status(steps: int, max_steps: int, divergence: Divergence | None) -> str:
@@ -403,7 +409,7 @@ def save(job: Job, data: TaskData, trained: Trained, dev: SplitPrediction, valid
     state, best_info, outputs = trained.trainer.state, trained.best_info, job.outputs
     meta = {
         "run": job.run, "attempts": trained.attempts, "precision": job.precision, **trained.plan,
-        "eval_batch_size": job.eval_batch_size, "steps": state.global_step, "max_steps": state.max_steps,
+        "eval_batch_size": job.eval_batch_size, "eval_split_limit": trained.eval_split_limit, "steps": state.global_step, "max_steps": state.max_steps,
         "cpu_threads": torch.get_num_threads(), "cpu_threads_used": job.cpu_threads,
         "status": run_status(state.global_step, state.max_steps, trained.divergence),
         "stopped_early": state.global_step < state.max_steps,

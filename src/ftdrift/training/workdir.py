@@ -3,7 +3,8 @@ taken so far) of exactly one job definition, optionally mirrored to durable stor
 
 * `claim` empties the folder when it holds state of another definition (changed config,
   data or code version): resuming a checkpoint of an older definition would silently finish
-  the old run instead of the new one.
+  the old run instead of the new one. A new definition thereby also gets a new W&B run
+  (`TRACKING_FILE`); the same definition keeps its run across processes and retries.
 * `WorkDirMirror` copies the state to `$FTDRIFT_CHECKPOINT_MIRROR` (`gs://bucket/folder`, or
   any fsspec URL such as `file:///scratch/mirror`) at every checkpoint, and fills an empty
   folder from it at start. A spot VM's disk goes with the VM;
@@ -26,9 +27,12 @@ from ftdrift.core import io
 log = logging.getLogger(__name__)
 
 DEFINITION_FILE = "job.json"
+# the job's W&B run id and what was sent to it (ftdrift.training.tracking.RunRecord): a resumed
+# job continues that run and does not send a re-done step again
+TRACKING_FILE = "wandb_run.json"
 MIRROR_ENV = "FTDRIFT_CHECKPOINT_MIRROR"
-# what a resumed job needs; W&B's local files are not part of it
-RESUMABLE = (DEFINITION_FILE, "checkpoints", "best", "representations.zarr")
+# what a resumed job needs; W&B's local files (wandb/) are not part of it
+RESUMABLE = (DEFINITION_FILE, TRACKING_FILE, "checkpoints", "best", "representations.zarr")
 
 
 def fingerprint(definition: dict, files: list[Path]) -> str:
