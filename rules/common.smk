@@ -70,12 +70,13 @@ def lora_params(wildcards):
 
 def run_data(wildcards):
     """The prepared splits of a fine-tuning job and its task's base representations (the job's
-    step-0 guard compares with them); a target off the grid (or with a learning rate
+    step-0 guard compares with them; `ancient`: a rebuilt base store alone does not re-run
+    training, the guard checks it); a target off the grid (or with a learning rate
     not in canonical form) is refused here, naming the grid's values, instead of planning a job."""
     ftgrid.check_run(CONFIG, RUNS, wildcards)
     return {
         split: f"results/data/{wildcards.task}/{split}.jsonl" for split in ("train", "dev", "validation", "probe")
-    } | {"base": f"results/representations/base/{wildcards.task}.zarr"}
+    } | {"base": ancient(f"results/representations/base/{wildcards.task}.zarr")}
 
 
 @functools.lru_cache(maxsize=None)

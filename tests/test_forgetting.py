@@ -68,16 +68,18 @@ def world(tmp_path_factory):
     raw = ftconfig.load_yaml(workdir / "tiny.yaml")
     raw["tasks"] = list(TASKS)
     cfg = ftconfig.resolve(raw)
-    backbone_only = cfg["model"]["name_or_path"]
     from transformers import LlamaForCausalLM, LlamaModel
 
-    base_backbone = LlamaModel.from_pretrained(backbone_only)
+    base_backbone = LlamaModel.from_pretrained(cfg["model"]["name_or_path"])
+    backbone_only = root / "tiny-llama-backbone"  # a checkpoint without an LM head, for the skip test
+    base_backbone.save_pretrained(backbone_only)
+    models.load_tokenizer(cfg["model"]).save_pretrained(backbone_only)
     torch.manual_seed(5)
     lm = LlamaForCausalLM(base_backbone.config)
     lm.model.load_state_dict(base_backbone.state_dict())
     lm_dir = root / "tiny-llama-lm"
     lm.save_pretrained(lm_dir)
-    models.load_tokenizer({"name_or_path": backbone_only, "family": "llama"}).save_pretrained(lm_dir)
+    models.load_tokenizer(cfg["model"]).save_pretrained(lm_dir)
     cfg["model"] = {"name_or_path": str(lm_dir), "family": "llama"}
 
     data = {}
@@ -119,7 +121,7 @@ def world(tmp_path_factory):
         runs[name] = out
     text = root / "generic.txt"
     text.write_text(generic_text(), encoding="utf-8")
-    return {"cfg": cfg, "data": data, "runs": runs, "text": text, "backbone_only": backbone_only, "root": root}
+    return {"cfg": cfg, "data": data, "runs": runs, "text": text, "backbone_only": str(backbone_only), "root": root}
 
 
 def _others(world):

@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+import zarr
 from safetensors.torch import load_file, save_file
 from test_train import CATALOG, run_kwargs, tiny  # noqa: F401 - the module fixture
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from ftdrift.core.similarity import linear_cka
 from ftdrift.core.store import SnapshotStore, write_base
 from ftdrift.modeling import models
 from ftdrift.representations.base_check import BaseModelMismatch, check_step0
@@ -106,6 +108,29 @@ def test_the_guard_names_the_first_layer_that_differs(tmp_path):
     base_path, store = store_pair(tmp_path / "moved", base, moved)
     with pytest.raises(BaseModelMismatch, match=r"model 'm'.*layer 'block_1'.*last pooling"):
         check_step0(base_path, store, "m")
+
+
+def test_the_guard_allows_bf16_rounding_across_machines_but_not_in_fp32(tmp_path):
+    """bf16 stores from two GPU models differ by rounding that grows with depth (1 - CKA ~1e-5):
+    allowed in bf16, not in fp32, where the same forward pass agrees to float rounding."""
+    rng = np.random.default_rng(1)
+    base = {"mean": rng.normal(size=(3, 40, 16)).astype(np.float32)}
+    noisy = {"mean": base["mean"] + rng.normal(scale=1e-2, size=base["mean"].shape).astype(np.float32)}
+    cka = 1 - min(linear_cka(base["mean"][i].astype(np.float64), noisy["mean"][i].astype(np.float64))
+                  for i in range(3))
+    assert 1e-6 < cka < 1e-3
+    for precision, passes in (("bf16", True), ("fp32", False)):
+        folder = tmp_path / precision
+        folder.mkdir()
+        base_path, store = store_pair(folder, base, noisy)
+        for path in (base_path, store.path):  # both taken in `precision`
+            group = zarr.open_group(str(path), mode="r+")
+            group.attrs["precision"] = precision
+        if passes:
+            check_step0(base_path, SnapshotStore(store.path, mode="r"), "m")
+        else:
+            with pytest.raises(BaseModelMismatch):
+                check_step0(base_path, SnapshotStore(store.path, mode="r"), "m")
 
 
 def test_a_job_whose_model_is_not_the_base_model_fails_before_training(tiny, tmp_path):  # noqa: F811

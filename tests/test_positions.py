@@ -67,3 +67,9 @@ def test_a_length_too_long_stops_snakemake_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "task_overrides.sst2.data.max_length.classification': 513 tokens exceed the 512 positions" in proc.stdout + proc.stderr
     assert not (workdir / "results").exists()
+
+
+def test_a_local_path_absent_here_is_not_checked_at_parse_time():
+    """A path that exists only on the cluster's nodes: nothing to read here, so no parse-time verdict
+    (the jobs check once they load the model)."""
+    check_lengths({"name_or_path": "/nonexistent/models/llama"}, {"data.max_length.classification": 10 ** 6})

@@ -154,7 +154,7 @@ def test_impossible_settings_fail_before_training(tiny, tmp_path):
         finetune(**kwargs)
     kwargs = run_kwargs(tiny, tmp_path)
     kwargs["settings"]["data"]["max_length"]["classification"] = 4096
-    with pytest.raises(ValueError, match="exceeds the model's limit of 512"):
+    with pytest.raises(ValueError, match="'data.max_length': 4096 tokens exceed the 512 positions"):
         finetune(**kwargs)
     kwargs = run_kwargs(tiny, tmp_path)
     kwargs["task_def"] = {**CATALOG["sst2"], "labels": ["0"]}

@@ -28,8 +28,11 @@ TEXTS = ["the film is good and warm", "the plot is dull and weak", "a superb cas
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
     model_dir = write_tiny_llama(root / "tiny-llama", TEXTS * 5)
-    return {"root": root, "model_cfg": {"name_or_path": str(model_dir), "family": "llama"},
-            "weights": load_file(str(model_dir / "model.safetensors"))}
+    # the checkpoint is a LlamaForCausalLM: its backbone's tensors under `model.`, plus an LM head that no
+    # task model holds
+    weights = {k.removeprefix("model."): v for k, v in load_file(str(model_dir / "model.safetensors")).items()
+               if k.startswith("model.")}
+    return {"root": root, "model_cfg": {"name_or_path": str(model_dir), "family": "llama"}, "weights": weights}
 
 
 def run_fields(method):

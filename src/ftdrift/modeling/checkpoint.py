@@ -41,8 +41,12 @@ def read_config(model_cfg: dict) -> dict | None:
         file = path / "config.json"
         return json.loads(file.read_text()) if file.is_file() else None
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    cached = try_to_load_from_cache(model_cfg["name_or_path"], "config.json", revision=model_cfg.get("revision"))
+    try:
+        cached = try_to_load_from_cache(model_cfg["name_or_path"], "config.json", revision=model_cfg.get("revision"))
+    except HFValidationError:  # not a repo id: a local path absent here (e.g. on the cluster's nodes only)
+        return None
     return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
 
 

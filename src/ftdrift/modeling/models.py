@@ -66,6 +66,7 @@ def load_checkpoint(cls, path: str, name: str, head_may_be_new: bool, **kwargs) 
     model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
     mapping = backbone_key_mapping(model, info)
     if mapping:
+        del model  # its backbone is random: free it before the reload (two 1.3B models need not fit)
         model, info = cls.from_pretrained(path, output_loading_info=True, key_mapping=mapping, **kwargs)
     missing = missing_backbone_keys(model, info) if head_may_be_new else sorted(info["missing_keys"])
     if missing:

@@ -57,6 +57,7 @@ class LiveDrift(TrainerCallback):
     base_store_path: the task's base representations (ftdrift.core.store.write_base).
     store: the run's SnapshotStore, or its path (opened afresh at each event).
     poolings: the poolings to log (each in both stores).
+    every: the SnapshotCallback's cadence (steps); between cadence steps the store is not read.
     work_dir: the job's work folder, whose `RunRecord` lists the snapshot steps already logged, so a
         resumed or retried job that retakes a snapshot does not send it again; default: the store's
         parent folder (where the recipe keeps it).
@@ -65,7 +66,9 @@ class LiveDrift(TrainerCallback):
     FileNotFoundError (zarr) if `base_store_path` does not exist.
     """
 
-    def __init__(self, base_store_path: Path, store: SnapshotStore | Path, poolings, work_dir: Path | None = None):
+    def __init__(self, base_store_path: Path, store: SnapshotStore | Path, poolings, work_dir: Path | None = None,
+                 every: int = 1):
+        self.every = every  # the snapshot cadence: other steps add no snapshot, so they read no store
         self.base_store_path = Path(base_store_path)
         self.store = store
         self.poolings = tuple(poolings)
@@ -133,7 +136,8 @@ class LiveDrift(TrainerCallback):
         self._event(state)
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._event(state)
+        if state.global_step % self.every == 0:
+            self._event(state)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._event(state)

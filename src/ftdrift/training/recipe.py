@@ -174,16 +174,13 @@ def claim_work_dir(job: Job):
     return mirror
 
 
-THREADS_FILE = "cpu_threads.json"
-
-
 def record_threads(work_dir: Path, name: str) -> list[int]:
     """The CPU thread counts (torch.get_num_threads) of every session that trained in `work_dir`,
     this one last, kept in the work folder (and so in its mirror). On a CPU the thread count changes
     the order of floating-point reductions: the same job under 1 and 2 threads differs in weights by
     up to ~1e-5. A resume under another count is therefore said, in the log and in metrics.json's
     meta.cpu_threads_used; the work folder is kept, as an uninterrupted rerun would cost the work."""
-    path, now = Path(work_dir) / THREADS_FILE, torch.get_num_threads()
+    path, now = Path(work_dir) / workdir.THREADS_FILE, torch.get_num_threads()
     used = io.read_json(path)["used"] if path.is_file() and last_complete_checkpoint(Path(work_dir) / "checkpoints") \
         else []
     if used and used[-1] != now:
@@ -302,7 +299,8 @@ def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
     if job.base_store is not None:  # right after the step-0 snapshot it checks
         callbacks.insert(2, BaseModelGuard(job.base_store, store, job.model_cfg["name_or_path"]))
         if report_to:  # after the SnapshotCallback: logs the drift of what it wrote
-            callbacks.append(LiveDrift(job.base_store, store, family.poolings, job.work_dir))
+            callbacks.append(LiveDrift(job.base_store, store, family.poolings, job.work_dir,
+                                       every=rep_settings["snapshot_steps"]))
     if training["early_stopping_patience"]:
         callbacks.append(EarlyStoppingCallback(training["early_stopping_patience"]))
     if mirror:

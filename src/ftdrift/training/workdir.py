@@ -32,7 +32,8 @@ DEFINITION_FILE = "job.json"
 TRACKING_FILE = "wandb_run.json"
 MIRROR_ENV = "FTDRIFT_CHECKPOINT_MIRROR"
 # what a resumed job needs; W&B's local files (wandb/) are not part of it
-RESUMABLE = (DEFINITION_FILE, TRACKING_FILE, "checkpoints", "best", "representations.zarr")
+THREADS_FILE = "cpu_threads.json"  # the CPU thread counts of the sessions that trained (training.recipe)
+RESUMABLE = (DEFINITION_FILE, TRACKING_FILE, THREADS_FILE, "checkpoints", "best", "representations.zarr")
 
 
 def fingerprint(definition: dict, files: list[Path]) -> str:
