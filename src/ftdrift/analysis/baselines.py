@@ -21,10 +21,10 @@ linear probe
     extractive QA: a token-level span probe. Two binary regressions over every real token of each
     window, start / not start and end / not end, with the labels the fine-tuned models train on
     (ftdrift.data.features.encode_qa_train: a window without the answer points start and end at
-    token 0). Two binary models rather than one multinomial over {start, end, other}: a one-token
+    its null position: token 0, or a decoder's appended end-of-sequence token). Two binary models rather than one multinomial over {start, end, other}: a one-token
     answer is a start and an end at once. Their log-odds are the start and end logits, decoded by
     the fine-tuned models' own post-processing (ftdrift.data.qa.postprocess: best valid n-best span
-    against the token-0 null score) and scored with the official SQuAD v2 metric. When the train
+    against the null position's score) and scored with the official SQuAD v2 metric. When the train
     windows hold more than QA_MAX_TRAIN_TOKENS tokens (the study, not the embedded default), every
     start/end token is kept and the other tokens are sampled at one seeded rate r with weight 1/r
     (inverse-probability weights: the weighted loss estimates the loss on all tokens without bias).
@@ -44,6 +44,7 @@ import numpy as np
 
 from ftdrift.core import io, metrics
 from ftdrift.data import qa
+from ftdrift.study import families
 from ftdrift.study.config import task_kind
 
 log = logging.getLogger("ftdrift.analysis.baselines")
@@ -299,7 +300,7 @@ def _classification_linear_probe(model, tokenizer, splits: dict[str, list[dict]]
         f"base model; C chosen on dev by {task_def['main_metric']}"), **fitted}
 
 
-def _span_train_rows(model, tokenizer, records: list[dict], lengths: tuple[int, int, int], layer: int, precision: str,
+def _span_train_rows(model, tokenizer, records: list[dict], lengths: tuple, layer: int, precision: str,
                      batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, float]:
     """Token rows of the train windows: X [tokens, hidden], is_start, is_end [tokens] (bool), the
     sample weights (None when every token is kept) and the sampling rate (see sample_tokens)."""
@@ -321,7 +322,7 @@ def _span_train_rows(model, tokenizer, records: list[dict], lengths: tuple[int, 
     return np.concatenate(rows), np.concatenate(is_start), np.concatenate(is_end), sample_weight, rate
 
 
-def _span_scores(model, tokenizer, records: list[dict], probes: dict[float, tuple], lengths: tuple[int, int, int],
+def _span_scores(model, tokenizer, records: list[dict], probes: dict[float, tuple], lengths: tuple,
                  layer: int, precision: str, batch_size: int, split: str) -> dict[float, dict]:
     """Official SQuAD v2 scores of each (start, end) probe pair on `records`: one forward pass whose
     token states are scored batch by batch (a split's token states are never held at once)."""
@@ -340,8 +341,9 @@ def _span_scores(model, tokenizer, records: list[dict], probes: dict[float, tupl
 
 
 def _qa_linear_probe(model, tokenizer, splits: dict[str, list[dict]], task_def: dict, data: dict, cfg: dict,
-                     layer: int, precision: str, batch_size: int) -> dict:
-    lengths = (data["max_length"]["extractive_qa"], data["doc_stride"], data["max_query_length"])
+                     layer: int, precision: str, batch_size: int, null_at_end: bool = False) -> dict:
+    # the windows' arguments of encode_qa_train / encode_qa_eval, the fine-tuned models' own
+    lengths = (data["max_length"]["extractive_qa"], data["doc_stride"], data["max_query_length"], null_at_end)
     X, is_start, is_end, sample_weight, rate = _span_train_rows(model, tokenizer, splits["train"], lengths, layer,
                                                                 precision, batch_size)
     probes = {C: fit_span_probes(C, X, is_start, is_end, sample_weight) for C in sorted(map(float, cfg["probe_C"]))}
@@ -392,7 +394,7 @@ def linear_probe(splits: dict[str, list[dict]], *, model_cfg: dict, task_def: di
     else:
         pooling = None
         entry = _qa_linear_probe(model, tokenizer, splits, task_def, data_settings, baselines_cfg, layer, precision,
-                                 batch_size)
+                                 batch_size, families.qa_null_at_end(model_cfg["family"]))
     fitted = entry.pop("probe", None)
     return _probe_entry(layer=layer, pooling=pooling, n_train=len(train), seconds=time.perf_counter() - began,
                         **entry), fitted

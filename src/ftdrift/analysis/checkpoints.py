@@ -24,6 +24,7 @@ import torch
 
 from ftdrift.core import io
 from ftdrift.modeling import lora, models
+from ftdrift.study import families
 from ftdrift.study.config import task_kind
 from ftdrift.training.predict import SplitPrediction, predict_split, predictor
 
@@ -107,7 +108,8 @@ def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, 
         # the job's own batch pieces, if an out-of-memory error split them: the same pieces, the same bits
         trainer = predictor(model.to(device).eval(), tokenizer, batch_size, in_precision,
                             split_limit=meta.get("eval_split_limit"))
-        return predict_split(trainer, records, task_def, tokenizer, data_settings)
+        return predict_split(trainer, records, task_def, tokenizer, data_settings,
+                             families.qa_null_at_end(model_cfg["family"]))
 
     num_labels = len(task_def["labels"]) if kind == "classification" else None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from datasets import Dataset
 
 
@@ -49,22 +51,62 @@ def _offsets(tokenizer, texts: list[str]) -> list[list[tuple[int, int]]]:
     return tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
 
 
-def _qa_windows(records: list[dict], tokenizer, max_length: int, stride: int, max_query_length: int):
-    # question first, context second; only the context is windowed
-    return tokenizer(
-        _qa_questions(records, tokenizer, max_length, stride, max_query_length),
+@dataclass
+class QAWindows:
+    """Tokenised QA windows: `columns` (input_ids, attention_mask, [token_type_ids], offset_mapping,
+    overflow_to_sample_mapping; lists per window) and `sequence_ids[w]` (0 question, 1 context,
+    None special) per window; `null_index[w]`: the position whose start+end logits score "no answer".
+    """
+
+    columns: dict[str, list]
+    sequence_ids: list[list[int | None]]
+    null_index: list[int]
+
+
+def _qa_windows(records: list[dict], tokenizer, max_length: int, stride: int, max_query_length: int,
+                null_at_end: bool = False) -> QAWindows:
+    """Question first, context second; only the context is windowed (overlap `stride` tokens).
+
+    The no-answer score is read at one position of each window. An encoder reads it at token 0
+    ([CLS]: BERT's convention, which attends to the whole window). A decoder's token 0 sees only
+    itself, so its score could not depend on the question or the context: with `null_at_end` (the
+    model family is a decoder) every window ends with the tokenizer's end-of-sequence token, a
+    position that attends to the whole window and is no answer token, and the null score is read
+    there (as GPT-style sequence classifiers read the last token). The windows then hold
+    `max_length` tokens including that one.
+    """
+    room = max_length - 1 if null_at_end else max_length
+    encoded = tokenizer(
+        _qa_questions(records, tokenizer, room, stride, max_query_length),
         [r["context"] for r in records],
         truncation="only_second",
-        max_length=max_length,
+        max_length=room,
         stride=stride,
         return_overflowing_tokens=True,
         return_offsets_mapping=True,
     )
+    columns = {k: [list(v) for v in values] if k != "overflow_to_sample_mapping" else list(values)
+               for k, values in encoded.items()}
+    sequence_ids = [encoded.sequence_ids(w) for w in range(len(columns["input_ids"]))]
+    if not null_at_end:
+        return QAWindows(columns, sequence_ids, [0] * len(sequence_ids))
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no end-of-sequence token to read a decoder's "
+                         "no-answer score at")
+    for w in range(len(sequence_ids)):
+        columns["input_ids"][w].append(tokenizer.eos_token_id)
+        columns["attention_mask"][w].append(1)
+        if "token_type_ids" in columns:
+            columns["token_type_ids"][w].append(columns["token_type_ids"][w][-1])
+        columns["offset_mapping"][w].append((0, 0))
+        sequence_ids[w] = sequence_ids[w] + [None]
+    return QAWindows(columns, sequence_ids, [len(ids) - 1 for ids in columns["input_ids"]])
 
 
 def encode_qa_train(records: list[dict], tokenizer, max_length: int, stride: int,
-                    max_query_length: int) -> Dataset:
-    """Sliding windows with start/end token labels; a window without the answer points at token 0.
+                    max_query_length: int, null_at_end: bool = False) -> Dataset:
+    """Sliding windows with start/end token labels; a window without the answer points at its null
+    position (token 0; a decoder's appended end-of-sequence token with `null_at_end`, see _qa_windows).
 
     Windows hold at most `max_length` tokens and overlap by `stride` context tokens; questions are
     cut to `max_query_length` tokens. Labels cover the first answer without its surrounding white
@@ -74,15 +116,16 @@ def encode_qa_train(records: list[dict], tokenizer, max_length: int, stride: int
     when `stride` leaves no room (see _qa_questions), when no context token holds a character of an
     answer (naming the question id), or when the tokenizer's windows do not overlap as documented.
     """
-    encoded = _qa_windows(records, tokenizer, max_length, stride, max_query_length)
-    starts, ends = [0] * len(encoded["input_ids"]), [0] * len(encoded["input_ids"])
-    for sample, windows in _windows_by_sample(encoded["overflow_to_sample_mapping"]).items():
+    encoded = _qa_windows(records, tokenizer, max_length, stride, max_query_length, null_at_end)
+    starts, ends = list(encoded.null_index), list(encoded.null_index)
+    for sample, windows in _windows_by_sample(encoded.columns["overflow_to_sample_mapping"]).items():
         record = records[sample]
         span = _answer_chars(record)
         if span is None:
             continue
-        context = [[t for t, s in enumerate(encoded.sequence_ids(w)) if s == 1] for w in windows]
-        offsets = [[tuple(encoded["offset_mapping"][w][t]) for t in tokens] for w, tokens in zip(windows, context)]
+        context = [[t for t, s in enumerate(encoded.sequence_ids[w]) if s == 1] for w in windows]
+        offsets = [[tuple(encoded.columns["offset_mapping"][w][t]) for t in tokens]
+                   for w, tokens in zip(windows, context)]
         full, window_starts = _stitch_windows(offsets, stride, record["id"])
         answer = _answer_tokens(full, *span)
         if answer is None:
@@ -91,10 +134,10 @@ def encode_qa_train(records: list[dict], tokenizer, max_length: int, stride: int
         for w, tokens, begin in zip(windows, context, window_starts):
             if begin <= answer[0] and answer[1] < begin + len(tokens):
                 starts[w], ends[w] = tokens[answer[0] - begin], tokens[answer[1] - begin]
-    columns = {k: v for k, v in encoded.items() if k not in ("offset_mapping", "overflow_to_sample_mapping")}
+    columns = {k: v for k, v in encoded.columns.items() if k not in ("offset_mapping", "overflow_to_sample_mapping")}
     columns["start_positions"] = starts
     columns["end_positions"] = ends
-    columns["length"] = [len(ids) for ids in encoded["input_ids"]]
+    columns["length"] = [len(ids) for ids in columns["input_ids"]]
     return Dataset.from_dict(columns)
 
 
@@ -155,22 +198,23 @@ def _stitch_windows(windows: list[list[tuple[int, int]]], stride: int,
 
 
 def encode_qa_eval(records: list[dict], tokenizer, max_length: int, stride: int,
-                   max_query_length: int) -> tuple[Dataset, list[dict]]:
+                   max_query_length: int, null_at_end: bool = False) -> tuple[Dataset, list[dict]]:
     """Windows for prediction as in encode_qa_train, plus per-window metadata.
 
     meta[w]: {"example_index": index into `records`, "offsets": (start, end) characters in the
-    context for context tokens, None for question and special tokens}.
+    context for context tokens, None for question and special tokens, "null_index": the position
+    whose start+end logits score "no answer" (see _qa_windows)}.
     """
-    encoded = _qa_windows(records, tokenizer, max_length, stride, max_query_length)
+    encoded = _qa_windows(records, tokenizer, max_length, stride, max_query_length, null_at_end)
     meta = []
-    for i, offsets in enumerate(encoded["offset_mapping"]):
-        sequence_ids = encoded.sequence_ids(i)
+    for i, offsets in enumerate(encoded.columns["offset_mapping"]):
         meta.append({
-            "example_index": encoded["overflow_to_sample_mapping"][i],
+            "example_index": encoded.columns["overflow_to_sample_mapping"][i],
             # offsets only for context tokens: spans elsewhere are not answers
-            "offsets": [tuple(o) if s == 1 else None for o, s in zip(offsets, sequence_ids)],
+            "offsets": [tuple(o) if s == 1 else None for o, s in zip(offsets, encoded.sequence_ids[i])],
+            "null_index": encoded.null_index[i],
         })
-    columns = {k: v for k, v in encoded.items() if k not in ("offset_mapping", "overflow_to_sample_mapping")}
+    columns = {k: v for k, v in encoded.columns.items() if k not in ("offset_mapping", "overflow_to_sample_mapping")}
     return Dataset.from_dict(columns), meta
 
 

@@ -12,7 +12,9 @@ def postprocess(records: list[dict], meta: list[dict], start_logits: np.ndarray,
     """SQuAD v2 decoding over all windows of each question.
 
     `start_logits` / `end_logits`: [windows, positions], any padding past a window's length
-    ignored. The null score is the smallest start+end logit at token 0 over the question's windows;
+    ignored. The null score is the smallest start+end logit at each window's null position
+    (meta "null_index": token 0 for encoders, the appended end-of-sequence token for decoders, see
+    ftdrift.data.features._qa_windows) over the question's windows;
     the best span is the highest-scoring valid span (inside the context, start <= end,
     at most `max_answer_length` tokens) among each window's n-best starts and ends. The answer
     is "" when the null score beats the best span. `na_probs` is sigmoid(null - best span),
@@ -35,7 +37,8 @@ def postprocess(records: list[dict], meta: list[dict], start_logits: np.ndarray,
             # the window's own tokens only: positions past its length are batch padding, whose fill
             # value (0) would otherwise crowd real candidates out of the n-best when logits are negative
             starts, ends = start_logits[feature][:len(offsets)], end_logits[feature][:len(offsets)]
-            null_score = min(null_score, float(starts[0] + ends[0]))
+            null = meta[feature].get("null_index", 0)
+            null_score = min(null_score, float(starts[null] + ends[null]))
             top_starts = np.argsort(starts)[::-1][:n_best]
             top_ends = np.argsort(ends)[::-1][:n_best]
             for s in top_starts:

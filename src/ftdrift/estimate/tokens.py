@@ -16,6 +16,7 @@ import numpy as np
 from ftdrift.core import io
 from ftdrift.data import tasks as ftasks
 from ftdrift.study.config import resolve_data_dir, task_kind, task_settings
+from ftdrift.study.families import qa_null_at_end
 from ftdrift.study.resources import micro_batch_plan
 
 log = logging.getLogger("ftdrift.estimate")
@@ -80,8 +81,10 @@ def split_records(config: dict, task: str, workdir: Path = Path(".")) -> tuple[d
     return {"train": train, "dev": dev, "validation": validation, "probe": probe}, f"{source['source']} {label}"
 
 
-def tokenise(records: dict[str, list[dict]], task_def: dict, data_settings: dict, tokenizer) -> dict[str, list[int]]:
-    """Lengths of every split's sequences, tokenised by the workflow's own feature code."""
+def tokenise(records: dict[str, list[dict]], task_def: dict, data_settings: dict, tokenizer,
+             null_at_end: bool = False) -> dict[str, list[int]]:
+    """Lengths of every split's sequences, tokenised by the workflow's own feature code
+    (`null_at_end`: ftdrift.study.families.qa_null_at_end of the model's family)."""
     from ftdrift.data.features import encode_classification, encode_probe, encode_qa_eval, encode_qa_train
 
     kind = task_kind(task_def)
@@ -91,7 +94,7 @@ def tokenise(records: dict[str, list[dict]], task_def: dict, data_settings: dict
         for name in ("train", "dev", "validation"):
             out[name] = list(encode_classification(records[name], tokenizer, max_length, with_labels=False)["length"])
     else:
-        args = (tokenizer, max_length, data_settings["doc_stride"], data_settings["max_query_length"])
+        args = (tokenizer, max_length, data_settings["doc_stride"], data_settings["max_query_length"], null_at_end)
         for name in ("train", "dev"):
             out[name] = list(encode_qa_train(records[name], *args)["length"])
         out["validation"] = [len(ids) for ids in encode_qa_eval(records["validation"], *args)[0]["input_ids"]]
@@ -109,14 +112,16 @@ def task_lengths(config: dict, task: str, tokenizer, tokenizer_name: str, cache_
     data_dir = resolve_data_dir(config["data_dir"])
     files = sorted(str(data_dir / p) for p in task_def["files"].values()) if data_dir else []
     stamp = [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files if Path(f).is_file()]
-    key = hashlib.sha256(json.dumps([task, task_def, settings, tokenizer_name, str(data_dir), stamp],
+    key = hashlib.sha256(json.dumps([task, task_def, settings, tokenizer_name, config["model"]["family"], str(data_dir),
+                                     stamp],
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"{task}-{key}.json" if cache_dir else None
     if cache and cache.is_file():
         cached = json.loads(cache.read_text())
         return TaskLengths(**cached)
     records, source = split_records(config, task, workdir)
-    lengths = TaskLengths(**tokenise(records, task_def, settings, tokenizer), source=source)
+    lengths = TaskLengths(**tokenise(records, task_def, settings, tokenizer,
+                                     qa_null_at_end(config["model"]["family"])), source=source)
     if cache:
         io.write_json(cache, lengths.__dict__)
     return lengths

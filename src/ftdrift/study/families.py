@@ -31,6 +31,13 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def qa_null_at_end(name: str) -> bool:
+    """Whether extractive QA reads a window's no-answer score at an appended end-of-sequence token
+    (decoders: their token 0 sees only itself) instead of token 0 (ftdrift.data.features._qa_windows).
+    Training labels, predictions, the checkpoint validator and the span probe all ask here."""
+    return family(name).decoder
+
+
 def family(name: str) -> Family:
     """The registered family; ValueError naming model.family if unknown."""
     try:

@@ -10,7 +10,7 @@ CODE_VERSIONS = {
     "seed_floor": 1,
     "method_similarity": 1,
     "weight_analysis": 2,
-    "validate_checkpoint": 3,
+    "validate_checkpoint": 4,
     "baselines": 3,
     "forgetting": 1,
     "deployment": 1,

@@ -68,9 +68,10 @@ def _predict_sorted(trainer: Trainer, dataset) -> tuple[np.ndarray, ...]:
     return tuple(np.asarray(x)[inverse] for x in (outputs if isinstance(outputs, tuple) else (outputs,)))
 
 
-def predict_split(trainer: Trainer, records: list[dict], task_def: dict, tokenizer, data_settings: dict
-                  ) -> SplitPrediction:
-    """Task metrics, predictions and raw logits of `trainer.model` on `records`."""
+def predict_split(trainer: Trainer, records: list[dict], task_def: dict, tokenizer, data_settings: dict,
+                  null_at_end: bool = False) -> SplitPrediction:
+    """Task metrics, predictions and raw logits of `trainer.model` on `records`; `null_at_end`: QA's
+    no-answer position (ftdrift.study.families.qa_null_at_end of the model's family)."""
     kind = task_kind(task_def)
     max_length = data_settings["max_length"][kind]
     if kind == "classification":
@@ -81,7 +82,7 @@ def predict_split(trainer: Trainer, records: list[dict], task_def: dict, tokeniz
         result = metrics.classification_metrics(y_true, y_pred, task_def["metrics"])
         return SplitPrediction(result, {"predictions": {r["id"]: int(p) for r, p in zip(records, y_pred)}}, [logits])
     dataset, meta = encode_qa_eval(records, tokenizer, max_length, data_settings["doc_stride"],
-                                   data_settings["max_query_length"])
+                                   data_settings["max_query_length"], null_at_end)
     lengths = [len(ids) for ids in dataset["input_ids"]]
     start_logits, end_logits = (_pad_zero(x, lengths) for x in _predict_sorted(trainer, dataset)[:2])
     predictions, na_probs = qa.postprocess(records, meta, start_logits, end_logits)

@@ -214,7 +214,8 @@ def load_data(split_files: dict[str, Path], task_def: dict, model_cfg: dict, dat
         train_ds = encode_classification(splits["train"], tokenizer, max_length)
         dev_ds = encode_classification(splits["dev"], tokenizer, max_length)
     else:
-        qa_args = (tokenizer, max_length, data_settings["doc_stride"], data_settings["max_query_length"])
+        qa_args = (tokenizer, max_length, data_settings["doc_stride"], data_settings["max_query_length"],
+                   families.qa_null_at_end(model_cfg["family"]))
         train_ds, dev_ds = encode_qa_train(splits["train"], *qa_args), encode_qa_train(splits["dev"], *qa_args)
     probe = encode_probe(splits["probe"], tokenizer, kind, max_length, data_settings["max_query_length"])
     return TaskData(splits, tokenizer, train_ds, dev_ds, make_batches(probe, tokenizer, rep_settings["batch_size"]))
@@ -367,8 +368,9 @@ def evaluate(job: Job, data: TaskData, trained: Trained) -> tuple[SplitPredictio
     trained.best_info = trained.best.restore(trained.model)
     predict = predictor(trained.model, data.tokenizer, job.eval_batch_size, job.precision)
     settings = job.settings["data"]
-    predictions = (predict_split(predict, data.splits["dev"], job.task_def, data.tokenizer, settings),
-                   predict_split(predict, data.splits["validation"], job.task_def, data.tokenizer, settings))
+    null_at_end = families.qa_null_at_end(job.model_cfg["family"])
+    predictions = tuple(predict_split(predict, data.splits[split], job.task_def, data.tokenizer, settings, null_at_end)
+                        for split in ("dev", "validation"))
     trained.eval_split_limit = predict.eval_splitter.limit  # the validator re-predicts with the same pieces
     return predictions
 
