@@ -148,7 +148,7 @@ def test_slurm_profile_through_snakemake_cli(monkeypatch):
     assert args.executor == "slurm"
     assert [str(p) for p in args.configfile] == ["config/study.yaml"]
     assert args.retries >= 1 and args.latency_wait >= 30 and args.keep_going
-    assert {t.name for t in args.rerun_triggers} == {"CODE", "INPUT", "MTIME", "PARAMS", "SOFTWARE_ENV"}
+    assert {t.name for t in args.rerun_triggers} == {"INPUT", "MTIME", "PARAMS", "SOFTWARE_ENV"}  # not CODE
     settings = executor_settings("slurm", args)  # runs the plugin's own validation
     assert settings.status_command == "squeue"
     assert settings.requeue and not settings.no_requeue

@@ -66,17 +66,44 @@ def test_wandb_settings_rerun_nothing(tiny_run):
     assert planned(tiny_run, wandb={"mode": "disabled"}) == {}
 
 
+def workflow_copy(tmp_path: Path, src: bool = False) -> Path:
+    """A copy of the workflow as a fresh clone has it: every file written now, so every script is
+    newer than the finished run's outputs; `src`: with its own copy of the library (else a link)."""
+    copy = tmp_path / "workflow"
+    copy.mkdir(parents=True)
+    for part in ("Snakefile", "rules", "workflow", "config", "report", "profiles", "envs"):
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, copy / part, copy_function=shutil.copy)  # new mtimes, as git clone gives
+        elif source.exists():
+            shutil.copy(source, copy / part)
+    if src:
+        shutil.copytree(REPO / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    else:
+        (copy / "src").symlink_to(REPO / "src")
+    return copy
+
+
+def test_a_fresh_clone_plans_nothing_and_a_code_version_reruns_its_stage(tiny_run, tmp_path):
+    """Scripts newer than the outputs (a fresh clone) are no change; a bumped code version is, for
+    its own stage and what reads it."""
+    clone = workflow_copy(tmp_path / "clone")
+    for script in (clone / "workflow" / "scripts").glob("*.py"):
+        assert script.stat().st_mtime > (tiny_run / "results" / "tables" / "runs.csv").stat().st_mtime
+    assert planned(tiny_run, snakefile=clone / "Snakefile") == {}
+    bumped = workflow_copy(tmp_path / "bumped", src=True)
+    versions = bumped / "src" / "ftdrift" / "study" / "versions.py"
+    text = versions.read_text()
+    assert '    "drift": 2,' in text
+    versions.write_text(text.replace('    "drift": 2,', '    "drift": 3,'))
+    jobs = planned(tiny_run, snakefile=bumped / "Snakefile")
+    runs = len((tiny_run / "results" / "tables" / "runs.csv").read_text().splitlines()) - 1
+    assert jobs.get("drift") == runs and not {"finetune", "prepare_data", "base_representations"} & set(jobs), jobs
+
+
 def test_report_caption_edit_reruns_nothing(tiny_run, tmp_path):
     # a copy of the workflow with an edited caption: captions are read by --report only
-    copy = tmp_path / "workflow"
-    copy.mkdir()
-    for part in ("Snakefile", "rules", "workflow", "config", "report", "profiles", "envs"):
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, copy / part)
-        elif src.exists():
-            shutil.copy(src, copy / part)
-    (copy / "src").symlink_to(REPO / "src")
+    copy = workflow_copy(tmp_path)
     for caption in (copy / "report").glob("*.rst"):
         caption.write_text(caption.read_text() + "\\nEdited caption.\\n")
     assert planned(tiny_run, snakefile=copy / "Snakefile") == {}
