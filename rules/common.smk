@@ -16,7 +16,7 @@ from ftdrift.study.versions import CODE_VERSIONS
 
 try:
     CONFIG = ftconfig.resolve(config, base_dir=workflow.basedir)
-    ftcheckpoint.check_lengths(CONFIG["model"], ftconfig.max_lengths(CONFIG))
+    ftcheckpoint.check_model(CONFIG["model"], ftconfig.max_lengths(CONFIG), ftconfig.task_kinds(CONFIG))
 except ValueError as err:  # ConfigError included
     raise WorkflowError(str(err)) from None
 config.update(CONFIG)  # scripts see the validated values, defaults filled in

@@ -9,7 +9,7 @@ import yaml
 from helpers import make_tiny_workdir, run_snakemake
 from transformers import AutoConfig, AutoModel
 
-from ftdrift.modeling.checkpoint import check_lengths, check_max_length, usable_positions
+from ftdrift.modeling.checkpoint import check_max_length, check_model, usable_positions
 from ftdrift.study import config as ftconfig
 
 
@@ -49,10 +49,10 @@ def test_usable_positions_are_what_the_model_really_encodes(tmp_path):
 def test_the_parse_time_check_names_the_task_override(tmp_path):
     folder = tiny_roberta(tmp_path / "roberta")
     cfg = {"name_or_path": str(folder)}
-    check_lengths(cfg, {"data.max_length.classification": 64})
+    check_model(cfg, {"data.max_length.classification": 64}, {"sst2": "classification"})
     with pytest.raises(ValueError, match=r"task_overrides.sst2.data.max_length.classification': 65 tokens .* 64"):
-        check_lengths(cfg, {"data.max_length.classification": 64,
-                            "task_overrides.sst2.data.max_length.classification": 65})
+        check_model(cfg, {"data.max_length.classification": 64,
+                          "task_overrides.sst2.data.max_length.classification": 65}, {"sst2": "classification"})
 
 
 def test_a_length_too_long_stops_snakemake_before_any_job(tmp_path):
@@ -72,4 +72,5 @@ def test_a_length_too_long_stops_snakemake_before_any_job(tmp_path):
 def test_a_local_path_absent_here_is_not_checked_at_parse_time():
     """A path that exists only on the cluster's nodes: nothing to read here, so no parse-time verdict
     (the jobs check once they load the model)."""
-    check_lengths({"name_or_path": "/nonexistent/models/llama"}, {"data.max_length.classification": 10 ** 6})
+    check_model({"name_or_path": "/nonexistent/models/llama"}, {"data.max_length.classification": 10 ** 6},
+                {"squad_v2": "extractive_qa"})

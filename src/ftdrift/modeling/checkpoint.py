@@ -5,6 +5,9 @@ before any job starts."""
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -72,12 +75,53 @@ def check_max_length(config: dict, max_length: int, key: str = "data.max_length"
                          f"{offset}")
 
 
-def check_lengths(model_cfg: dict, lengths: dict[str, int]) -> None:
-    """Parse-time check of every `{config key: max_length}` (ftdrift.study.config.max_lengths)
-    against the checkpoint's positions, when its config.json is at hand (a local folder, the
-    embedded model, the Hugging Face cache); the jobs check again once they load it."""
+def check_model(model_cfg: dict, lengths: dict[str, int], task_kinds: dict[str, str]) -> None:
+    """Parse-time checks of the model, when its config.json is at hand (a local folder, the embedded
+    model, the Hugging Face cache): `check_supported`, and every `{config key: max_length}`
+    (ftdrift.study.config.max_lengths) against its positions (the jobs check again once they load it)."""
     config = read_config(model_cfg)
     if config is None:
         return
+    check_supported(config, model_cfg["name_or_path"], task_kinds)
     for key, max_length in lengths.items():
         check_max_length(config, max_length, key, model=model_cfg["name_or_path"])
+
+
+# transformers' auto class of each task kind, as named in transformers/models/auto/modeling_auto.py
+TASK_CLASS_MAPPINGS = {"classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+                       "extractive_qa": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES"}
+
+
+@functools.cache
+def task_model_types(kind: str) -> frozenset[str]:
+    """The model types transformers has a task class for (`kind`: 'classification' or
+    'extractive_qa'), read from the source of transformers' auto mappings: importing them costs
+    ~2.5 s (torch), too much for every Snakemake parse; a test checks this equals the imported
+    mapping."""
+    package = importlib.util.find_spec("transformers").submodule_search_locations[0]
+    tree = ast.parse((Path(package) / "models" / "auto" / "modeling_auto.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == TASK_CLASS_MAPPINGS[kind] for t in node.targets):
+            pairs = node.value.args[0]  # OrderedDict([(model_type, class name), ...])
+            return frozenset(ast.literal_eval(element)[0] for element in pairs.elts)
+    raise RuntimeError(f"{TASK_CLASS_MAPPINGS[kind]} not found in transformers' modeling_auto.py")
+
+
+def check_supported(config: dict, model: str, task_kinds: dict[str, str]) -> None:
+    """Refuse, before any job, a checkpoint the study cannot run (`config`: its config.json;
+    `task_kinds`: {task: kind} of the configured tasks). ValueError naming the model, its type and
+    the reason: an encoder-decoder (T5, BART: the study compares one stack of blocks with the base
+    model's), a multimodal config (its text model's settings live in `text_config`), or a task
+    whose kind has no transformers class for the type (e.g. Gemma 2 and Phi-3 have no
+    question-answering class: drop SQuAD v2 for them)."""
+    model_type = config.get("model_type")
+    if config.get("is_encoder_decoder"):
+        raise ValueError(f"config key 'model.name_or_path': {model} is an encoder-decoder model ({model_type}); "
+                         "ftdrift supports encoder-only and decoder-only models")
+    if "num_hidden_layers" not in config and "text_config" in config:
+        raise ValueError(f"config key 'model.name_or_path': {model} is a multimodal model ({model_type}, its text "
+                         "model in text_config); ftdrift supports text-only checkpoints")
+    for task, kind in task_kinds.items():
+        if model_type not in task_model_types(kind):
+            raise ValueError(f"config key 'tasks': task {task} needs a transformers {kind} class, which model type "
+                             f"'{model_type}' ({model}) does not have; drop {task} from 'tasks' for this model")

@@ -290,6 +290,11 @@ def _parsed_schema() -> dict:
     return load_schema("schema.yaml")
 
 
+def task_kinds(config: dict) -> dict[str, str]:
+    """{task: kind} of the configured tasks."""
+    return {task: task_kind(config["task_defs"][task]) for task in config["tasks"]}
+
+
 def max_lengths(config: dict) -> dict[str, int]:
     """{config key: tokens} of every task's `data.max_length` for its kind, as the jobs read them
     (a task override named as `task_overrides.<task>.data.max_length.<kind>`)."""
