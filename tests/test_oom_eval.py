@@ -27,24 +27,21 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from helpers import make_tiny_workdir
+from test_train import CATALOG, run_kwargs, tiny  # noqa: F401 - the module fixture
 from transformers import DataCollatorWithPadding, TrainerState, TrainingArguments
 
 from ftdrift.core import metrics
 from ftdrift.core.store import SnapshotStore
 from ftdrift.data.features import encode_classification, encode_probe
-from ftdrift.data.tasks import prepare_task
 from ftdrift.modeling import lora, models
 from ftdrift.representations.extract import extract, make_batches
 from ftdrift.representations.snapshots import SnapshotCallback
-from ftdrift.study import config as ftconfig
 from ftdrift.core import memory
 from ftdrift.training import oom
 from ftdrift.training.predict import predict_split, predictor
-from ftdrift.training.recipe import RunOutputs, build_model, finetune
+from ftdrift.training.recipe import build_model, finetune
 from ftdrift.training.trainer import StudyTrainer
 
-CATALOG = ftconfig.load_catalog(ftconfig.CONFIG_DIR / "tasks.yaml")
 ATOL = 1e-6  # see the module doc
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}
 
@@ -81,35 +78,28 @@ class hooked:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    workdir = make_tiny_workdir(tmp_path_factory.mktemp("tiny"))
-    cfg = ftconfig.resolve({**ftconfig.load_yaml(workdir / "tiny.yaml")})
-    data = {}
-    for task in ("sst2", "squad_v2"):
-        settings = ftconfig.task_settings(cfg, task)
-        prepare_task(task, CATALOG[task], Path(cfg["data_dir"]), settings["data"], workdir / "prepared" / task)
-        data[task] = settings
-    tokenizer = models.load_tokenizer(cfg["model"])
-    return workdir, cfg, data, tokenizer
+def world(tiny):  # noqa: F811 - test_train's tiny workdir, with its tokenizer
+    workdir, cfg, data = tiny
+    return workdir, cfg, data, models.load_tokenizer(cfg["model"])
 
 
-def records(tiny, task: str, split: str) -> list[dict]:
-    workdir = tiny[0]
+def records(world, task: str, split: str) -> list[dict]:
+    workdir = world[0]
     return [json.loads(line) for line in (workdir / "prepared" / task / f"{split}.jsonl").read_text().splitlines()]
 
 
-def task_model(tiny, kind: str):
-    _, cfg, _, tokenizer = tiny
+def task_model(world, kind: str):
+    _, cfg, _, tokenizer = world
     torch.manual_seed(0)
     return models.load_model(cfg["model"], kind, 2 if kind == "classification" else None, tokenizer).eval()
 
 
-def test_extract_splits_the_batch_that_does_not_fit_and_keeps_the_smaller_size(tiny):
-    tokenizer = tiny[3]
-    probe = records(tiny, "sst2", "validation")[:12]  # batches of 8 and 4
+def test_extract_splits_the_batch_that_does_not_fit_and_keeps_the_smaller_size(world):
+    tokenizer = world[3]
+    probe = records(world, "sst2", "validation")[:12]  # batches of 8 and 4
     batches = make_batches(encode_probe(probe, tokenizer, "classification", 64), tokenizer, 8)
     assert [len(chunk) for _, chunk in batches] == [8, 4]
-    model = task_model(tiny, "classification")
+    model = task_model(world, "classification")
     whole = extract(model, batches, ("mean", "last"), dtype="float32")
     splitter = memory.BatchSplitter("probe representations (config representations.batch_size)")
     with hooked(model, limit=3) as hook:
@@ -122,11 +112,11 @@ def test_extract_splits_the_batch_that_does_not_fit_and_keeps_the_smaller_size(t
         np.testing.assert_allclose(split[pooling], whole[pooling], rtol=0, atol=ATOL)
 
 
-def test_snapshots_keep_the_smaller_size_across_snapshots(tiny, tmp_path):
-    tokenizer = tiny[3]
-    probe = records(tiny, "sst2", "probe")
+def test_snapshots_keep_the_smaller_size_across_snapshots(world, tmp_path):
+    tokenizer = world[3]
+    probe = records(world, "sst2", "probe")
     batches = make_batches(encode_probe(probe, tokenizer, "classification", 64), tokenizer, 8)
-    model = task_model(tiny, "classification")
+    model = task_model(world, "classification")
     whole = extract(model, batches, ("mean",), dtype="float32")
     store = SnapshotStore(tmp_path / "reps.zarr", attrs={"poolings": ["mean"]})
     callback = SnapshotCallback(store, batches, ("mean",), every=1, dtype="float32")
@@ -143,11 +133,11 @@ def test_snapshots_keep_the_smaller_size_across_snapshots(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("task", ["sst2", "squad_v2"])
-def test_predictions_do_not_depend_on_the_split(tiny, task):
-    _, _, data, tokenizer = tiny
+def test_predictions_do_not_depend_on_the_split(world, task):
+    _, _, data, tokenizer = world
     kind = "classification" if task == "sst2" else "extractive_qa"
-    split = records(tiny, task, "validation")
-    model = task_model(tiny, kind)
+    split = records(world, task, "validation")
+    model = task_model(world, kind)
     whole = predict_split(predictor(model, tokenizer, 8, "fp32"), split, CATALOG[task], tokenizer, data[task]["data"])
     trainer = predictor(model, tokenizer, 8, "fp32")
     with hooked(model, limit=3) as hook:
@@ -166,10 +156,10 @@ def test_predictions_do_not_depend_on_the_split(tiny, task):
     assert all(np.array_equal(a, b) for a, b in zip(again.logits, pieces.logits, strict=True))
 
 
-def test_dev_evaluation_loss_and_metrics_do_not_depend_on_the_split(tiny, tmp_path):
-    tokenizer = tiny[3]
-    dev = encode_classification(records(tiny, "sst2", "validation"), tokenizer, 64)
-    model = task_model(tiny, "classification")
+def test_dev_evaluation_loss_and_metrics_do_not_depend_on_the_split(world, tmp_path):
+    tokenizer = world[3]
+    dev = encode_classification(records(world, "sst2", "validation"), tokenizer, 64)
+    model = task_model(world, "classification")
 
     def evaluate(limit: int | None):
         args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=8, use_cpu=True, report_to=[],
@@ -198,9 +188,9 @@ def test_dev_evaluation_loss_and_metrics_do_not_depend_on_the_split(tiny, tmp_pa
     assert {k: split[k] for k in quality} == pytest.approx({k: whole[k] for k in quality}, rel=1e-6)
 
 
-def test_adapter_input_check_splits_and_still_catches_a_wrapper_that_changes_inputs(tiny):
-    _, cfg, _, tokenizer = tiny
-    probe = records(tiny, "sst2", "probe")
+def test_adapter_input_check_splits_and_still_catches_a_wrapper_that_changes_inputs(world):
+    _, cfg, _, tokenizer = world
+    probe = records(world, "sst2", "probe")
     ((batch, _),) = make_batches(encode_probe(probe, tokenizer, "classification", 64), tokenizer, 8)
     adapted, _, _ = build_model(cfg["model"], CATALOG["sst2"], "lora", LORA, seed=0)
     with hooked(adapted.get_base_model(), limit=3) as hook:
@@ -220,11 +210,11 @@ def test_adapter_input_check_splits_and_still_catches_a_wrapper_that_changes_inp
         handle.remove()
 
 
-def test_a_single_example_that_does_not_fit_fails_clearly_and_is_not_retrained(tiny):
-    tokenizer = tiny[3]
-    probe = records(tiny, "sst2", "probe")
+def test_a_single_example_that_does_not_fit_fails_clearly_and_is_not_retrained(world):
+    tokenizer = world[3]
+    probe = records(world, "sst2", "probe")
     batches = make_batches(encode_probe(probe, tokenizer, "classification", 64), tokenizer, 8)
-    model = task_model(tiny, "classification")
+    model = task_model(world, "classification")
     with hooked(model, limit=0) as hook, pytest.raises(memory.EvalOutOfMemoryError,
                                                        match="config representations.batch_size") as caught:
         extract(model, batches, ("mean",))
@@ -242,29 +232,21 @@ def test_a_single_example_that_does_not_fit_fails_clearly_and_is_not_retrained(t
     assert calls == [4]
 
 
-def run_kwargs(tiny, out: Path) -> dict:
-    workdir, cfg, data, _ = tiny
-    settings = json.loads(json.dumps(data["sst2"]))
-    settings["training"].update(max_steps=4, eval_steps=2, save_steps=2)
-    settings["representations"]["snapshot_steps"] = 2
-    return dict(
-        run={"task": "sst2", "method": "lora", "lr": "5e-3", "batch_size": 4, "seed": 1},
-        task_def=CATALOG["sst2"], settings=settings, model_cfg=cfg["model"], lora_cfg={**cfg["lora"], "dropout": 0.0},
-        wandb_cfg={"mode": "disabled", "project": "ftdrift", "entity": None},
-        data_dir=workdir / "prepared" / "sst2", work_dir=out / "work",
-        outputs=RunOutputs(metrics=out / "metrics.json", train_log=out / "train_log.csv",
-                           predictions=out / "predictions.json", representations=out / "reps.zarr",
-                           model=out / "model"),
-        threads=1)
+def lora_job(world, out: Path) -> dict:
+    """finetune's arguments: LoRA on SST-2 without dropout, 4 steps, snapshots and checkpoints every 2."""
+    kwargs = run_kwargs(world[:3], out, method="lora", lr="5e-3", max_steps=4, eval_steps=2, save_steps=2)
+    kwargs["settings"]["representations"]["snapshot_steps"] = 2
+    kwargs["lora_cfg"] = {**kwargs["lora_cfg"], "dropout": 0.0}
+    return kwargs
 
 
-def test_a_training_job_splits_outside_the_training_step_and_retrains_nothing(tiny, tmp_path, caplog):
+def test_a_training_job_splits_outside_the_training_step_and_retrains_nothing(world, tmp_path, caplog):
     """Every forward-only pass of a LoRA job (adapter check, step-0 and periodic snapshots, dev
     evaluation, final predictions) runs at representations.batch_size 8; training micro-batches
     are 2. With no more than 3 examples fitting, the job finishes in one attempt with the
     unsplit job's results (before the fix: the training retry halved the micro-batch, which
     changed nothing, until it gave up with the out-of-memory error)."""
-    reference = finetune(**run_kwargs(tiny, tmp_path / "ref"))
+    reference = finetune(**lora_job(world, tmp_path / "ref"))
     hook = OutOfMemoryAbove(3)
 
     def on_embeddings(module, args, output):
@@ -274,7 +256,7 @@ def test_a_training_job_splits_outside_the_training_step_and_retrains_nothing(ti
     handle = torch.nn.modules.module.register_module_forward_hook(on_embeddings)
     try:
         with caplog.at_level(logging.WARNING, logger="ftdrift.training.oom"):
-            result = finetune(**run_kwargs(tiny, tmp_path / "oom"))
+            result = finetune(**lora_job(world, tmp_path / "oom"))
     finally:
         handle.remove()
     assert result["meta"]["attempts"] == 1 and result["meta"]["micro_batch"] == 2

@@ -12,19 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import wandb
-from helpers import make_tiny_workdir
+from test_train import CATALOG, run_kwargs, tiny  # noqa: F401 - the module fixture
 from transformers import TrainerCallback
 from wandb.proto import wandb_internal_pb2
 
 from ftdrift.analysis.drift import drift_table
-from ftdrift.data.tasks import prepare_task
 from ftdrift.representations.base import base_representations
-from ftdrift.study import config as ftconfig
 from ftdrift.study import families
 from ftdrift.training.live_drift import LiveDrift
-from ftdrift.training.recipe import RunOutputs, finetune
+from ftdrift.training.recipe import finetune
 
-CATALOG = ftconfig.load_catalog(ftconfig.CONFIG_DIR / "tasks.yaml")
 TASK = "sst2"
 LOSS_RTOL = 1e-5  # an OOM retry's micro-batch sums float32 in another order (tests/test_train.py)
 # what report_to sets in the process environment; each test starts without them and restores them
@@ -97,16 +94,12 @@ def logged(history: list[dict], key: str) -> list[tuple[int, float]]:
 
 # -- fixtures
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The tiny workdir with SST-2 prepared and the base model's representations of its probe set."""
-    workdir = make_tiny_workdir(tmp_path_factory.mktemp("tiny"))
-    cfg = ftconfig.resolve({**ftconfig.load_yaml(workdir / "tiny.yaml")})
-    settings = ftconfig.task_settings(cfg, TASK)
-    prepared = workdir / "prepared" / TASK
-    prepare_task(TASK, CATALOG[TASK], Path(cfg["data_dir"]), settings["data"], prepared)
+def world(tiny):  # noqa: F811 - test_train's tiny workdir, with the base model's representations of SST-2's probe set
+    workdir, cfg, data = tiny
+    settings = data[TASK]
     base = workdir / "base.zarr"
-    base_representations(probe_path=prepared / "probe.jsonl", store_path=base, model_cfg=cfg["model"],
-                         task_def=CATALOG[TASK], data_settings=settings["data"],
+    base_representations(probe_path=workdir / "prepared" / TASK / "probe.jsonl", store_path=base,
+                         model_cfg=cfg["model"], task_def=CATALOG[TASK], data_settings=settings["data"],
                          rep_settings=settings["representations"])
     return workdir, cfg, settings, base
 
@@ -122,27 +115,19 @@ def offline(tmp_path, monkeypatch):
     wandb.finish()
 
 
-def job(tiny, out: Path, snapshot_steps: int = 2, **training) -> dict:
+def job(world, out: Path, snapshot_steps: int = 2, **training) -> dict:
     """finetune's arguments for a full fine-tuning of SST-2 with W&B offline (batch 4)."""
-    workdir, cfg, settings, _ = tiny
-    settings = json.loads(json.dumps(settings))
-    settings["training"].update({"max_steps": 6, "save_steps": 2, "eval_steps": 3, "logging_steps": 1,
-                                 "max_micro_batch": 4, **training})
-    settings["representations"]["snapshot_steps"] = snapshot_steps
-    return dict(
-        run={"task": TASK, "method": "full", "lr": "1e-3", "batch_size": 4, "seed": 1},
-        task_def=CATALOG[TASK], settings=settings, model_cfg=cfg["model"], lora_cfg=cfg["lora"],
-        wandb_cfg={"mode": "offline", "project": "ftdrift-test", "entity": None},
-        data_dir=workdir / "prepared" / TASK, work_dir=out / "work",
-        outputs=RunOutputs(metrics=out / "metrics.json", train_log=out / "train_log.csv",
-                           predictions=out / "predictions.json", representations=out / "reps.zarr",
-                           model=out / "model"),
-        threads=1)
+    workdir, cfg, settings, _ = world
+    kwargs = run_kwargs((workdir, cfg, {TASK: settings}), out, task=TASK, **{
+        "max_steps": 6, "save_steps": 2, "eval_steps": 3, "logging_steps": 1, "max_micro_batch": 4, **training})
+    kwargs["settings"]["representations"]["snapshot_steps"] = snapshot_steps
+    kwargs["wandb_cfg"] = {"mode": "offline", "project": "ftdrift-test", "entity": None}
+    return kwargs
 
 
-def live_drift(tiny, out: Path) -> LiveDrift:
+def live_drift(world, out: Path) -> LiveDrift:
     """LiveDrift on the job's snapshot store, as the recipe adds it after its SnapshotCallback."""
-    _, cfg, _, base = tiny
+    _, cfg, _, base = world
     return LiveDrift(base, out / "work" / "representations.zarr", families.family(cfg["model"]["family"]).poolings)
 
 
@@ -185,19 +170,19 @@ def assert_each_step_once(history: list[dict], out: Path, max_steps: int, eval_s
 
 
 # -- tests
-def test_a_resumed_job_continues_its_run_and_sends_each_step_once(tiny, tmp_path, offline, monkeypatch):
+def test_a_resumed_job_continues_its_run_and_sends_each_step_once(world, tmp_path, offline, monkeypatch):
     """A job killed at step 6 (checkpoint at step 4) and run again in a new process (fresh W&B
     state and environment): one run id across both processes (the work folder's), its name, and
     each step's loss and evaluation sent once over the two processes (step 5, redone, not again)."""
     out = tmp_path / "job"
     with pytest.raises(KeyboardInterrupt):
-        finetune(**job(tiny, out), callbacks=(KilledAt(step=6),))
+        finetune(**job(world, out), callbacks=(KilledAt(step=6),))
     wandb.finish()  # the process ends; the next one starts without its W&B environment
     time.sleep(1)  # a restart takes seconds: W&B names the offline run's folder by the second it starts
     for key in WANDB_ENV:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    result = finetune(**job(tiny, out))
+    result = finetune(**job(world, out))
     wandb.finish()
     assert result["meta"]["resumed_from"].endswith("checkpoint-4")
     runs = offline_runs(out / "work")
@@ -208,12 +193,12 @@ def test_a_resumed_job_continues_its_run_and_sends_each_step_once(tiny, tmp_path
     assert_each_step_once(runs[0]["history"] + runs[1]["history"], out, max_steps=6, eval_steps=3)
 
 
-def test_an_out_of_memory_retry_sends_each_step_once(tiny, tmp_path, offline):
+def test_an_out_of_memory_retry_sends_each_step_once(world, tmp_path, offline):
     """An OOM at step 4 with the checkpoint at step 2: the retry in the same process redoes step 3
     (its loss and its evaluation) in the same run; W&B gets each step once, and each snapshot's
     live drift once (step 2 is not sent again, step 4 follows once)."""
     out = tmp_path / "job"
-    result = finetune(**job(tiny, out), callbacks=(OutOfMemoryAt(step=4), live_drift(tiny, out)))
+    result = finetune(**job(world, out), callbacks=(OutOfMemoryAt(step=4), live_drift(world, out)))
     wandb.finish()
     assert result["meta"]["attempts"] == 2 and result["meta"]["resumed_from"].endswith("checkpoint-2")
     (run,) = offline_runs(out / "work")
@@ -222,12 +207,12 @@ def test_an_out_of_memory_retry_sends_each_step_once(tiny, tmp_path, offline):
     assert drift_steps == [0, 2, 4, 6] == result["meta"]["snapshot_steps"]
 
 
-def test_live_drift_equals_the_drift_analysis(tiny, tmp_path, offline):
+def test_live_drift_equals_the_drift_analysis(world, tmp_path, offline):
     """The per-layer linear CKA against the base model sent at each snapshot, and its mean over
     layers, are drift.csv's values (ftdrift.analysis.drift.drift_table) for the same two stores."""
-    _, _, _, base = tiny
+    _, _, _, base = world
     out = tmp_path / "job"
-    result = finetune(**job(tiny, out, snapshot_steps=3), callbacks=(live_drift(tiny, out),))
+    result = finetune(**job(world, out, snapshot_steps=3), callbacks=(live_drift(world, out),))
     wandb.finish()
     (run,) = offline_runs(out / "work")
     table = drift_table(base, out / "reps.zarr", result["meta"]["run"], ["linear_cka"])
