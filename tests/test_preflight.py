@@ -225,6 +225,20 @@ def test_unreachable_hub_is_skipped_not_a_problem(tmp_path, env, make_config):
     assert report.ok and any("no network" in s and GATED in s for s in report.skipped), report.message()
 
 
+def test_the_bucket_check_probes_the_storage_emulator_when_one_is_set(tmp_path, env, make_config):
+    """With STORAGE_EMULATOR_HOST set, the bucket lives there: an emulator that is down is named,
+    whether or not the public GCS host is reachable."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**env, "GOOGLE_CLOUD_PROJECT": "p", "GOOGLE_CLOUD_REGION": "us-central1", "FTDRIFT_GCS_BUCKET": "gs://b/",
+           "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "1"}
+    report = preflight.check(make_config(GOOD), "gcp-gpu", offline=False, env=env)
+    assert any(f"cannot reach 127.0.0.1:{port}" in s and "gs://b" in s for s in report.skipped), report.message()
+
+
 def fake_sinfo(tmp_path: Path, env: dict) -> dict:
     """A `sinfo` on PATH that knows a CPU partition (the default) and a GPU partition, as
     `sinfo --format='%P %G'` prints them (one line per node group)."""

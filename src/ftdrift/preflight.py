@@ -371,7 +371,8 @@ def _check_bucket(report, net, bucket, prefix, project):
     except ImportError:
         report.skipped.append(f"bucket gs://{bucket}: google-cloud-storage not installed, not checked")
         return
-    down = net.down(GCS_HOST)
+    # google-cloud-storage talks to the emulator instead when STORAGE_EMULATOR_HOST is set: probe that
+    down = net.down(net.env.get("STORAGE_EMULATOR_HOST") or GCS_HOST)
     if down:
         report.skipped.append(f"no network ({down}): bucket gs://{bucket} not checked")
         return
