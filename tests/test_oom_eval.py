@@ -30,13 +30,12 @@ import zarr
 from test_train import CATALOG, run_kwargs, tiny  # noqa: F401 - the module fixture
 from transformers import DataCollatorWithPadding, TrainerState, TrainingArguments
 
-from ftdrift.core import metrics
+from ftdrift.core import memory, metrics
 from ftdrift.core.store import SnapshotStore
 from ftdrift.data.features import encode_classification, encode_probe
 from ftdrift.modeling import lora, models
 from ftdrift.representations.extract import extract, make_batches
 from ftdrift.representations.snapshots import SnapshotCallback
-from ftdrift.core import memory
 from ftdrift.training import oom
 from ftdrift.training.predict import predict_split, predictor
 from ftdrift.training.recipe import build_model, finetune

@@ -85,11 +85,12 @@ def _qa_windows(records: list[dict], tokenizer, max_length: int, stride: int, ma
         return_overflowing_tokens=True,
         return_offsets_mapping=True,
     )
+    sequence_ids = [encoded.sequence_ids(w) for w in range(len(encoded["input_ids"]))]
+    if not null_at_end:
+        return QAWindows(dict(encoded), sequence_ids, [0] * len(sequence_ids))
+    # copies of the windows' lists, which the end-of-sequence token is appended to
     columns = {k: [list(v) for v in values] if k != "overflow_to_sample_mapping" else list(values)
                for k, values in encoded.items()}
-    sequence_ids = [encoded.sequence_ids(w) for w in range(len(columns["input_ids"]))]
-    if not null_at_end:
-        return QAWindows(columns, sequence_ids, [0] * len(sequence_ids))
     if tokenizer.eos_token_id is None:
         raise ValueError(f"{type(tokenizer).__name__} has no end-of-sequence token to read a decoder's "
                          "no-answer score at")

@@ -31,9 +31,9 @@ def check_step0(base_path, store: SnapshotStore, model_name: str, tolerance: flo
     """Compare the store's step-0 snapshot with the base store `base_path`, layer by layer.
 
     Every pooling of the base store, every layer (layer 0 = embeddings): |1 - linear CKA| must not
-    exceed `tolerance` (default: TOLERANCE of the stores' precision). Raises BaseModelMismatch naming the model, the first differing layer (by
-    name) and pooling, and its CKA; ValueError when the two were taken on different probe sets or precisions or
-    the store holds no step-0 snapshot.
+    exceed `tolerance` (default: TOLERANCE of the stores' precision). Raises BaseModelMismatch
+    naming the model, the first differing layer (by name) and pooling, and its CKA; ValueError when
+    the two were taken on different probe sets or precisions, or the store holds no step-0 snapshot.
     """
     base, base_attrs = read_base(base_path)
     attrs, steps = store.attrs, store.steps()

@@ -9,8 +9,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
-from ftdrift.core.precision import autocast
 from ftdrift.core.memory import BatchSplitter
+from ftdrift.core.precision import autocast
 
 POOLINGS = ("mean", "last")
 
@@ -48,8 +48,9 @@ def extract(model, batches: list[tuple[dict, list[int]]], poolings: tuple[str, .
     precision, for base models and snapshots alike); pooling is done in float32, as `pool` does it.
     A batch that runs out of memory is split in halves by `splitter` (ftdrift.core.memory; pass
     one to keep its reduced size across calls, as the snapshot callback does); the results do not
-    depend on the split (to float rounding, see ftdrift.core.memory). Raises ValueError for an unknown pooling (before any forward pass), and
-    ftdrift.core.memory.EvalOutOfMemoryError when a single example does not fit.
+    depend on the split (to float rounding, see ftdrift.core.memory). Raises ValueError for an
+    unknown pooling (before any forward pass), and ftdrift.core.memory.EvalOutOfMemoryError when a
+    single example does not fit.
     """
     for p in poolings:
         if p not in POOLINGS:

@@ -6,9 +6,9 @@ import time
 
 from transformers import TrainerCallback
 
+from ftdrift.core.memory import BatchSplitter
 from ftdrift.core.store import SnapshotStore
 from ftdrift.representations.extract import extract
-from ftdrift.core.memory import BatchSplitter
 
 
 class SnapshotCallback(TrainerCallback):

@@ -15,8 +15,8 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ftdrift.core import loss
-from ftdrift.training.monitor import TrainingMonitor
 from ftdrift.core.memory import BatchSplitter, batch_rows, concat_rows
+from ftdrift.training.monitor import TrainingMonitor
 from ftdrift.training.timing import StageClock
 
 log = logging.getLogger("ftdrift.training.trainer")
