@@ -13,16 +13,55 @@ from pathlib import Path
 import pandas as pd
 
 from ftdrift.core.drift_metrics import metric_info
-from ftdrift.study.grid import METHODS, RUN_KEYS, SETTING_KEYS, USABLE_STATUSES, format_float
+from ftdrift.study.grid import RUN_KEYS, SETTING_KEYS, USABLE_STATUSES, format_float
 
-METHOD_NAME = {"full": "full fine-tuning", "lora": "LoRA"}
 STATUS_NAME = {"completed": "completed", "stopped_early": "stopped early", "diverged": "diverged", "failed": "failed",
                "missing": "missing (failed or not run)"}
 NOT_COMPLETED = ("stopped_early", "diverged", "failed", "missing")
 
 
+class _Methods:
+    """The study's methods as the report shows them: the config's order with the reference method
+    first, and each one's description (ftdrift.study.methods.Method.describe). Set once per report
+    process by `configure_methods`; before that, methods sort by name and are labelled by name."""
+
+    order: list[str] = []
+    labels: dict[str, str] = {}
+    reference: str | None = None
+
+
+def configure_methods(config: dict) -> None:
+    """Take the method order, labels and reference from a resolved config (ftdrift.study.methods)."""
+    from ftdrift.study import methods
+
+    found = methods.from_config(config)
+    _Methods.reference = methods.reference(config)
+    _Methods.order = [_Methods.reference] + [m for m in found if m != _Methods.reference]
+    _Methods.labels = {name: m.describe() for name, m in found.items()}
+
+
+def method_order(present=None) -> list[str]:
+    """The configured methods in report order; with `present` (an iterable of names) only those,
+    unknown names last in sorted order."""
+    if present is None:
+        return list(_Methods.order)
+    present = set(present)
+    return [m for m in _Methods.order if m in present] + sorted(present - set(_Methods.order))
+
+
+def reference_method() -> str | None:
+    return _Methods.reference
+
+
 def method_name(method: str) -> str:
-    return METHOD_NAME.get(method, method)
+    """The method's name as configured (user-chosen, the tables' `method` column)."""
+    return method
+
+
+def method_label(method: str) -> str:
+    """'name (description)', e.g. 'lora (LORA r=8 (qv))', for legends and captions."""
+    label = _Methods.labels.get(method)
+    return f"{method} ({label})" if label and label != method else method
 
 
 def lr_text(value) -> str:
@@ -145,7 +184,8 @@ def sort_key(col: pd.Series):
     if col.name == "lr":
         return col.map(lambda v: float(v) if _is_float(v) else math.inf)
     if col.name == "method":
-        return col.map(lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
+        order = method_order(set(col))
+        return col.map(order.index)
     return col
 
 

@@ -1,7 +1,7 @@
 """How every figure looks, and how it is written: colours, matplotlib defaults, markers, legends.
 
 Conventions
-  * colours: Okabe-Ito for categories (full fine-tuning = vermillion, LoRA = blue),
+  * colours: Okabe-Ito for categories (the reference method = vermillion, the others in order),
     cividis for heatmaps, always one colour scale per figure;
   * a run's status is always visible: filled marker / solid line = completed,
     hollow marker / dashed line = stopped early, grey cross = failed or missing.
@@ -23,13 +23,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from ftdrift.core import io  # noqa: E402
-from ftdrift.report.frames import STATUS_NAME, method_name  # noqa: E402
+from ftdrift.report.frames import STATUS_NAME, method_label, method_order, reference_method  # noqa: E402
 
 OKABE_ITO = {
     "black": "#000000", "orange": "#E69F00", "sky_blue": "#56B4E9", "bluish_green": "#009E73",
     "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "reddish_purple": "#CC79A7",
 }
-METHOD_COLOR = {"full": OKABE_ITO["vermillion"], "lora": OKABE_ITO["blue"]}
+# the reference method is vermillion; the others take these in the report's method order
+METHOD_CYCLE = [OKABE_ITO[k] for k in ("blue", "bluish_green", "orange", "reddish_purple", "sky_blue", "black",
+                                      "yellow")]
 # for series that are not methods (batch sizes, metrics, modules): no vermillion/blue clash
 CYCLE = [OKABE_ITO[k] for k in ("orange", "sky_blue", "bluish_green", "reddish_purple", "black", "yellow")]
 HEATMAP_CMAP = "cividis"
@@ -45,6 +47,16 @@ plt.rcParams.update({
     "svg.hashsalt": "ftdrift", "svg.fonttype": "none", "figure.dpi": 100,
     "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica"],
 })
+
+
+def method_color(method: str) -> str:
+    """The method's colour: vermillion for the reference method, then METHOD_CYCLE in the report's
+    method order (ftdrift.report.frames.configure_methods)."""
+    if method == reference_method():
+        return OKABE_ITO["vermillion"]
+    others = [m for m in method_order() if m != reference_method()]
+    index = others.index(method) if method in others else len(others) + sum(map(ord, method))
+    return METHOD_CYCLE[index % len(METHOD_CYCLE)]
 
 
 def save(fig, path) -> None:
@@ -91,7 +103,7 @@ def panel_grid(n: int, ncols: int, width: float, height: float, **kw):
 
 def marker_kw(method: str, status: str, size: float = 6) -> dict:
     """plot() keywords of one run's marker: the method's colour, filled / hollow / grey cross by status."""
-    color = METHOD_COLOR.get(method, OKABE_ITO["black"])
+    color = method_color(method)
     if status == "completed":
         return dict(marker="o", ms=size, mfc=color, mec=color, color=color, ls="none")
     if status == "stopped_early":
@@ -114,7 +126,7 @@ def status_legend_handles(statuses: Iterable[str], method: str = "full") -> list
 
 
 def method_handles(methods: Iterable[str]) -> list:
-    return [Line2D([], [], color=METHOD_COLOR.get(m, "k"), lw=2.5, label=method_name(m)) for m in methods]
+    return [Line2D([], [], color=method_color(m), lw=2.5, label=method_label(m)) for m in methods]
 
 
 def layer_ticks(ax, layers: Sequence[int], names: Mapping[int, str], axis: str = "x", max_ticks: int = 14):

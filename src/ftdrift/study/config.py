@@ -205,8 +205,12 @@ def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
 
     Raises ConfigError naming the key.
     """
+    from ftdrift.study import methods  # it names ConfigError from here
+
     config = copy.deepcopy(dict(config))
+    methods_given = "methods" in config
     validate(config, load_schema("schema.yaml"), "config")
+    methods.resolve(config, methods_given)
     base = Path(base_dir) if base_dir else PACKAGE_ROOT
     catalog_path = Path(config["task_catalog"])
     if not catalog_path.is_absolute():

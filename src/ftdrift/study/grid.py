@@ -1,7 +1,7 @@
 """The run grid and its names: one place for what identifies a run.
 
 A run is a point (task, method, learning rate, effective batch size, seed) of the grid in the
-config. Its name and path (RUN_PATTERN) are what every rule, table and report page uses; the
+config; the methods are the config's `methods`, in its order (ftdrift.study.methods). Its name and path (RUN_PATTERN) are what every rule, table and report page uses; the
 learning rate is written in one canonical form (format_float), so a path names one run only.
 """
 
@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ftdrift.study.config import INTEGER_LITERAL, NUMBER_LITERAL, ConfigError, task_kind
 
-METHODS = ("full", "lora")
 RUN_KEYS = ["task", "method", "lr", "batch_size", "seed"]  # a run's identity: the columns of every table
 SETTING_KEYS = ["task", "method", "lr", "batch_size"]  # a hyperparameter setting: a run without its seed
 RUN_NAME = "lr{lr}_bs{batch_size}_seed{seed}"
@@ -79,7 +78,7 @@ def grid(config: dict) -> list[Run]:
     runs = []
     for task in config["tasks"]:
         kind = task_kind(config["task_defs"][task])
-        for method in METHODS:
+        for method in config["methods"]:
             for lr in config["grid"]["learning_rates"][method][kind]:
                 for batch_size in config["grid"]["batch_sizes"]:
                     for seed in task_seeds(config, task):
@@ -113,7 +112,7 @@ def check_run(config: dict, runs: list[Run], wildcards) -> None:
     points = [run for run in runs if (run.task, run.method) == (w["task"], w["method"])]
     if not points:
         raise ConfigError(f"target {target}: task '{w['task']}' with method '{w['method']}' is not in the grid "
-                          f"(tasks: {config['tasks']}, methods: {list(METHODS)})")
+                          f"(tasks: {config['tasks']}, methods: {list(config['methods'])})")
     kind = task_kind(config["task_defs"][w["task"]])
     for field, prefix, key, canonical in (
             ("lr", "lr", f"grid.learning_rates.{w['method']}.{kind}", _canonical_lr),
