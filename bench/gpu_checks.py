@@ -152,7 +152,7 @@ def _rel(a, b) -> float:
 
 def merge_check(device, tiny: bool) -> dict:
     """LoRA merge in bf16 vs fp32 on a random LlamaForSequenceClassification wrapped by ftdrift's
-    own `ftdrift.modeling.lora.wrap` (the study's adapter placement, r=8, alpha=16, q/v), with B
+    own `ftdrift.modeling.methods.adapt` (the seed study's adapter: LoRA r=8, alpha=16, q/v), with B
     drawn at random (as after training; at B = 0 a merge is trivially exact).
 
     Figures: logits [batch, labels] of the same inputs from (a) the fp32 adapter model, (b) its merged
@@ -161,7 +161,8 @@ def merge_check(device, tiny: bool) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from ftdrift.modeling import lora
+    from ftdrift.modeling import methods
+    from ftdrift.study.methods import Method
 
     torch.manual_seed(0)
     shape = (dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
@@ -172,7 +173,8 @@ def merge_check(device, tiny: bool) -> dict:
     config = LlamaConfig(**shape, num_labels=2, pad_token_id=0, max_position_embeddings=1024)
     with torch.device(device):
         base = LlamaForSequenceClassification(config).float().eval()
-    model = lora.wrap(base, {"r": 8, "alpha": 16, "dropout": 0.0}, ["q_proj", "v_proj"]).eval()
+    seed_lora = Method("lora", {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "qv"})
+    model = methods.adapt(base, seed_lora)[0].eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:  # as after training: updates of ~1e-2 relative to the frozen weights

@@ -68,6 +68,36 @@ rule aggregate:
         task_defs=CONFIG["task_defs"],
         analysis=CONFIG["analysis"],
         planned=PLANNED_RUNS,
+        # names only (the verdicts' order): a method's spec reaches its own jobs, not this one
+        methods=list(CONFIG["methods"]),
         code_version=CODE_VERSIONS["aggregate"],
     script:
         "../workflow/scripts/aggregate.py"
+
+
+# The method axis (ftdrift.analysis.method_comparison): each method's closeness to the reference
+# method by layer, and per task x method its cost (trainable parameters), validation metric, drift
+# and forgetting, with the closeness rank and the Pareto front.
+rule compare_methods:
+    input:
+        best="results/tables/best.csv",
+        runs="results/tables/runs.csv",
+        forgetting="results/tables/forgetting.csv",
+        pairs=expand(ftpairs.METHOD_PAIR, task=CONFIG["tasks"], method=COMPARED_METHODS),
+    output:
+        methods="results/tables/methods.csv",
+        closeness="results/tables/method_closeness.csv",
+    log:
+        "results/logs/compare_methods.log",
+    conda:
+        "../envs/ftdrift.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        methods=list(CONFIG["methods"]),
+        reference=REFERENCE_METHOD,
+        analysis={key: CONFIG["analysis"][key] for key in ("h2_metric", "h2_pooling")},
+        code_version=CODE_VERSIONS["aggregate"],
+    script:
+        "../workflow/scripts/compare_methods.py"

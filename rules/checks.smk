@@ -1,5 +1,5 @@
 # Checkpoint validation of one run: its saved model/, reloaded in a fresh process (full model;
-# base + adapter; merged adapter), must reproduce predictions.json and metrics.json.
+# base + adapter; merged adapter; any method), must reproduce predictions.json and metrics.json.
 rule validate_checkpoint:
     input:
         model=f"results/runs/{RUN_PATTERN}/model",
@@ -19,6 +19,7 @@ rule validate_checkpoint:
         gpu=lambda wc: ftresources.light_gpu_job(CONFIG)["gpu"],
     params:
         model=CONFIG["model"],
+        method=method_params,
         task_def=task_def,
         data=lambda wc: settings(wc, "data"),
         code_version=CODE_VERSIONS["validate_checkpoint"],

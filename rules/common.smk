@@ -11,6 +11,7 @@ from ftdrift.modeling import checkpoint as ftcheckpoint
 from ftdrift.study import config as ftconfig
 from ftdrift.study import families as ftfamilies
 from ftdrift.study import grid as ftgrid
+from ftdrift.study import methods as ftmethods
 from ftdrift.study import resources as ftresources
 from ftdrift.study.versions import CODE_VERSIONS
 
@@ -31,7 +32,7 @@ RUN_PATTERN = ftgrid.RUN_PATTERN
 
 wildcard_constraints:
     task="|".join(CONFIG["tasks"]),
-    method="full|lora",
+    method="|".join(CONFIG["methods"]),
     # loose on purpose: any spelling reaches ftgrid.check_run, which names the grid's values
     lr=r"[^/_]+",
     batch_size=r"[^/_]+",
@@ -63,9 +64,9 @@ def run_params(wildcards):
     }
 
 
-def lora_params(wildcards):
-    # only LoRA jobs see LoRA settings, so changing the rank re-runs only them
-    return CONFIG["lora"] if wildcards.method == "lora" else None
+def method_params(wildcards):
+    # a job sees only its own method's spec: changing one method re-runs only its jobs
+    return CONFIG["methods"][wildcards.method]
 
 
 def run_data(wildcards):
@@ -103,8 +104,11 @@ def all_targets():
 # --- cross-run comparisons (rules/pairs.smk) ---
 # one CSV per setting of the analysed grid with >= 2 seeds (rule aggregate reads them)
 SEED_FLOOR_PATHS = ftpairs.seed_floor_paths(ANALYSED_RUNS)
-# both full-vs-LoRA CSVs of every task (the report reads them)
-METHOD_SIMILARITY_PATHS = ftpairs.method_similarity_paths(CONFIG["tasks"])
+REFERENCE_METHOD = CONFIG["analysis"]["reference_method"]
+# every method but the reference, each compared with it (ftdrift.study.methods.compared)
+COMPARED_METHODS = [method for method in CONFIG["methods"] if method != REFERENCE_METHOD]
+# both similarity CSVs of every task x compared method (rule compare_methods and the report read them)
+METHOD_SIMILARITY_PATHS = ftpairs.method_similarity_paths(CONFIG["tasks"], COMPARED_METHODS)
 
 
 def seed_floor_seeds(wildcards):
@@ -120,9 +124,10 @@ def seed_floor_inputs(wildcards):
     }
 
 
-def task_runs(wildcards):
-    """The task's analysed runs, in one order for the stores (input) and their identities (params)."""
-    return [run for run in ANALYSED_RUNS if run.task == wildcards.task]
+def method_pair_runs(wildcards):
+    """The analysed runs of one comparison (the task's reference and compared-method runs), in one
+    order for the stores (input) and their identities (params); refuses the reference itself."""
+    return ftpairs.pair_runs(ANALYSED_RUNS, wildcards.task, wildcards.method, REFERENCE_METHOD)
 
 
 # --- forgetting (rules/forgetting.smk) ---

@@ -1,5 +1,5 @@
-# Deployment benchmark: what serving every task costs as N fully fine-tuned models against one
-# base model with N LoRA adapters (latency, throughput, adapter switching and mixed batches,
+# Deployment benchmark: what serving every task costs as N fully fine-tuned models (the full
+# method's) against one base model with N adapters (deployment.method; null: the first adapter method) (latency, throughput, adapter switching and mixed batches,
 # resident memory), for each task's chosen setting. The job chooses it from the runs' dev metrics
 # as aggregate does (so new statistics do not re-run it); which run is served depends on those
 # metrics, so every run's model is an input. Logic: ftdrift.analysis.deployment.
@@ -30,6 +30,9 @@ rule deployment:
         task_defs={task: CONFIG["task_defs"][task] for task in CONFIG["tasks"]},
         data={task: ftconfig.task_settings(CONFIG, task)["data"] for task in CONFIG["tasks"]},
         deployment=CONFIG["deployment"],
+        # the served methods are chosen among these (ftdrift.analysis.deployment.served_methods)
+        methods=CONFIG["methods"],
+        reference=CONFIG["analysis"]["reference_method"],
         # forward passes run in the runs' training precision ('auto' resolves on the job's machine)
         precision={task: ftconfig.task_settings(CONFIG, task)["training"]["precision"] for task in CONFIG["tasks"]},
         code_version=CODE_VERSIONS["deployment"],

@@ -28,7 +28,7 @@ rule finetune:
         task_def=task_def,
         settings=lambda wc: {s: settings(wc, s) for s in ("data", "training", "representations")},
         model=CONFIG["model"],
-        lora=lora_params,
+        method=method_params,
         work_dir=lambda wc: f"results/work/{RUN_PATTERN.format(**wc)}",
         code_version=CODE_VERSIONS["finetune"],
     script:

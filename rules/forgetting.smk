@@ -26,6 +26,7 @@ rule forgetting:
     params:
         run=run_params,
         model=CONFIG["model"],
+        method=method_params,
         task_def=task_def,
         # per other task, in the order of the input lists: what its base store was extracted with
         others=lambda wc: {

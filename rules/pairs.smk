@@ -1,6 +1,6 @@
 # Similarity between two fine-tuning runs (ftdrift.analysis.pairs): the seed floor (runs of one
-# setting that differ only in their seed) and full fine-tuning vs LoRA (the chosen settings of a
-# task, same seed). Both read the runs' snapshot stores; the metrics are drift.metrics.
+# setting that differ only in their seed) and each method vs the reference method
+# (analysis.reference_method; the chosen settings of a task, same seed). Both read the runs' snapshot stores; the metrics are drift.metrics.
 rule seed_floor:
     input:
         unpack(seed_floor_inputs),
@@ -27,20 +27,21 @@ rule method_similarity:
     input:
         # the chosen settings' usable runs: rewritten only when a run's metrics change, not with every table
         chosen="results/tables/chosen.csv",
-        stores=lambda wc: [f"results/runs/{run.path}/representations.zarr" for run in task_runs(wc)],
-        metrics=lambda wc: [f"results/runs/{run.path}/metrics.json" for run in task_runs(wc)],
+        stores=lambda wc: [f"results/runs/{run.path}/representations.zarr" for run in method_pair_runs(wc)],
+        metrics=lambda wc: [f"results/runs/{run.path}/metrics.json" for run in method_pair_runs(wc)],
     output:
-        pairs=ftpairs.FULL_VS_LORA,
-        layers=ftpairs.FULL_VS_LORA_LAYERS,
+        pairs=ftpairs.METHOD_PAIR,
+        layers=ftpairs.METHOD_PAIR_LAYERS,
     log:
-        "results/logs/method_similarity/{task}.log",
+        "results/logs/method_similarity/{task}/{method}.log",
     conda:
         "../envs/ftdrift.yaml"
     resources:
         mem_mb=8000,
         runtime=30,
     params:
-        runs=lambda wc: [run.wildcards for run in task_runs(wc)],
+        runs=lambda wc: [run.wildcards for run in method_pair_runs(wc)],
+        reference=REFERENCE_METHOD,
         metrics=CONFIG["drift"]["metrics"],
         bootstrap_resamples=CONFIG["drift"]["bootstrap_resamples"],
         code_version=CODE_VERSIONS["method_similarity"],

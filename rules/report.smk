@@ -3,7 +3,7 @@
 # CSV files flagged with report(); each rule's script calls one function of src/ftdrift/report/
 # (report_overview -> ftdrift.report.overview.write_overview, ...).
 #
-# Categories (left menu): Overview, Performance, Drift, Full vs LoRA, Forgetting, Weight space, Training,
+# Categories (left menu): Overview, Performance, Drift, Methods, Forgetting, Weight space, Training,
 # Deployment. Every entry has
 # labels (the columns a reader picks from: task, method, seed, metric, pooling, ...) and a
 # caption in report/*.rst.
@@ -19,6 +19,8 @@ report: "../report/workflow.rst"
 REPORT_DIR = "results/report"
 TABLES = "results/tables"
 QA_TASKS = [t for t in CONFIG["tasks"] if CONFIG["task_defs"][t]["type"] == "extractive_qa"]
+# what every report job needs of the methods (order, labels, colours: ftdrift.report.frames.configure_methods)
+METHODS_SLICE = {"methods": CONFIG["methods"], "analysis": {"reference_method": REFERENCE_METHOD}}
 
 
 rule report_overview:
@@ -48,10 +50,11 @@ rule report_overview:
         runtime=10,
     params:
         study={
-            **{key: CONFIG[key] for key in ("model", "tasks", "task_defs", "grid", "lora", "analysis")},
+            **{key: CONFIG[key] for key in ("model", "tasks", "task_defs", "grid", "methods", "analysis")},
             "task_seeds": {task: ftgrid.task_seeds(CONFIG, task) for task in CONFIG["tasks"]},
         },
         planned=PLANNED_RUNS,
+        methods=METHODS_SLICE,
         code_version=CODE_VERSIONS["report"],
     script:
         "../workflow/scripts/report_overview.py"
@@ -135,6 +138,7 @@ rule report_performance:
         qa_tasks=QA_TASKS,
         confidence=CONFIG["analysis"]["confidence"],
         drift_metric=CONFIG["analysis"]["h2_metric"],  # the drift of best.csv
+        methods=METHODS_SLICE,
         code_version=CODE_VERSIONS["report"],
     script:
         "../workflow/scripts/report_performance.py"
@@ -194,6 +198,7 @@ rule report_drift:
         mem_mb=4000,
         runtime=20,
     params:
+        methods=METHODS_SLICE,
         code_version=CODE_VERSIONS["report"],
     script:
         "../workflow/scripts/report_drift.py"
@@ -252,12 +257,46 @@ rule report_weights:
         runtime=10,
     params:
         tasks=CONFIG["tasks"],
-        lora_rank=CONFIG["lora"]["r"],
         # delta_energy names the energy rank; intruder_epsilon marks the headline ε in the sweep
         weights=CONFIG["weights"],
+        methods=METHODS_SLICE,
         code_version=CODE_VERSIONS["report"],
     script:
         "../workflow/scripts/report_weights.py"
+
+
+# Do intruder dimensions matter? Validation metric and forgetting as each adapter run's intruder
+# directions are scaled by λ (rule intruder_intervention).
+rule report_intruder_intervention:
+    input:
+        intervention=f"{TABLES}/intruder_intervention.csv",
+    output:
+        figure=report(
+            f"{REPORT_DIR}/weights/intruder_intervention.svg",
+            category="Weight space",
+            subcategory="Intruder dimensions",
+            labels={"figure": "intervention: accuracy and forgetting vs λ"},
+            caption="../report/weights_intruder_intervention.rst",
+        ),
+        table=report(
+            f"{REPORT_DIR}/weights/intruder_intervention.csv",
+            category="Weight space",
+            subcategory="Tables",
+            labels={"table": "intruder intervention (CSV)"},
+            caption="../report/weights_intruder_intervention.rst",
+        ),
+    log:
+        "results/logs/report/intruder_intervention.log",
+    conda:
+        "../envs/ftdrift.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        methods=METHODS_SLICE,
+        code_version=CODE_VERSIONS["report"],
+    script:
+        "../workflow/scripts/report_intruder_intervention.py"
 
 
 rule report_training:
@@ -300,6 +339,7 @@ rule report_training:
     params:
         planned=lambda wc: [run.wildcards for run in ANALYSED_RUNS if run.task == wc.task],
         main_metric=lambda wc: CONFIG["task_defs"][wc.task]["main_metric"],
+        methods=METHODS_SLICE,
         code_version=CODE_VERSIONS["report"],
     script:
         "../workflow/scripts/report_training.py"
@@ -340,6 +380,7 @@ rule report_deployment:
         mem_mb=2000,
         runtime=10,
     params:
+        methods=METHODS_SLICE,
         code_version=CODE_VERSIONS["report"],
     script:
         "../workflow/scripts/report_deployment.py"
@@ -347,40 +388,42 @@ rule report_deployment:
 
 rule report_similarity:
     input:
-        full_vs_lora="results/similarity/{task}/full_vs_lora.csv",
-        layers="results/similarity/{task}/full_vs_lora_layers.csv",
+        pairs=ftpairs.METHOD_PAIR,
+        layers=ftpairs.METHOD_PAIR_LAYERS,
         best=f"{TABLES}/best.csv",
         runs=f"{TABLES}/runs.csv",
     output:
         over_training=report(
-            f"{REPORT_DIR}/similarity/{{task}}/over_training.svg",
-            category="Full vs LoRA",
+            f"{REPORT_DIR}/similarity/{{task}}/{{method}}/over_training.svg",
+            category="Methods",
             subcategory="Same layer over training",
-            labels={"task": "{task}"},
+            labels={"task": "{task}", "method": "{method}"},
             caption="../report/similarity_over_training.rst",
         ),
         layers=report(
-            f"{REPORT_DIR}/similarity/{{task}}/layers.svg",
-            category="Full vs LoRA",
+            f"{REPORT_DIR}/similarity/{{task}}/{{method}}/layers.svg",
+            category="Methods",
             subcategory="Layer × layer (final models)",
-            labels={"task": "{task}"},
+            labels={"task": "{task}", "method": "{method}"},
             caption="../report/similarity_layers.rst",
         ),
         table=report(
-            f"{REPORT_DIR}/similarity/{{task}}/final_by_layer.csv",
-            category="Full vs LoRA",
-            subcategory="Tables",
-            labels={"task": "{task}", "table": "final full vs LoRA similarity by layer (CSV)"},
+            f"{REPORT_DIR}/similarity/{{task}}/{{method}}/final_by_layer.csv",
+            category="Methods",
+            subcategory="Similarity to the reference by layer",
+            labels={"task": "{task}", "method": "{method}", "table": "final, by layer (CSV)"},
             caption="../report/similarity_table.rst",
         ),
     log:
-        "results/logs/report/similarity/{task}.log",
+        "results/logs/report/similarity/{task}/{method}.log",
     conda:
         "../envs/ftdrift.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
     params:
+        reference=REFERENCE_METHOD,
+        methods=METHODS_SLICE,
         code_version=CODE_VERSIONS["report"],
     script:
         "../workflow/scripts/report_similarity.py"
@@ -431,9 +474,50 @@ rule report_forgetting:
     params:
         metric=CONFIG["analysis"]["h2_metric"],
         pooling=CONFIG["analysis"]["h2_pooling"],
+        methods=METHODS_SLICE,
         code_version=CODE_VERSIONS["report"],
     script:
         "../workflow/scripts/report_forgetting.py"
+
+
+rule report_methods:
+    input:
+        methods=f"{TABLES}/methods.csv",
+        closeness=f"{TABLES}/method_closeness.csv",
+    output:
+        ranking=report(
+            f"{REPORT_DIR}/methods/ranking.svg",
+            category="Methods",
+            subcategory="Closeness to the reference",
+            labels={"figure": "ranking vs trainable parameters"},
+            caption="../report/methods_ranking.rst",
+        ),
+        pareto=report(
+            f"{REPORT_DIR}/methods/pareto.svg",
+            category="Methods",
+            subcategory="Pareto view",
+            labels={"figure": "validation metric vs cost, drift, forgetting"},
+            caption="../report/methods_pareto.rst",
+        ),
+        table=report(
+            f"{REPORT_DIR}/methods/methods.html",
+            category="Methods",
+            subcategory="Tables",
+            labels={"table": "methods and closeness by layer (view)"},
+            caption="../report/methods.rst",
+        ),
+    log:
+        "results/logs/report/methods.log",
+    conda:
+        "../envs/ftdrift.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        methods=METHODS_SLICE,
+        code_version=CODE_VERSIONS["report"],
+    script:
+        "../workflow/scripts/report_methods.py"
 
 
 # Everything `rule all` must build for the report: one output of every report job.
@@ -444,8 +528,12 @@ REPORT_TARGETS = (
         f"{REPORT_DIR}/weights/weights_by_layer.csv",
         f"{REPORT_DIR}/deployment/tables.html",
         f"{REPORT_DIR}/forgetting/forgetting.html",
+        f"{REPORT_DIR}/methods/methods.html",
+        f"{REPORT_DIR}/weights/intruder_intervention.svg",
     ]
     + expand(f"{REPORT_DIR}/drift/{{task}}/final_drift_by_layer.csv", task=CONFIG["tasks"])
-    + expand(f"{REPORT_DIR}/similarity/{{task}}/final_by_layer.csv", task=CONFIG["tasks"])
+    + expand(
+        f"{REPORT_DIR}/similarity/{{task}}/{{method}}/final_by_layer.csv", task=CONFIG["tasks"], method=COMPARED_METHODS
+    )
     + expand(f"{REPORT_DIR}/training/{{task}}/all_runs.svg", task=CONFIG["tasks"])
 )

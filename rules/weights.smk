@@ -1,7 +1,8 @@
-# Weight-space analysis of one run: spectra of the update ΔW of every LoRA-targeted matrix
-# (both methods), the rank holding weights.delta_energy of ||ΔW||_F^2, intruder dimensions at the
-# headline (top-k, ε) and over the sweep weights.intruder_ks x weights.intruder_epsilons, and
-# parameter counts. SVDs in float64 on the CPU.
+# Weight-space analysis of one run, for any method: spectra of the update ΔW = W_merged −
+# W_pretrained of every matrix the method changed (full: every block linear; an adapter: the
+# modules it adapts, merged in float64), the rank holding weights.delta_energy of ||ΔW||_F^2,
+# intruder dimensions at the headline (top-k, ε) and over the sweep weights.intruder_ks x
+# weights.intruder_epsilons, and parameter counts. SVDs in float64 on the CPU.
 rule weight_analysis:
     input:
         model=f"results/runs/{RUN_PATTERN}/model",
@@ -16,17 +17,14 @@ rule weight_analysis:
         "../envs/ftdrift.yaml"
     threads: CONFIG["resources"]["analysis_threads"]
     resources:
-        # full: the fine-tuned model plus the base's adapted matrices; LoRA: the base model plus
-        # the adapter; float32 throughout
+        # the base model's block weights plus the fine-tuned model (an adapter: merged in float64)
         mem_mb=lambda wc: ftresources.light_gpu_job(CONFIG)["mem_mb"],
         runtime=120,
     params:
         run=run_params,
         model=CONFIG["model"],
         task_def=task_def,
-        lora=lora_params,
-        # full fine-tuning is analysed on the matrices LoRA adapts (null: the family's default)
-        target_modules=CONFIG["lora"]["target_modules"],
+        method=method_params,
         weights=CONFIG["weights"],
         code_version=CODE_VERSIONS["weight_analysis"],
     script:

@@ -8,6 +8,7 @@ import pytest
 from test_train import run_kwargs, tiny  # noqa: F401 - tiny: the fixture, used by name
 
 from ftdrift.analysis.checkpoints import MERGE_TOLERANCE, validate_run
+from ftdrift.analysis.tuned import method_of
 from ftdrift.core import io
 from ftdrift.training.recipe import finetune
 
@@ -31,7 +32,7 @@ def validate(out, kwargs, predictions=None, metrics=None):
     return validate_run(model_dir=out / "model", metrics_path=metrics or out / "metrics.json",
                         predictions_path=predictions or out / "predictions.json",
                         validation_path=workdir / "validation.jsonl", model_cfg=kwargs["model_cfg"],
-                        task_def=kwargs["task_def"], method=kwargs["run"]["method"],
+                        task_def=kwargs["task_def"], method=method_of(kwargs["run"]["method"], kwargs["method_spec"]),
                         data_settings=kwargs["settings"]["data"])
 
 

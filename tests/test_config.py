@@ -133,10 +133,49 @@ def test_non_finite_numbers_are_refused_naming_the_key(section, key, value):
 
 def test_one_number_one_form():
     """1 and 1.0 (or 8.0 for an integer key) resolve to the same value, so they plan the same jobs."""
-    a = resolve(config_with(training={"max_grad_norm": 1, "max_steps": 8.0}, lora={"alpha": 8}))
-    b = resolve(config_with(training={"max_grad_norm": 1.0, "max_steps": 8}, lora={"alpha": 8.0}))
-    assert a["training"] == b["training"] and a["lora"] == b["lora"]
-    assert type(a["training"]["max_steps"]) is int and type(a["lora"]["alpha"]) is float
+    a = resolve(config_with(training={"max_grad_norm": 1, "max_steps": 8.0}, lora={"alpha": 8, "r": 4.0}))
+    b = resolve(config_with(training={"max_grad_norm": 1.0, "max_steps": 8}, lora={"alpha": 8.0, "r": 4}))
+    assert a["training"] == b["training"] and a["methods"] == b["methods"]
+    assert type(a["training"]["max_steps"]) is int
+    # peft's annotations: r and lora_alpha are int, lora_dropout float
+    assert type(a["methods"]["lora"]["peft"]["r"]) is int and type(b["methods"]["lora"]["peft"]["lora_alpha"]) is int
+
+
+METHODS = {"full": {}, "lora": {"peft": {"peft_type": "lora", "r": 4, "lora_alpha": 8, "target_modules": "qv"}},
+           "dora_r2": {"peft": {"peft_type": "LORA", "r": 2, "use_dora": True, "target_modules": "qv"}}}
+RATES = {name: {"classification": [1e-3], "extractive_qa": [1e-3]} for name in METHODS}
+
+
+def test_methods_are_named_by_the_config_and_checked_against_peft():
+    """Methods by name (any number of them): the grid plans each; peft_type canonical; a typo in
+    peft's keywords, a method without rates, rates or a reference for no method: refused by name."""
+    config = resolve(config_with(methods=METHODS, grid={**BASE["grid"], "learning_rates": RATES}))
+    assert list(config["methods"]) == ["full", "lora", "dora_r2"]
+    assert config["methods"]["lora"]["peft"]["peft_type"] == "LORA" and config["methods"]["full"] == {}
+    assert {run.method for run in grid(config)} == set(METHODS)
+    bad = {**METHODS, "dora_r2": {"peft": {"peft_type": "LORA", "use_dorra": True}}}
+    assert "config key 'methods.dora_r2.peft': unknown key 'use_dorra' for peft_type LORA" in error_of(
+        config_with(methods=bad, grid={**BASE["grid"], "learning_rates": RATES}))
+    rates = {k: v for k, v in RATES.items() if k != "dora_r2"}
+    assert "config key 'grid.learning_rates.dora_r2': method 'dora_r2' needs learning rates" in error_of(
+        config_with(methods=METHODS, grid={**BASE["grid"], "learning_rates": rates}))
+    assert "config key 'grid.learning_rates.ia3': no such method" in error_of(config_with(
+        methods=METHODS, grid={**BASE["grid"], "learning_rates": {**RATES, "ia3": RATES["full"]}}))
+    assert "config key 'analysis.reference_method': 'lora_r64' is not a configured method" in error_of(config_with(
+        methods=METHODS, grid={**BASE["grid"], "learning_rates": RATES}, analysis={"reference_method": "lora_r64"}))
+    assert "config key 'methods.LoRA'" in error_of(config_with(
+        methods={"full": {}, "LoRA": {}}, grid={**BASE["grid"], "learning_rates": {"full": RATES["full"],
+                                                                                  "LoRA": RATES["full"]}}))
+
+
+def test_the_legacy_lora_key_configures_method_lora():
+    """Configs written before `methods` keep working: `lora: {r, alpha, dropout, target_modules}`
+    sets methods.lora's peft keywords; together with `methods` it is refused."""
+    config = resolve(config_with(lora={"r": 16, "alpha": 32, "target_modules": ["query"]}))
+    assert config["methods"]["lora"]["peft"] == {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+                                                 "target_modules": ["query"]}
+    assert "lora" not in config and list(config["methods"]) == ["full", "lora"]
+    assert "config keys 'lora' and 'methods'" in error_of(config_with(lora={"r": 16}, methods=METHODS))
 
 
 def test_learning_rates_naming_the_same_run_are_refused():

@@ -16,13 +16,14 @@ from safetensors import safe_open
 from ftdrift.analysis.deployment import chosen_runs
 from ftdrift.analysis.deployment_cases import MIN_OP_SAMPLES
 from ftdrift.analysis.deployment_measure import RUN_TIME_CAP
+from ftdrift.analysis.tuned import method_of
 from ftdrift.core import io
 from ftdrift.data.features import encode_probe
 from ftdrift.data.tasks import prepare_task
-from ftdrift.modeling import lora, models
+from ftdrift.modeling import methods, models
 from ftdrift.representations.extract import make_batches
 from ftdrift.study import config as ftconfig
-from ftdrift.study import families, grid
+from ftdrift.study import grid
 
 BATCH_SIZES = [1, 4]
 MIN_RUN_TIME = 0.01  # short measurements: the test checks the tables, not the numbers
@@ -41,13 +42,16 @@ def _save_run(cfg: dict, run: grid.Run, tokenizer, out) -> None:
     torch.manual_seed(hash((run.task, run.method)) % 2**31)
     model = models.load_model(cfg["model"], kind, len(task_def["labels"]) if kind == "classification" else None,
                               tokenizer)
-    if run.method == "lora":
-        model = lora.wrap(model, cfg["lora"], families.family(cfg["model"]["family"]).lora_target_modules)
+    method = method_of(run.method, cfg["methods"][run.method])
+    if method.is_full:
+        model.save_pretrained(out / "model")
+    else:
+        model, _ = methods.adapt(model, method)
         with torch.no_grad():  # a trained adapter: B ≠ 0, so merging changes the weights
             for name, param in model.named_parameters():
                 if "lora_B" in name:
                     param.normal_(0, 0.5)
-    model.save_pretrained(out / "model")
+        methods.save_adapter(model, method, out / "model")
     main = task_def["main_metric"]
     io.write_json(out / "metrics.json", {"task": run.task, "main_metric": main, "dev": {main: 0.5},
                                          "validation": {main: 0.5},
@@ -213,3 +217,17 @@ def test_report_section(deployed):
     for figure in ("latency.svg", "multi_task.svg"):
         svg = (out / figure).read_text()
         assert svg.startswith("<?xml") and "batch size" in svg
+
+
+def test_served_methods_are_the_full_reference_and_the_configured_adapter():
+    from ftdrift.analysis.deployment import served_methods
+
+    config = {"full": {}, "lora": {"peft": {"peft_type": "LORA"}}, "ia3": {"peft": {"peft_type": "IA3"}}}
+    assert (served_methods(config, "full", None).full, served_methods(config, "full", None).adapter) == ("full", "lora")
+    assert served_methods(config, "full", "ia3").variants() == ("full", "ia3_unmerged", "ia3_merged")
+    # a reference that is itself an adapter: the whole models are the first method that trains every weight
+    assert served_methods({"lora": config["lora"], "ft": {}}, "lora", None).full == "ft"
+    with pytest.raises(ValueError, match="deployment.method"):
+        served_methods(config, "full", "full")
+    with pytest.raises(ValueError, match="needs a method that trains every weight"):
+        served_methods({"lora": config["lora"]}, "lora", None)

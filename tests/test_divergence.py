@@ -20,6 +20,7 @@ from test_train import comparable, run_kwargs, tiny  # noqa: F401 - tiny: the fi
 from transformers import TrainerCallback, TrainerControl
 
 from ftdrift.analysis.checkpoints import validate_run
+from ftdrift.study.methods import Method
 from ftdrift.training.monitor import TrainingMonitor, first_logged_loss, loss_divergence
 from ftdrift.training.recipe import finetune
 
@@ -129,7 +130,7 @@ def test_diverged_qa_run_with_non_finite_weights_downstream_is_valid(tiny, tmp_p
     check = validate_run(model_dir=tmp_path / "model", metrics_path=tmp_path / "metrics.json",
                          predictions_path=tmp_path / "predictions.json",
                          validation_path=kwargs["data_dir"] / "validation.jsonl", model_cfg=kwargs["model_cfg"],
-                         task_def=kwargs["task_def"], method="full", data_settings=kwargs["settings"]["data"])
+                         task_def=kwargs["task_def"], method=Method("full"), data_settings=kwargs["settings"]["data"])
     assert check["passed"], check["checks"]
 
 

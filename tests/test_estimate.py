@@ -6,6 +6,7 @@ per parameter), not by calling the estimate's own helpers a second time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -17,7 +18,9 @@ from helpers import REPO
 
 from ftdrift.estimate import costs, dag, hardware, plan, tokens
 from ftdrift.estimate.__main__ import main
+from ftdrift.study import resources
 from ftdrift.study.config import resolve
+from ftdrift.study.methods import Method
 
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
 PEAK, FP32_PEAK, MFU = 100.0, 10.0, 0.5  # TFLOP/s of the made-up GPU
@@ -64,7 +67,8 @@ def tiny(tmp_path_factory):
         "grid": {"seeds": [1], "batch_sizes": [4], "learning_rates": {
             "full": {"classification": [1e-3], "extractive_qa": [1e-3]},
             "lora": {"classification": [5e-3], "extractive_qa": [5e-3]}}},
-        "lora": {"r": 4, "alpha": 8},
+        "methods": {"full": {},
+                    "lora": {"peft": {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": "qv"}}},
         "data": {"dev_size": 8, "probe_size": 8, "max_length": {"classification": 64}},
         "training": {"epochs": 1, "max_steps": 6, "eval_steps": 3, "save_steps": 3, "max_micro_batch": 2},
         "representations": {"snapshot_steps": 2, "batch_size": 8, "dtype": "float16"},
@@ -122,11 +126,13 @@ def test_tiny_config_matches_hand_calculation(tiny, monkeypatch):
     snapshot_bytes = 8 * (2 + 1) * 16 * 2 * 2  # probe x (blocks + embeddings) x hidden x 2 poolings x float16
     write = WRITE_MIB_S * 2**20
     expected = {}
-    for method, flops, trainable in (
-            ("full", 6, total + 16 * 2 + 2),  # + the new head: hidden x 2 labels + bias
-            ("lora", 4, 2 * 2 * 4 * (16 + 16) + 16 * 2 + 2)):  # blocks x (q, v) x r x (d_in + d_out) + head
+    for method, trainable in (
+            ("full", total + 16 * 2 + 2),  # + the new head: hidden x 2 labels + bias
+            ("lora", 2 * 2 * 4 * (16 + 16) + 16 * 2 + 2)):  # blocks x (q, v) x r x (d_in + d_out) + head
+        # full: 6N; an adapter: 2N forward + 2N backward through the activations + 6 x its trainable parameters
+        flops = 6 * n if method == "full" else 4 * n + 6 * trainable
         checkpoint = trainable * 12  # fp32 weights + two AdamW moments
-        seconds = (train_tokens * flops * n / rate + dev_eval + final + snapshot
+        seconds = (train_tokens * flops / rate + dev_eval + final + snapshot
                    + (saves * checkpoint + trainable * 4 + snapshots * snapshot_bytes * 2) / write  # + model
                    + evals * trainable * 4 / write  # best weights, at every evaluation (upper bound)
                    + OVERHEAD_MIN * 60)
@@ -136,7 +142,7 @@ def test_tiny_config_matches_hand_calculation(tiny, monkeypatch):
         assert (run.steps, run.examples, run.padded_tokens, run.real_tokens) == (6, 24, train_tokens, train_tokens)
         assert run.seconds == pytest.approx(seconds, rel=1e-9)
         assert run.disk_bytes == pytest.approx(expected[method][1], rel=1e-9)
-        assert run.dev_eval_s / run.train_s == pytest.approx(dev_eval / (train_tokens * flops * n / rate), rel=1e-9)
+        assert run.dev_eval_s / run.train_s == pytest.approx(dev_eval / (train_tokens * flops / rate), rel=1e-9)
         assert run.snapshot_fp32_s == pytest.approx(snapshot * PEAK / FP32_PEAK, rel=1e-9)
     finetune = next(r for r in est.rules if r.rule == "finetune")
     hours = (expected["full"][0] + expected["lora"][0]) / 3600
@@ -165,6 +171,8 @@ def test_sst2_study_split_reproduces_issue_figures():
     settings = {"training": {"eval_steps": 100, "save_steps": 500, "save_total_limit": 2},
                 "representations": {"snapshot_steps": 100, "dtype": "float16"}}
     shape = costs.ModelShape(1.35e9, 2048, 24, "study")
+    dims = resources.ModelDims("llama", 2048, 5504, 24, 2048)
+    full = resources.method_cost(Method("full"), dims, 1.35e9, 1.35e9, "classification", 0)
     length = 20
     figures = {}
     for batch in (16, 8):
@@ -172,7 +180,7 @@ def test_sst2_study_split_reproduces_issue_figures():
         run = costs.finetune_run(
             run=type("R", (), dict(task="sst2", method="full", lr="1e-5", batch_size=batch, seed=42)),
             train=train_tokens, dev=(6_735 * length, 1), dev_alt=(1000 * length, 1), final=(0, 0),
-            probe=(872 * length, 1), probe_size=872, settings=settings, shape=shape, trainable=int(1.35e9),
+            probe=(872 * length, 1), probe_size=872, settings=settings, shape=shape, cost=full,
             poolings=2, throughput=throughput, write_mib_per_s=1e9, overhead_s=0)
         # by hand: micro-batch 8; steps per epoch = ceil(ceil(60,614 / 8) / (batch / 8)); 3 epochs
         steps = 3 * math.ceil(math.ceil(60_614 / 8) / (batch // 8))
@@ -223,20 +231,29 @@ def test_bandwidth_floor_and_measured_throughput(tmp_path):
     replaces peak x MFU with its measured tokens/s."""
     device = hardware.Device("a100", 312, 19.5, 0.4, "test", hbm_gb_s=1555)
     n = 1.35e9
+    dims = resources.ModelDims("llama", 2048, 5504, 24, 2048)
+    full = resources.method_cost(Method("full"), dims, n, n, "classification", 0)
     throughput = costs.Throughput(device, n, "bf16")
     bandwidth = 1555e9 * 0.8
     # 10 passes of 8 tokens: 8 x 10 x 6N / (312e12 x 0.4) = 5 ms < 10 x 22 B x N / bandwidth = 0.24 s
-    assert throughput.seconds(80, "full", passes=10) == pytest.approx(10 * 22 * n / bandwidth)
+    assert throughput.training_seconds(80, full, passes=10) == pytest.approx(10 * 22 * n / bandwidth)
     # many tokens per pass: the FLOPs decide
-    assert throughput.seconds(1e6, "full", passes=1) == pytest.approx(1e6 * 6 * n / (312e12 * 0.4))
+    assert throughput.training_seconds(1e6, full, passes=1) == pytest.approx(1e6 * 6 * n / (312e12 * 0.4))
     result = {"device": "NVIDIA H200", "runs": [
         {"method": "full", "precision": "amp", "seq": 512, "tokens_per_s": 40_000.0, "mfu": 0.45},
         {"method": "lora", "precision": "amp", "seq": 512, "tokens_per_s": 60_000.0}]}
     (tmp_path / "gpu.json").write_text(json.dumps(result))
     device.measured = hardware.read_benchmark(tmp_path / "gpu.json")
-    assert throughput.seconds(4e6, "full") == pytest.approx(100.0)
-    assert throughput.seconds(6e6, "lora") == pytest.approx(100.0)
-    assert throughput.seconds(12e6, "forward") == pytest.approx(100.0)  # a forward pass = a third of a full step
+    # the benchmarked adapter is the default config's lora (r 8, q/v); one twice its FLOPs per token takes twice as long
+    bench = Method("lora", {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
+                            "target_modules": "qv"})
+    bench_cost = resources.method_cost(bench, dims, n, n, "classification", 0)
+    throughput.measured_flops = {"full": 6 * n, "adapter": bench_cost.flops_per_token}
+    assert throughput.training_seconds(4e6, full) == pytest.approx(100.0)
+    assert throughput.training_seconds(6e6, bench_cost) == pytest.approx(100.0)
+    heavier = dataclasses.replace(bench_cost, flops_per_token=2 * bench_cost.flops_per_token)
+    assert throughput.training_seconds(3e6, heavier) == pytest.approx(100.0)
+    assert throughput.forward_seconds(12e6) == pytest.approx(100.0)  # a forward pass = a third of a full step
     (tmp_path / "skipped.json").write_text(json.dumps({"skipped": "no CUDA device"}))
     with pytest.raises(hardware.EstimateError, match="no CUDA device"):
         hardware.read_benchmark(tmp_path / "skipped.json")
@@ -282,3 +299,141 @@ def test_command_line_on_the_tiny_config(tiny, capsys):
             if line.strip() and not line.startswith("-")}
     assert jobs["finetune"] == "2"  # 1 task x 2 methods x 1 learning rate x 1 batch size x 1 seed
     assert jobs["total"] == str(sum(int(v) for k, v in jobs.items() if k != "total"))
+
+
+# --------------------------------------------------------------------------- the methods' cost model
+
+LLAMA = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2}
+BERT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+LORA = {"peft_type": "LORA", "r": 4, "lora_alpha": 8}
+METHOD_CASES = [
+    ("llama", "classification", {**LORA, "target_modules": "qv"}),
+    ("llama", "classification", {**LORA, "target_modules": "attention"}),
+    ("llama", "extractive_qa", {**LORA, "target_modules": "mlp"}),
+    ("llama", "classification", {**LORA, "r": 8, "use_rslora": True, "target_modules": "all-linear"}),
+    ("llama", "classification", {**LORA, "use_dora": True, "target_modules": "qv"}),
+    ("llama", "classification", {**LORA, "init_lora_weights": "pissa", "target_modules": "all-linear"}),
+    ("llama", "classification", {**LORA, "target_modules": ["q_proj", "down_proj"]}),
+    ("llama", "classification", {**LORA, "target_modules": "all-linear", "layers_to_transform": [1],
+                                 "rank_pattern": {"down_proj": 2}}),
+    ("llama", "classification", {"peft_type": "IA3"}),
+    ("llama", "classification", {"peft_type": "IA3", "target_modules": "all-linear"}),
+    ("bert", "classification", {**LORA, "target_modules": "all-linear"}),  # BERT's pooler too
+    ("bert", "extractive_qa", {**LORA, "target_modules": "all-linear"}),  # the QA model has no pooler
+    ("bert", "classification", {**LORA, "r": 2, "use_dora": True, "target_modules": "mlp"}),
+    ("bert", "classification", {"peft_type": "IA3"}),
+]
+
+
+def tiny_task_model(family: str, kind: str):
+    """A tiny randomly initialised task model of `family`, built offline from a config alone."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+    )
+
+    config = AutoConfig.for_model(family, vocab_size=64, max_position_embeddings=64, pad_token_id=0,
+                                  **(LLAMA if family == "llama" else BERT))
+    torch.manual_seed(0)
+    cls = AutoModelForSequenceClassification if kind == "classification" else AutoModelForQuestionAnswering
+    return cls.from_config(config)
+
+
+def head_size(model) -> int:
+    """Parameters of the task head, counted by its module names (the task classes' own)."""
+    heads = ("score", "classifier", "qa_outputs")
+    return sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in heads)
+
+
+def dims_for(family: str) -> resources.ModelDims:
+    shape = LLAMA if family == "llama" else BERT
+    kv = shape["hidden_size"] * shape.get("num_key_value_heads", shape["num_attention_heads"]) // \
+        shape["num_attention_heads"]
+    return resources.ModelDims(family, shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"], kv)
+
+
+@pytest.mark.parametrize("family,kind,spec", METHOD_CASES, ids=lambda v: v if isinstance(v, str) else None)
+def test_adapter_parameters_match_peft(family, kind, spec):
+    """The count from the shape alone equals what peft really trains (adapt's trainable_params minus the head)."""
+    from ftdrift.modeling.methods import adapt
+
+    model = tiny_task_model(family, kind)
+    head = head_size(model)
+    method = Method("m", spec)
+    _, info = adapt(model, method)
+    assert resources.adapter_params(method, dims_for(family), kind) == info["trainable_params"] - head
+    assert resources.adapter_params(Method("full"), dims_for(family), kind) == 0
+
+
+def matmul_flops(model, batch) -> int:
+    """FLOPs of the matrix products of one training step (forward + backward), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        model(**batch).logits.float().sum().backward()
+    return counter.get_total_flops()
+
+
+def test_adapter_and_dora_flops_against_torchs_count():
+    """Counted by torch's FlopCounterMode on a tiny Llama (matrix products only): full fine-tuning
+    costs 2 x the block weights per token more than an adapter, less the adapter's own 6P (the
+    head trains in both); DoRA (lora_dropout > 0) adds the base output again (4 x the adapted
+    weights per token) and B·A through the identity per pass (2 r d_in (d_in + d_out)); its norm
+    is no matrix product and is not counted here."""
+    import torch
+
+    from ftdrift.modeling.methods import adapt
+
+    batch, seq = 2, 8
+    tokens = batch * seq
+    inputs = {"input_ids": torch.randint(1, 64, (batch, seq)),
+              "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
+    lora = {**LORA, "lora_dropout": 0.1, "target_modules": "qv"}
+    counted, costs_ = {}, {}
+    dims = dims_for("llama")
+    for name, spec in (("full", None), ("lora", lora), ("dora", {**lora, "use_dora": True})):
+        model = tiny_task_model("llama", "classification")
+        head = head_size(model)
+        peft_model, _ = adapt(model, Method(name, spec))
+        counted[name] = matmul_flops(peft_model, inputs)
+        costs_[name] = resources.method_cost(Method(name, spec), dims, 1e6, 1e6, "classification", head)
+    h, kv, i, layers = 32, 16, 48, 2
+    block_weights = layers * (h * h + h * kv + h * kv + h * h + 3 * h * i)
+    adapter = costs_["lora"].adapter
+    assert adapter == layers * 4 * ((h + h) + (h + kv))  # q: 32 -> 32, v: 32 -> 16 at r 4
+    assert counted["full"] - counted["lora"] == tokens * (2 * block_weights - 6 * adapter)
+    adapted = layers * (h * h + h * kv)
+    identity = layers * 2 * 4 * (h * (h + h) + h * (h + kv))
+    assert counted["dora"] - counted["lora"] == tokens * 4 * adapted + identity
+    # the cost model: the same terms (and the norm's 3 d_in d_out per pass, not a matrix product)
+    dora = costs_["dora"]
+    assert dora.adapter == adapter + layers * (h + kv)  # + the magnitude vectors
+    assert dora.flops_per_token - costs_["lora"].flops_per_token == 4 * adapted + 6 * layers * (h + kv)
+    assert dora.flops_per_pass == identity + 3 * adapted
+
+
+def test_study_methods_config_resolves_and_ranks_costs():
+    """config/study-methods.yaml: the seed's tasks and seeds, six methods, each with its grid; the
+    cost model orders them as their specs say (Sheared-LLaMA-1.3B's shape, by hand for r 64 all-linear)."""
+    from ftdrift.study import grid, methods
+
+    config = resolve(yaml.safe_load((REPO / "config" / "study-methods.yaml").read_text()))
+    seed = resolve(yaml.safe_load((REPO / "config" / "study.yaml").read_text()))
+    assert config["tasks"] == seed["tasks"] and config["grid"]["seeds"] == seed["grid"]["seeds"]
+    found = methods.from_config(config)
+    assert list(found) == ["full", "lora", "lora_all_r64", "rslora_all_r256", "dora_r8", "pissa_all_r64"]
+    assert found["lora"].peft == methods.from_config(seed)["lora"].peft  # the seed's LoRA
+    assert len(grid.grid(config)) == 4 * 6 * 2 * 2 * 3  # tasks x methods x 2 rates x batch sizes x seeds
+    dims = resources.ModelDims("llama", 2048, 5504, 24, 2048)  # Sheared-LLaMA-1.3B's config.json
+    assert resources.dims_of(config) == dims
+    count = {name: resources.adapter_params(m, dims, "classification") for name, m in found.items()}
+    assert count["lora_all_r64"] == 24 * 64 * (4 * (2048 + 2048) + 3 * (2048 + 5504))
+    assert count["rslora_all_r256"] == 4 * count["lora_all_r64"] == 4 * count["pissa_all_r64"]
+    assert count["dora_r8"] == count["lora"] + 24 * 2 * 2048 and count["full"] == 0
+    gpu = {name: resources.finetune_job(config, "squad_v2", name, 16)["gpu_mem_gb"] for name in found}
+    assert max(gpu, key=gpu.get) == "full" and min(gpu, key=gpu.get) == "lora"
+    assert gpu["full"] <= 40  # the A100 40GB of the gcp-gpu profile

@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import make_tiny_workdir
@@ -19,14 +20,16 @@ from ftdrift.analysis import lm_loss
 from ftdrift.core import io
 from ftdrift.core.store import read_base
 from ftdrift.data.tasks import prepare_task
-from ftdrift.modeling import lora, models
+from ftdrift.modeling import methods, models
 from ftdrift.representations.base import base_representations
 from ftdrift.study import config as ftconfig
-from ftdrift.study.families import FAMILIES
 from ftdrift.study.grid import RUN_KEYS
+from ftdrift.study.methods import Method
 
 TASKS = ("sst2", "rte", "squad_v2")  # runs fine-tune sst2; rte (classification) and squad_v2 (QA) are the others
 RUN = {"task": "sst2", "method": "full", "lr": "1e-3", "batch_size": 4, "seed": 1}
+METHODS = {"full": Method("full"), "perturbed": Method("perturbed"),
+           "lora": Method("lora", {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": "qv"})}
 FORGETTING = {"text_file": None, "max_tokens": 300, "window": 23, "batch_size": 3}
 DRIFT = {"metrics": ["linear_cka", "debiased_cka", "cosine"], "bootstrap_resamples": 20}
 WORDS = ("the river bank holds quiet water while a small boat drifts past old stone houses and "
@@ -111,12 +114,15 @@ def world(tmp_path_factory):
         torch.manual_seed(0)
         model = models.load_model(cfg["model"], "classification", 2, tokenizer)
         if name == "lora":
-            model = lora.wrap(model, cfg["lora"], FAMILIES["llama"].lora_target_modules)
+            model, _ = methods.adapt(model, METHODS["lora"])
         if name == "perturbed":
             with torch.no_grad():
                 for p in model.model.parameters():
                     p.add_(0.05 * torch.randn_like(p))
-        model.save_pretrained(out / "model")
+        if name == "lora":
+            methods.save_adapter(model, METHODS["lora"], out / "model")
+        else:
+            model.save_pretrained(out / "model")
         io.write_json(out / "metrics.json", {"meta": {"precision": "fp32", "status": "completed"}})
         runs[name] = out
     text = root / "generic.txt"
@@ -132,7 +138,7 @@ def _run(world, name, tmp_path, text_file=None, method=None, others=None):
     method = method or ("lora" if name == "lora" else "full")
     out = tmp_path / f"{name}.json"
     cfg = world["cfg"]
-    return fg.run_forgetting(run={**RUN, "method": method}, method=method, model_dir=world["runs"][name] / "model",
+    return fg.run_forgetting(run={**RUN, "method": method}, method=METHODS[method], model_dir=world["runs"][name] / "model",
                              metrics_path=world["runs"][name] / "metrics.json", model_cfg=cfg["model"],
                              task_def=cfg["task_defs"]["sst2"], others=_others(world) if others is None else others,
                              drift_cfg=DRIFT, forgetting_cfg={**FORGETTING, "text_file": text_file},
@@ -173,7 +179,7 @@ def test_lm_loss_matches_transformers_labels_loss(world):
 
 def test_unchanged_backbone_gives_the_base_perplexity_and_a_perturbed_one_keeps_the_base_head(world):
     cfg, tokenizer = world["cfg"], models.load_tokenizer(world["cfg"]["model"])
-    unchanged = fg.backbone_of(fg.load_tuned_task_model(world["runs"]["full"] / "model", "full", cfg["model"],
+    unchanged = fg.backbone_of(fg.load_tuned_task_model(world["runs"]["full"] / "model", METHODS["full"], cfg["model"],
                                                          cfg["task_defs"]["sst2"], tokenizer))
     same = fg.lm_forgetting(model_cfg=cfg["model"], backbone=unchanged, text_file=world["text"],
                             forgetting_cfg=FORGETTING, precision="fp32")
@@ -181,7 +187,7 @@ def test_unchanged_backbone_gives_the_base_perplexity_and_a_perturbed_one_keeps_
     assert same["finetuned_loss"] == same["base_loss"] and same["finetuned_perplexity"] == same["base_perplexity"]
     assert same["base_perplexity"] == pytest.approx(math.exp(same["base_loss"]))
 
-    perturbed = fg.backbone_of(fg.load_tuned_task_model(world["runs"]["perturbed"] / "model", "full", cfg["model"],
+    perturbed = fg.backbone_of(fg.load_tuned_task_model(world["runs"]["perturbed"] / "model", METHODS["full"], cfg["model"],
                                                          cfg["task_defs"]["sst2"], tokenizer))
     moved = fg.lm_forgetting(model_cfg=cfg["model"], backbone=perturbed, text_file=world["text"],
                              forgetting_cfg=FORGETTING, precision="fp32")
@@ -339,7 +345,49 @@ def test_one_task_and_a_precision_mismatch(world, tmp_path):
     io.write_json(tmp_path / "bf16" / "metrics.json", {"meta": {"precision": "bf16", "status": "completed"}})
     world = {**world, "runs": {**world["runs"], "bf16": world["runs"]["full"]}}
     with pytest.raises(ValueError, match="trained in bf16 but .*rte.zarr was taken in fp32"):
-        fg.run_forgetting(run=RUN, method="full", model_dir=world["runs"]["full"] / "model",
+        fg.run_forgetting(run=RUN, method=METHODS["full"], model_dir=world["runs"]["full"] / "model",
                           metrics_path=tmp_path / "bf16" / "metrics.json", model_cfg=world["cfg"]["model"],
                           task_def=world["cfg"]["task_defs"]["sst2"], others=_others(world), drift_cfg=DRIFT,
                           forgetting_cfg=FORGETTING, text_file=None, out_path=tmp_path / "x.json")
+
+
+def test_intruder_intervention_at_lambda_one_is_the_trained_run(world, tmp_path):
+    """ftdrift.analysis.intruders on a trained-looking LoRA adapter (with intruders): every λ gets a
+    validation and a probe-transfer row; at λ = 1 the validation metric is the merged model's (predicted
+    here through the same path) and the probe transfer equals run_forgetting's. (The operation at other λ:
+    tests/test_weight_analysis.py.)"""
+    from ftdrift.analysis import intruders, tuned
+    from ftdrift.analysis.deployment_cases import Chosen
+
+    cfg, tokenizer = world["cfg"], models.load_tokenizer(world["cfg"]["model"])
+    task_def, method = cfg["task_defs"]["sst2"], METHODS["lora"]
+    torch.manual_seed(0)
+    model, _ = methods.adapt(models.load_model(cfg["model"], "classification", 2, tokenizer), method)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero: a large update, so that intruders appear
+                p.copy_(torch.randn_like(p) * 2.0)
+    run_dir = tmp_path / "run"
+    methods.save_adapter(model, method, run_dir / "model")
+    io.write_json(run_dir / "metrics.json", {"meta": {"precision": "fp32", "status": "completed"}})
+    records = io.read_jsonl(world["data"]["sst2"]["probe"].parent / "validation.jsonl")[:12]
+    others = {"rte": dict(world["data"]["rte"])}
+    forgetting = intruders.Forgetting(cfg["model"], tokenizer, others, None, None, "fp32")
+    chosen = Chosen("sst2", "lora", "1e-3", 4, 1, "sst2/lora/x", str(run_dir / "model"), None)
+    rows = pd.DataFrame(intruders.intervene_run(
+        chosen, method, model_cfg=cfg["model"], task_def=task_def, data=world["data"]["sst2"]["data"],
+        tokenizer=tokenizer, records=records, lambdas=[1.0, 0.0], top_k=10, epsilon=0.5, forgetting=forgetting,
+        batch_size=4, precision="fp32"), columns=intruders.COLUMNS)
+    assert list(rows.measure) == ["validation", "probe_transfer"] * 2 and (rows.n_intruders > 0).all()
+    merged = tuned.load_tuned(run_dir / "model", method, cfg["model"], task_def, tokenizer, merge=True)
+    expected = intruders.validation_metric(merged, tokenizer, records, task_def, world["data"]["sst2"]["data"],
+                                           cfg["model"], 4, "fp32")
+    at_one = rows[rows["lambda"] == 1.0].set_index("measure")
+    assert at_one.loc["validation", "value"] == pytest.approx(expected, abs=1e-12)
+    result = fg.run_forgetting(run={**RUN, "method": "lora"}, method=method, model_dir=run_dir / "model",
+                               metrics_path=run_dir / "metrics.json", model_cfg=cfg["model"], task_def=task_def,
+                               others=others, drift_cfg=DRIFT, forgetting_cfg=FORGETTING, text_file=None,
+                               out_path=tmp_path / "f.json")
+    transfer = result["probe_transfer"][0]
+    assert at_one.loc["probe_transfer", "value"] == pytest.approx(transfer["finetuned"], abs=1e-12)
+    assert at_one.loc["probe_transfer", "baseline"] == pytest.approx(transfer["base"], abs=1e-12)

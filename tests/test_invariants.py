@@ -2,8 +2,9 @@
 families (BERT-style with token types: the embedded all-MiniLM-L6-v2; Llama: a tiny random one)
 and both task kinds:
 
-* a LoRA model at initialisation (B = 0) *is* the base task model: same logits, same hidden states;
-* the adapter reloaded from disk is the trained one, and merging it changes nothing (to 1e-4);
+* for every adapter method (LoRA, rsLoRA, DoRA, PiSSA, IA3) the adapter saved as training saves it and
+  reloaded as the analyses load it is the trained one, and merging it changes nothing (to 1e-4);
+  (initialisation = base model and activation checkpointing per method: tests/test_methods.py)
 * padding and batch composition change neither the logits nor the loss;
 * the loss is the per-example cross-entropy averaged over the batch, as written out here.
 """
@@ -14,15 +15,24 @@ import torch
 from helpers import REPO, write_tiny_llama
 from peft import LoraConfig, TaskType, get_peft_model
 
+from ftdrift.analysis import tuned
 from ftdrift.core import loss
-from ftdrift.modeling import lora, models
-from ftdrift.study import families
+from ftdrift.modeling import methods, models
 from ftdrift.study.config import load_catalog
+from ftdrift.study.methods import Method
 from ftdrift.training import recipe as train
 
 CATALOG = load_catalog(REPO / "config" / "tasks.yaml")
 TASKS = {"classification": CATALOG["mrpc"], "extractive_qa": CATALOG["squad_v2"]}
-LORA = {"r": 4, "alpha": 8, "dropout": 0.05, "target_modules": None}
+# the methods of issue 21's invariants (initialisation = base model: tests/test_methods.py)
+PEFT = {
+    "lora": {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": "qv"},
+    "rslora": {"peft_type": "LORA", "r": 4, "lora_alpha": 4, "use_rslora": True, "target_modules": "all-linear"},
+    "dora": {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": True, "target_modules": "qv"},
+    "pissa": {"peft_type": "LORA", "r": 4, "lora_alpha": 4, "init_lora_weights": "pissa", "target_modules": "qv"},
+    "ia3": {"peft_type": "IA3"},
+}
+METHODS = {"full": Method("full"), **{name: Method(name, spec) for name, spec in PEFT.items()}}
 QUESTIONS = ["Who built the mill?", "When was the mill on the river built?", "What is it now?"]
 CONTEXTS = ["The mill on the river was built in 1820 by a local family.",
             "Built in 1820, the mill later became a small museum about the valley and its people.",
@@ -53,24 +63,6 @@ def max_diff(xs, ys):
     return max(float((x - y).abs().max()) for x, y in zip(xs, ys, strict=True))
 
 
-@pytest.mark.parametrize("kind", ["classification", "extractive_qa"])
-@pytest.mark.parametrize("family", ["bert", "llama"])
-def test_lora_at_initialisation_is_the_base_task_model(model_cfgs, family, kind):
-    cfg = model_cfgs[family]
-    batch = pair_batch(cfg)
-    if family == "bert":
-        assert batch["token_type_ids"].any()  # the second segment is marked: token types matter here
-    base, _, _ = train.build_model(cfg, TASKS[kind], "full", None, seed=7)
-    adapted, targets, _ = train.build_model(cfg, TASKS[kind], "lora", LORA, seed=7)
-    assert targets == list(families.family(family).lora_target_modules)
-    assert any("lora_B" in name for name, _ in adapted.named_parameters())
-    base_heads, base_hidden = outputs(base, batch)
-    lora_heads, lora_hidden = outputs(adapted, batch)
-    assert len(base_hidden) == len(lora_hidden) == base.config.num_hidden_layers + 1
-    assert max_diff(base_heads, lora_heads) <= 1e-6
-    assert max_diff(base_hidden, lora_hidden) <= 1e-6
-
-
 def test_the_guard_catches_a_wrapper_that_drops_token_types(model_cfgs):
     """peft 0.21.2's question-answering wrapper drops token_type_ids: the fault ftdrift had."""
     cfg = model_cfgs["bert"]
@@ -78,32 +70,42 @@ def test_the_guard_catches_a_wrapper_that_drops_token_types(model_cfgs):
     wrapped = get_peft_model(models.load_model(cfg, "extractive_qa", None, tokenizer),
                              LoraConfig(task_type=TaskType.QUESTION_ANS, r=4, lora_alpha=8, target_modules=["query"]))
     with pytest.raises(RuntimeError, match="changes the model's inputs: its start_logits differs"):
-        lora.check_passes_inputs(wrapped, pair_batch(cfg))
-    adapted, _, _ = train.build_model(cfg, TASKS["extractive_qa"], "lora", LORA, seed=0)
-    lora.check_passes_inputs(adapted, pair_batch(cfg))  # ftdrift's wrapper passes everything on
+        methods.check_passes_inputs(wrapped, pair_batch(cfg))
+    adapted, _ = train.build_model(cfg, TASKS["extractive_qa"], METHODS["lora"], seed=0)
+    methods.check_passes_inputs(adapted, pair_batch(cfg))  # ftdrift's wrapper passes everything on
 
 
-@pytest.mark.parametrize("kind", ["classification", "extractive_qa"])
-@pytest.mark.parametrize("family", ["bert", "llama"])
-def test_reloaded_and_merged_adapter_equal_the_trained_one(model_cfgs, family, kind, tmp_path):
-    cfg = model_cfgs[family]
+def trained_looking(model, seed: int = 0) -> None:
+    """Move every trainable parameter (adapter and head) by seeded noise, as training would."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
+            param.add_(torch.randn(param.shape, generator=generator) * 0.2)
+
+
+@pytest.mark.parametrize("family, kind, name", [("llama", "classification", m) for m in PEFT]
+                         + [("bert", "extractive_qa", "lora"), ("bert", "classification", "ia3")])
+def test_reloaded_and_merged_adapter_equal_the_trained_one(model_cfgs, family, kind, name, tmp_path):
+    """Saved as training saves it (methods.save_adapter), reloaded as every analysis loads it
+    (ftdrift.analysis.tuned.load_tuned onto a base with another random head): the trained model's
+    outputs exactly; merged (float32): to 1e-4, and a plain task model."""
+    cfg, method = model_cfgs[family], METHODS[name]
     batch = pair_batch(cfg)
-    adapted, _, _ = train.build_model(cfg, TASKS[kind], "lora", LORA, seed=3)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # a trained-looking adapter and head
-        for name, param in adapted.named_parameters():
-            if param.requires_grad:
-                param.add_(torch.randn(param.shape, generator=generator) * 0.2)
-    trained, _ = outputs(adapted, batch)
-    adapted.save_pretrained(tmp_path)
-    tokenizer = models.load_tokenizer(cfg)
+    adapted, _ = train.build_model(cfg, TASKS[kind], method, seed=3)
+    initial = methods.save_initial(adapted, method, tmp_path / "initial")
+    trained_looking(adapted)
+    trained, trained_hidden = outputs(adapted, batch)
+    methods.save_adapter(adapted, method, tmp_path / "adapter", initial=initial)
     torch.manual_seed(99)  # another random head in the base: the saved head must replace it
-    num_labels = 2 if kind == "classification" else None
-    reloaded = lora.load(models.load_model(cfg, kind, num_labels, tokenizer), tmp_path)
-    again, _ = outputs(reloaded, batch)
-    assert max_diff(trained, again) == 0.0
-    merged_model = reloaded.merge_and_unload()
-    assert type(merged_model).__name__.endswith("ForSequenceClassification" if num_labels else "ForQuestionAnswering")
+    reloaded = tuned.load_tuned(tmp_path / "adapter", method, cfg, TASKS[kind])
+    again, again_hidden = outputs(reloaded, batch)
+    # PiSSA is saved converted (W + B'A' on the original W, not W_res + BA): equal to float rounding
+    exact = 1e-5 if method.mutates_base else 0.0
+    assert max_diff(trained, again) <= exact and max_diff(trained_hidden, again_hidden) <= exact
+    merged_model = tuned.load_tuned(tmp_path / "adapter", method, cfg, TASKS[kind], merge=True)
+    assert type(merged_model).__name__.endswith("ForSequenceClassification" if kind == "classification"
+                                                 else "ForQuestionAnswering")
+    assert not any(n.endswith(("lora_A.default.weight", "ia3_l.default")) for n, _ in merged_model.named_parameters())
     merged, _ = outputs(merged_model, batch)
     assert max_diff(trained, merged) <= 1e-4
 
@@ -113,7 +115,7 @@ def test_padding_changes_neither_logits_nor_loss(model_cfgs, family):
     cfg = model_cfgs[family]
     tokenizer = models.load_tokenizer(cfg)
     for kind in ("classification", "extractive_qa"):
-        model, _, _ = train.build_model(cfg, TASKS[kind], "full", None, seed=1)
+        model, _ = train.build_model(cfg, TASKS[kind], METHODS["full"], seed=1)
         model.eval()
         padded = dict(tokenizer(QUESTIONS, CONTEXTS, padding=True, return_tensors="pt"))
         if kind == "classification":

@@ -3,7 +3,7 @@
     core             kernels: similarity, spectra, statistics, metrics, loss, precision, stores, I/O
     study            the study's definition: config, task catalog, families, grid and run names
     data             task files, splits, features, QA post-processing
-    modeling         tokenizers and task models by family, LoRA
+    modeling         tokenizers and task models by family, methods through peft
     representations  extraction, base stores, training snapshots
     training         the fine-tuning recipe, its monitor, work folder, prediction path
     analysis         drift, weight space, checkpoint validation, tables
@@ -13,6 +13,7 @@
 """
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ftdrift"
@@ -60,3 +61,24 @@ def test_no_import_runs_up_the_layers():
                 names = LAYERS + ["launch"]
                 upward.append(f"{module} ({names[own]}) imports {imported} ({names[theirs]})")
     assert not upward, "\n".join(upward)
+
+
+METHOD_MODULES = ("study/methods.py", "modeling/methods.py")  # the one place a method is defined
+
+
+def test_no_method_is_named_outside_the_method_modules():
+    """Methods are the config's (ftdrift.study.methods): no "full" / "lora" string in the package
+    or the rules outside the method modules, so a new method is config only."""
+    named = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).as_posix() in METHOD_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in ("full", "lora"):
+                named.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
+    rules = PACKAGE.parents[1] / "rules"
+    for path in sorted(rules.glob("*.smk")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"""["'](full|lora)["']""", line):
+                named.append(f"rules/{path.name}:{number} {line.strip()}")
+    assert not named, "\n".join(named)

@@ -16,7 +16,8 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
-from ftdrift.modeling import lora, methods, models, targets
+from ftdrift.modeling import methods, models, targets
+from ftdrift.study import methods as registry
 
 PEFT = {
     "lora": {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": "qv"},
@@ -26,7 +27,7 @@ PEFT = {
     "ia3": {"peft_type": "IA3"},  # peft's defaults by model type (k, v, down / output.dense)
     "ia3_all": {"peft_type": "IA3", "target_modules": "all-linear"},  # feedforward: the MLP ones
 }
-METHODS = methods.parse_methods({"full": {}, **{name: {"peft": kwargs} for name, kwargs in PEFT.items()}})
+METHODS = registry.parse_methods({"full": {}, **{name: {"peft": kwargs} for name, kwargs in PEFT.items()}})
 BERT = {"name_or_path": "embedded:all-MiniLM-L6-v2", "family": "bert"}
 # (model, kind, method): every method on the Llama classifier, LoRA and IA3 on QA and on BERT
 CASES = ([("llama", "classification", m) for m in PEFT] + [("llama", "extractive_qa", m) for m in ("lora", "ia3")]
@@ -153,7 +154,7 @@ def test_a_saved_adapter_reloads_onto_a_fresh_base_model(llama, tmp_path, which,
     perturb(model)
     methods.save_adapter(model, METHODS[name], tmp_path / "adapter", initial=initial)
     # another head seed: the trained head must come from the adapter folder
-    reloaded = lora.load(task_model(cfg, kind, seed=7), tmp_path / "adapter").eval()
+    reloaded = methods.load(task_model(cfg, kind, seed=7), tmp_path / "adapter").eval()
     assert max_diff(outputs(reloaded, inputs), outputs(model, inputs)) <= 1e-5
 
 
@@ -169,8 +170,8 @@ def test_pissa_saves_a_lora_adapter_for_the_original_base_weights(llama, tmp_pat
     perturb(model)
     methods.save_adapter(model, method, tmp_path / "adapter", initial=initial)
     fresh = task_model(llama, "classification", seed=7)
-    reloaded = lora.load(fresh, tmp_path / "adapter").eval()
-    config = reloaded.peft_config[lora.ADAPTER]
+    reloaded = methods.load(fresh, tmp_path / "adapter").eval()
+    config = reloaded.peft_config[methods.ADAPTER]
     assert (config.r, config.lora_alpha, config.init_lora_weights) == (16, 16, True)
     base_now = reloaded.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
     assert torch.equal(base_now, original["model.layers.0.self_attn.q_proj.weight"])  # the original W
@@ -226,7 +227,7 @@ def test_adapt_makes_the_embedding_output_require_grad(llama, name):
 @pytest.mark.parametrize("which, kind, name", CASES)
 def test_only_the_adapter_and_the_head_train(llama, which, kind, name):
     model, info = adapted(model_cfg(which, llama), kind, name)
-    head = lora.head_modules(model.get_base_model())
+    head = methods.head_modules(model.get_base_model())
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     adapter = re.compile(r"\.(lora_A|lora_B|lora_magnitude_vector|ia3_l)\.")
     for n in trainable:
@@ -255,7 +256,7 @@ def test_presets_resolve_per_family(llama):
     assert resolved(base, "attention")[0]["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
     for kind in ("classification", "extractive_qa"):
         model = task_model(llama, kind)
-        head = lora.head_modules(model)[0]
+        head = methods.head_modules(model)[0]
         linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         wanted, _ = targets.preset_modules(model, "all-linear")
         assert wanted == {n for n in linear if not n.startswith(head)} and len(wanted) == 14
@@ -282,25 +283,25 @@ def test_qv_on_a_fused_projection_adapts_it_and_says_so(model_type, fused, extra
     assert any(fused in note and "k is adapted too" in note for note in info["notes"])
     inputs = {"input_ids": torch.randint(1, 29, (2, 5))}
     reference = model(**inputs).logits
-    method = methods.parse_method("lora_qv", {"peft": {"peft_type": "LORA", "r": 4, "target_modules": "qv"}})
+    method = registry.parse_methods({"lora_qv": {"peft": {"peft_type": "LORA", "r": 4, "target_modules": "qv"}}})["lora_qv"]
     peft_model, adapt_info = methods.adapt(model, method)
     assert adapt_info["adapted"] == [fused] and adapt_info["notes"] == info["notes"]
     torch.testing.assert_close(peft_model(**inputs).logits, reference, rtol=0, atol=1e-6)
 
 
 def test_parse_methods_checks_names_and_peft_keys():
-    parsed = methods.parse_methods({"full": {}, "lora": {"peft": {"peft_type": "lora", "r": 4}}})
+    parsed = registry.parse_methods({"full": {}, "lora": {"peft": {"peft_type": "lora", "r": 4}}})
     assert parsed["full"].is_full and parsed["full"].peft is None
-    assert parsed["lora"] == methods.Method("lora", {"peft_type": "LORA", "r": 4}) and not parsed["lora"].is_full
+    assert parsed["lora"] == registry.Method("lora", {"peft_type": "LORA", "r": 4}) and not parsed["lora"].is_full
     with pytest.raises(ValueError, match=r"methods\.lora_x.*unknown key 'rank'.*LoraConfig.*lora_alpha"):
-        methods.parse_methods({"lora_x": {"peft": {"peft_type": "LORA", "rank": 8}}})
+        registry.parse_methods({"lora_x": {"peft": {"peft_type": "LORA", "rank": 8}}})
     with pytest.raises(ValueError, match=r"methods\.Bad-Name.*\[a-z0-9_\]\+"):
-        methods.parse_methods({"Bad-Name": {}})
+        registry.parse_methods({"Bad-Name": {}})
     with pytest.raises(ValueError, match=r"methods\.m\.peft\.peft_type.*'LORRA'.*IA3"):
-        methods.parse_methods({"m": {"peft": {"peft_type": "LORRA"}}})
+        registry.parse_methods({"m": {"peft": {"peft_type": "LORRA"}}})
     with pytest.raises(ValueError, match=r"methods\.m.*unknown keys \['lr'\]"):
-        methods.parse_methods({"m": {"lr": 1e-3}})
+        registry.parse_methods({"m": {"lr": 1e-3}})
     with pytest.raises(ValueError, match=r"methods\.m\.peft\.task_type"):
-        methods.parse_methods({"m": {"peft": {"peft_type": "LORA", "task_type": "SEQ_CLS"}}})
+        registry.parse_methods({"m": {"peft": {"peft_type": "LORA", "task_type": "SEQ_CLS"}}})
     with pytest.raises(ValueError, match=r"methods\.m\.peft\.peft_type.*prompt-learning"):
-        methods.parse_methods({"m": {"peft": {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4}}})
+        registry.parse_methods({"m": {"peft": {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4}}})

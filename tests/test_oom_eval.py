@@ -33,16 +33,17 @@ from transformers import DataCollatorWithPadding, TrainerState, TrainingArgument
 from ftdrift.core import memory, metrics
 from ftdrift.core.store import SnapshotStore
 from ftdrift.data.features import encode_classification, encode_probe
-from ftdrift.modeling import lora, models
+from ftdrift.modeling import methods, models
 from ftdrift.representations.extract import extract, make_batches
 from ftdrift.representations.snapshots import SnapshotCallback
 from ftdrift.training import oom
 from ftdrift.training.predict import predict_split, predictor
+from ftdrift.study.methods import Method
 from ftdrift.training.recipe import build_model, finetune
 from ftdrift.training.trainer import StudyTrainer
 
 ATOL = 1e-6  # see the module doc
-LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}
+LORA = Method("lora", {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "qv"})
 
 
 class OutOfMemoryAbove:
@@ -191,9 +192,9 @@ def test_adapter_input_check_splits_and_still_catches_a_wrapper_that_changes_inp
     _, cfg, _, tokenizer = world
     probe = records(world, "sst2", "probe")
     ((batch, _),) = make_batches(encode_probe(probe, tokenizer, "classification", 64), tokenizer, 8)
-    adapted, _, _ = build_model(cfg["model"], CATALOG["sst2"], "lora", LORA, seed=0)
+    adapted, _ = build_model(cfg["model"], CATALOG["sst2"], LORA, seed=0)
     with hooked(adapted.get_base_model(), limit=3) as hook:
-        lora.check_passes_inputs(adapted, batch)
+        methods.check_passes_inputs(adapted, batch)
     # 8 and 4 failed on the wrapper's pass; then 4 pieces of 2, each through both paths
     assert hook.tried == [8, 4] + [2] * 8
 
@@ -204,7 +205,7 @@ def test_adapter_input_check_splits_and_still_catches_a_wrapper_that_changes_inp
     try:
         with hooked(adapted.get_base_model(), limit=3), \
                 pytest.raises(RuntimeError, match="changes the model's inputs: its logits differs"):
-            lora.check_passes_inputs(adapted, batch)
+            methods.check_passes_inputs(adapted, batch)
     finally:
         handle.remove()
 
@@ -235,7 +236,7 @@ def lora_job(world, out: Path) -> dict:
     """finetune's arguments: LoRA on SST-2 without dropout, 4 steps, snapshots and checkpoints every 2."""
     kwargs = run_kwargs(world[:3], out, method="lora", lr="5e-3", max_steps=4, eval_steps=2, save_steps=2)
     kwargs["settings"]["representations"]["snapshot_steps"] = 2
-    kwargs["lora_cfg"] = {**kwargs["lora_cfg"], "dropout": 0.0}
+    kwargs["method_spec"] = {"peft": {**kwargs["method_spec"]["peft"], "lora_dropout": 0.0}}
     return kwargs
 
 

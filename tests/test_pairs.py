@@ -1,4 +1,5 @@
-"""ftdrift.analysis.pairs on small snapshot stores written here: the seed floor and full vs LoRA, checked
+"""ftdrift.analysis.pairs on small snapshot stores written here: the seed floor and each method vs the
+reference method, checked
 against a naive linear CKA (explicit centring matrix, HSIC by hand), a naive bootstrap loop, step
 alignment when a run stops early, header-only tables when there is nothing to pair; and the rules
 plan their jobs (`snakemake -n` on the tiny config, no execution)."""
@@ -114,17 +115,20 @@ def test_different_probe_sets_are_refused(tmp_path):
         pairs.compare_stores(a, b, ["linear_cka"])
 
 
+# the chosen settings of the comparisons below: the reference and three compared methods
+CHOSEN = {("full", "1e-4", 8), ("lora", "1e-3", 4), ("dora_r8", "2e-3", 4), ("ia3", "5e-3", 8)}
+
+
 def write_chosen(tmp_path, runs: list[tuple]):
-    """chosen.csv of the chosen settings (full lr 1e-4 bs 8, LoRA lr 1e-3 bs 4): the usable ones of `runs`
-    (method, lr, bs, seed, status), as tables.chosen_runs selects them."""
-    settings = {("full", "1e-4", 8), ("lora", "1e-3", 4)}
+    """chosen.csv of the chosen settings (CHOSEN): the usable ones of `runs` (method, lr, bs, seed, status),
+    as tables.chosen_runs selects them."""
     pd.DataFrame([{"task": "sst2", "method": m, "lr": lr, "batch_size": bs, "seed": s}
-                  for m, lr, bs, s, st in runs if (m, lr, bs) in settings and st != "diverged"],
+                  for m, lr, bs, s, st in runs if (m, lr, bs) in CHOSEN and st != "diverged"],
                  columns=["task", "method", "lr", "batch_size", "seed"]).to_csv(tmp_path / "chosen.csv", index=False)
     return tmp_path / "chosen.csv"
 
 
-def test_full_vs_lora_per_step_and_layer_by_layer(tmp_path):
+def test_method_vs_reference_per_step_and_layer_by_layer(tmp_path):
     rng = np.random.default_rng(2)
     full, lora = random_run(rng, [0, 4, 8]), random_run(rng, [0, 4])
     lora_other_seed = random_run(rng, [0, 4])
@@ -135,12 +139,12 @@ def test_full_vs_lora_per_step_and_layer_by_layer(tmp_path):
     chosen = write_chosen(tmp_path, [("full", "1e-4", 8, 1, "completed"), ("full", "1e-4", 8, 2, "diverged"),
                                      ("lora", "1e-3", 4, 1, "completed"), ("lora", "1e-3", 4, 2, "completed"),
                                      ("lora", "5e-3", 4, 1, "completed")])
-    per_step, layers = pairs.method_similarity_tables("sst2", chosen, stores, ["linear_cka"], 4)
-    assert list(per_step.columns) == pairs.FULL_VS_LORA_COLUMNS
+    per_step, layers = pairs.method_similarity_tables("sst2", "lora", "full", chosen, stores, ["linear_cka"], 4)
+    assert list(per_step.columns) == pairs.METHOD_PAIR_COLUMNS
     assert list(layers.columns) == pairs.LAYER_COLUMNS
     assert set(per_step.seed) == {1} and sorted(per_step.step.unique()) == [0, 4]
-    assert per_step.iloc[0][["lr_full", "batch_size_full", "lr_lora", "batch_size_lora"]].tolist() == \
-        ["1e-4", 8, "1e-3", 4]
+    assert per_step.iloc[0][["reference", "method", "lr_ref", "batch_size_ref", "lr_method",
+                             "batch_size_method"]].tolist() == ["full", "lora", "1e-4", 8, "1e-3", 4]
     for row in per_step.itertuples():
         assert row.value == pytest.approx(naive_cka(full[row.step][row.pooling][row.layer],
                                                     lora[row.step][row.pooling][row.layer]), abs=1e-9)
@@ -148,10 +152,51 @@ def test_full_vs_lora_per_step_and_layer_by_layer(tmp_path):
     assert per_step[per_step.step == 0].bootstrap_se.isna().all()
     # the heatmap: every layer pair of each run's own last snapshot (full: step 8, LoRA: step 4)
     assert len(layers) == 2 * L * L
+    assert set(layers.reference) == {"full"} and set(layers.method) == {"lora"}
     for row in layers.itertuples():
-        want = naive_cka(full[8][row.pooling][row.layer_full], lora[4][row.pooling][row.layer_lora])
+        want = naive_cka(full[8][row.pooling][row.layer_ref], lora[4][row.pooling][row.layer_method])
         assert row.value == pytest.approx(want, abs=1e-9)
-        assert row.layer_name_lora == ATTRS["layer_names"][row.layer_lora]
+        assert row.layer_name_method == ATTRS["layer_names"][row.layer_method]
+
+
+def test_every_compared_method_gets_its_own_pair_with_the_reference(tmp_path):
+    """Three methods besides the reference (seeds 1 and 2 each): one pair table per method, each value the
+    naive CKA of that method's run and the reference's run of the same seed; the reference is never
+    compared with itself."""
+    rng = np.random.default_rng(7)
+    runs = {(m, lr, bs, seed): random_run(rng, [0, 3, 6]) for m, lr, bs in sorted(CHOSEN) for seed in (1, 2)}
+    stores = {key: write_store(tmp_path / f"{key[0]}{key[3]}.zarr", data) for key, data in runs.items()}
+    chosen = write_chosen(tmp_path, [(*key, "completed") for key in runs])
+    settings = {m: (lr, bs) for m, lr, bs in CHOSEN}
+    for method in ("lora", "dora_r8", "ia3"):
+        per_step, layers = pairs.method_similarity_tables("sst2", method, "full", chosen, stores,
+                                                          ["linear_cka", "cosine"])
+        assert set(per_step.method) == {method} and set(per_step.reference) == {"full"}
+        assert set(per_step.seed) == {1, 2} and len(per_step) == 2 * 3 * L * 2 * 2  # seeds, steps, layers, ...
+        for row in per_step.itertuples():
+            x = runs[("full", *settings["full"], row.seed)][row.step][row.pooling][row.layer]
+            y = runs[(method, *settings[method], row.seed)][row.step][row.pooling][row.layer]
+            want = naive_cka(x, y) if row.metric == "linear_cka" else naive_cosine(x, y)
+            assert row.value == pytest.approx(want, abs=1e-9)
+        for row in layers.itertuples():
+            x = runs[("full", *settings["full"], row.seed)][6][row.pooling][row.layer_ref]
+            y = runs[(method, *settings[method], row.seed)][6][row.pooling][row.layer_method]
+            assert row.value == pytest.approx(naive_cka(x, y), abs=1e-9)
+    with pytest.raises(ValueError, match="reference method"):
+        pairs.method_similarity_tables("sst2", "full", "full", chosen, stores, ["linear_cka"])
+
+
+def test_paths_and_inputs_of_the_comparisons():
+    assert pairs.method_similarity_paths(["sst2", "rte"], ["lora", "ia3"]) == [
+        "results/similarity/sst2/lora.csv", "results/similarity/sst2/lora_layers.csv",
+        "results/similarity/sst2/ia3.csv", "results/similarity/sst2/ia3_layers.csv",
+        "results/similarity/rte/lora.csv", "results/similarity/rte/lora_layers.csv",
+        "results/similarity/rte/ia3.csv", "results/similarity/rte/ia3_layers.csv"]
+    runs = [Run("sst2", "full", "1e-4", 8, 1), Run("sst2", "lora", "1e-3", 4, 1), Run("sst2", "ia3", "1e-3", 4, 1),
+            Run("rte", "lora", "1e-3", 4, 1)]
+    assert pairs.pair_runs(runs, "sst2", "ia3", "full") == [runs[0], runs[2]]
+    with pytest.raises(ValueError, match="is the reference method"):
+        pairs.pair_runs(runs, "sst2", "full", "full")
 
 
 def test_layer_matrix_of_a_run_with_itself_has_ones_on_the_diagonal_and_zero_for_constant_layers():
@@ -170,8 +215,8 @@ def test_layer_matrix_of_a_run_with_itself_has_ones_on_the_diagonal_and_zero_for
 def test_no_shared_seed_gives_header_only_tables(tmp_path, caplog, runs, why):
     chosen = write_chosen(tmp_path, runs)
     with caplog.at_level("INFO", logger="ftdrift.analysis.pairs"):
-        per_step, layers = pairs.method_similarity_tables("sst2", chosen, {}, ["linear_cka"], 10)
-    assert per_step.empty and list(per_step.columns) == pairs.FULL_VS_LORA_COLUMNS
+        per_step, layers = pairs.method_similarity_tables("sst2", "lora", "full", chosen, {}, ["linear_cka"], 10)
+    assert per_step.empty and list(per_step.columns) == pairs.METHOD_PAIR_COLUMNS
     assert layers.empty and list(layers.columns) == pairs.LAYER_COLUMNS
     assert why in caplog.text
 
@@ -179,7 +224,7 @@ def test_no_shared_seed_gives_header_only_tables(tmp_path, caplog, runs, why):
 def test_a_missing_method_gives_header_only_tables(tmp_path, caplog):
     chosen = write_chosen(tmp_path, [("full", "1e-4", 8, 1, "completed")])
     with caplog.at_level("INFO", logger="ftdrift.analysis.pairs"):
-        per_step, layers = pairs.method_similarity_tables("sst2", chosen, {}, ["linear_cka"])
+        per_step, layers = pairs.method_similarity_tables("sst2", "lora", "full", chosen, {}, ["linear_cka"])
     assert per_step.empty and layers.empty and "no chosen lora setting" in caplog.text
 
 
@@ -205,7 +250,7 @@ def test_the_rules_plan_seed_floor_and_method_similarity_jobs(tmp_path):
     (workdir / "results/tables").mkdir(parents=True)
     (workdir / "results/tables/chosen.csv").touch()
     targets = ["results/seed_floor/sst2/full/lr1e-3_bs4.csv", "results/seed_floor/sst2/lora/lr5e-3_bs4.csv",
-               "results/similarity/sst2/full_vs_lora.csv", "results/similarity/sst2/full_vs_lora_layers.csv"]
+               "results/similarity/sst2/lora.csv", "results/similarity/sst2/lora_layers.csv"]
     dry = run_snakemake(workdir, "-n", "--allowed-rules", "seed_floor", "method_similarity", "finetune",
                         "prepare_data", "base_representations", "--", *targets)
     stats = dry.stdout.split("Job stats:")[1].split("Reasons:")[0]
@@ -216,3 +261,5 @@ def test_the_rules_plan_seed_floor_and_method_similarity_jobs(tmp_path):
     assert "results/runs/sst2/lora/lr5e-3_bs4_seed2/metrics.json" in dry.stdout
     off_grid = run_snakemake(workdir, "-n", "results/seed_floor/sst2/full/lr0.001_bs4.csv", check=False)
     assert off_grid.returncode != 0 and "at least 2 seeds" in off_grid.stdout + off_grid.stderr
+    itself = run_snakemake(workdir, "-n", "results/similarity/sst2/full.csv", check=False)
+    assert itself.returncode != 0 and "is the reference method" in itself.stdout + itself.stderr

@@ -107,8 +107,8 @@ def synthetic_results(root: Path, missing: tuple | None = None) -> dict[str, Pat
         "# ftdrift summary\n\nBest hyperparameters per task and method.\n\n"
         "| task | method | lr | batch | metric | seeds | validation mean ± std | CI | drift |\n"
         "|---|---|---|---|---|---|---|---|---|\n| sst2 | full | 3e-5 | 16 | accuracy | 3 | 0.84 ± 0.01 | [0.82, 0.86] | 0.1 |\n"
-        "\n## LoRA vs full fine-tuning\n\n"
-        "| task | metric | LoRA − full | CI | H1 (accuracy within tolerance) | H2 (drifts less) |\n"
+        "\n## Each method vs the reference method (full)\n\n"
+        "| task | metric | method − reference | CI | H1 (accuracy within tolerance) | H2 (drifts less) |\n"
         "|---|---|---|---|---|---|\n"
         "| sst2 | accuracy | -0.030 | [-0.05, -0.01] | not supported (drop 0.036) | supported (reduction 0.660) |\n"
         "| mrpc | f1 | -0.010 | [-0.03, 0.01] | supported (drop 0.012) | supported (reduction 0.650) |\n"
@@ -116,10 +116,10 @@ def synthetic_results(root: Path, missing: tuple | None = None) -> dict[str, Pat
     verdicts = [("sst2", "accuracy", -0.03, -0.05, -0.01, 0.036, "not supported", 0.66, "supported"),
                 ("mrpc", "f1", -0.01, -0.03, 0.01, 0.012, "supported", 0.65, "supported"),
                 ("squad_v2", "f1", -1.0, -3.0, 1.0, 0.02, "inconclusive", 0.6, "supported")]
-    columns = ["task", "metric", "lora_minus_full", "diff_ci_low", "diff_ci_high", "h1_relative_drop", "h1_verdict",
-               "h2_drift_reduction", "h2_verdict"]
-    pd.DataFrame(verdicts, columns=columns).assign(analysis="paired by seed (n = 3)").to_csv(tables / "verdicts.csv",
-                                                                                              index=False)
+    columns = ["task", "metric", "method_minus_reference", "diff_ci_low", "diff_ci_high", "h1_relative_drop",
+               "h1_verdict", "h2_drift_reduction", "h2_verdict"]
+    pd.DataFrame(verdicts, columns=columns).assign(method="lora", reference="full", analysis="paired by seed (n = 3)") \
+        .to_csv(tables / "verdicts.csv", index=False)
     return {name: tables / f"{name}.csv" for name in ("runs", "drift", "best", "weights", "verdicts")} | \
         {"summary": tables / "summary.md", "root": root}
 
@@ -138,6 +138,18 @@ def write_train_log(path: Path, last: int, metric: str, rng) -> None:
             rows.append({"step": step, "epoch": step / 150, "eval_loss": 0.5 * math.exp(-step / 100) + 0.3,
                          f"eval_{metric}": 0.6 + step / 600, "eval_runtime": 1.0})
     pd.DataFrame(rows).to_csv(path, index=False)
+
+
+METHODS = {"full": {}, "lora": {"peft": {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": "qv"}}}
+
+
+@pytest.fixture
+def methods(monkeypatch):
+    """The report's methods as a report rule configures them (frames.configure_methods), undone after the test."""
+    for attr in ("order", "labels", "reference", "adapters"):
+        monkeypatch.setattr(report_frames._Methods, attr, getattr(report_frames._Methods, attr))
+    report_frames.configure_methods({"methods": METHODS, "analysis": {"reference_method": "full"}})
+    return METHODS
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +223,8 @@ def test_verdicts_and_headline(synthetic, frames):
     head = overview.headline(status, verdicts)
     assert head["runs"].startswith(f"{len(planned_runs()) - 1} of {len(planned_runs())} finished (1 stopped early)")
     assert "1 failed or missing" in head["runs"]
-    assert head["H1"] == "1 supported, 1 not supported, 1 inconclusive (3 tasks)"
-    assert head["H2"] == "3 supported (3 tasks)"
+    assert head["H1"] == "1 supported, 1 not supported, 1 inconclusive (3 comparisons)"
+    assert head["H2"] == "3 supported (3 comparisons)"
     assert all(isinstance(v, str) for v in head.values())
     assert overview.headline(status, pd.DataFrame())["H1"] == "no verdict yet"
 
@@ -229,7 +241,7 @@ def test_overview_shows_summary_tables(synthetic, tmp_path):
                             summary=synthetic["summary"], study={}, planned=planned_runs(), outputs=out)
     summary = out["page"].read_text().split("<h2>summary.md</h2>")[1]
     assert summary.count("<table>") == 2 and "|---|" not in summary
-    assert "<h2>ftdrift summary</h2>" in summary and "<h3>LoRA vs full fine-tuning</h3>" in summary
+    assert "<h2>ftdrift summary</h2>" in summary and "<h3>Each method vs the reference method (full)</h3>" in summary
     assert "<th>H1 (accuracy within tolerance)</th>" in summary
     assert "<td>not supported (drop 0.036)</td>" in summary and "<td>0.84 ± 0.01</td>" in summary
 
@@ -291,6 +303,22 @@ def test_validation_plot_marks_stopped_early(frames, tmp_path):
     assert "stopped early" in text  # legend entry for the hollow marker
     for task in TASKS:
         assert task in text
+
+
+def test_performance_figures_show_every_configured_method_in_order(frames, tmp_path, monkeypatch):
+    """A third configured method without runs gets its own column / panel, after the reference and lora."""
+    for attr in ("order", "labels", "reference", "adapters"):
+        monkeypatch.setattr(report_frames._Methods, attr, getattr(report_frames._Methods, attr))
+    dora = {"peft": {"peft_type": "LORA", "use_dora": True}}
+    report_frames.configure_methods({"methods": {**METHODS, "dora_r8": dora}, "analysis": {"reference_method": "full"}})
+    assert performance._methods(frames["runs"], frames["best"]) == ["full", "lora", "dora_r8"]
+    performance.plot_validation(frames["runs"], frames["best"], tmp_path / "v.svg", ["sst2"])
+    text = svg_text(tmp_path / "v.svg")
+    assert text.index("full") < text.index("lora") < text.index("dora_r8") and "dora_r8 (no runs)" in text
+    performance.plot_grid(frames["runs"], frames["best"], "sst2", tmp_path / "g.svg")
+    assert "no runs" in svg_text(tmp_path / "g.svg")
+    table = performance.plot_qa_breakdown(frames["runs"], frames["best"], "squad_v2", tmp_path / "qa.svg")
+    assert set(table.method) == {"full", "lora"}
 
 
 def test_grid_plot_marks_chosen(frames, tmp_path):
@@ -362,10 +390,11 @@ def test_drift_by_layer_table(frames):
 
 
 def test_weight_figures_and_absence(frames, tmp_path):
-    weights.plot_weight_by_layer(frames["weights"], frames["best"], "sst2", "effective_rank", tmp_path / "r.svg", 8)
+    weights.plot_weight_by_layer(frames["weights"], frames["best"], "sst2", "effective_rank", tmp_path / "r.svg",
+                                 {"lora": 8})
     weights.plot_weight_by_layer(frames["weights"], frames["best"], "sst2", "intruder_dims", tmp_path / "i.svg")
     text = svg_text(tmp_path / "r.svg")
-    assert "q_proj" in text and "LoRA rank r = 8" in text and "effective rank" in text
+    assert "q_proj" in text and "lora: rank r = 8" in text and "effective rank" in text
     svg_root(tmp_path / "i.svg")
     # weights.csv not produced yet: a placeholder that says so, no exception
     weights.plot_weight_by_layer(None, frames["best"], "sst2", "effective_rank", tmp_path / "none.svg")
@@ -404,13 +433,13 @@ def test_empty_inputs_do_not_crash(tmp_path):
 # ---------------------------------------------------------------------------- rule entry points
 
 
-def test_rule_outputs_write_everything(synthetic, tmp_path):
+def test_rule_outputs_write_everything(synthetic, tmp_path, methods):
     study = {"model": {"name_or_path": "tiny", "family": "llama"}, "tasks": list(TASKS),
              "task_defs": {t: {"type": "extractive_qa" if t == "squad_v2" else "single_sentence", "main_metric": m}
                            for t, m in TASKS.items()},
              "grid": {"learning_rates": {"full": {"classification": [1e-5]}, "lora": {"classification": [1e-4]}},
                       "batch_sizes": BATCH_SIZES, "seeds": SEEDS},
-             "lora": {"r": 8}, "analysis": {"h1_max_relative_drop": 0.03, "h2_min_drift_reduction": 0.2}}
+             "methods": METHODS, "analysis": {"h1_max_relative_drop": 0.03, "h2_min_drift_reduction": 0.2}}
     tables = {k: str(synthetic[k]) for k in ("runs", "best", "drift", "summary", "weights", "verdicts")}
     out = tmp_path / "report"
     overview.write_overview(runs=tables["runs"], best=tables["best"], verdicts=tables["verdicts"],
@@ -423,7 +452,8 @@ def test_rule_outputs_write_everything(synthetic, tmp_path):
     assert "1 not supported" in head["H1"]
     n_runs = len(pd.read_csv(synthetic["runs"]))
     assert head["checks"] == f"{n_runs} of {n_runs} runs reproduce their saved predictions and metrics " \
-                             "(merged LoRA adapters too)"
+                             "(merged adapters too)"
+    assert "<td>lora (LORA r=8 (qv))</td>" in page  # the setup's methods table: name and description
     assert 'class="kpi alarm"' not in page
     perf = {"validation": out / "p/validation.svg", "table_csv": out / "p/table.csv", "table_html": out / "p/table.html",
             "grid_csv": out / "p/grid.csv", "grid": out / "p/grid", "qa": out / "p/qa", "qa_csv": out / "p/qa.csv"}
@@ -438,7 +468,8 @@ def test_rule_outputs_write_everything(synthetic, tmp_path):
         assert sorted(str(p.relative_to(drift_out[key])) for p in drift_out[key].rglob("*.svg")) == [
             "cosine/last.svg", "cosine/mean.svg", "linear_cka/last.svg", "linear_cka/mean.svg"]
     w_out = {"effective_rank": out / "w/rank", "intruders": out / "w/intr", "table": out / "w/table.csv"}
-    weights.write_weights(weights=tables["weights"], best=tables["best"], tasks=list(TASKS), lora_rank=8, outputs=w_out)
+    weights.write_weights(weights=tables["weights"], best=tables["best"], tasks=list(TASKS), ranks={"lora": 8},
+                          outputs=w_out)
     assert len(list((out / "w/rank").glob("*.svg"))) == len(TASKS)
     weights.write_weights(weights=str(tmp_path / "absent.csv"), best=tables["best"], tasks=["sst2"], outputs=w_out)
     assert (out / "w/rank/sst2.svg").exists()

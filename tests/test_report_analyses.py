@@ -1,5 +1,5 @@
-"""The report of the seed floor, full vs LoRA similarity, forgetting and the H2 test (ftdrift.report),
-on small synthetic tables with the producers' schemas; plotted values checked against hand computations."""
+"""The report of the seed floor, a method's similarity to the reference method, forgetting and the H2 test
+(ftdrift.report), on small synthetic tables with the producers' schemas; plotted values checked against hand computations."""
 
 from __future__ import annotations
 
@@ -117,11 +117,11 @@ def test_floor_in_drift_units_and_by_layer_line(tmp_path, plotted):
     path = tmp_path / "by_layer.svg"
     drift.plot_drift_by_layer(read_table(_write(tmp_path, "drift", _drift())), _runs(), _best(), TASK, "linear_cka",
                               "mean", path, floor=floor)
-    (line,) = [ln for ln in plotted["lines"] if str(ln.get_label()).startswith("seed floor, full fine-tuning")]
+    (line,) = [ln for ln in plotted["lines"] if str(ln.get_label()).startswith("seed floor, full")]
     assert np.allclose(line.get_xdata(), range(len(LAYERS))) and np.allclose(line.get_ydata(), expected)
     text = svg_text(path)
-    assert "seed floor, full fine-tuning (step 100, 1 seed pair)" in text
-    assert "LoRA: no seed floor (seed floor needs ≥ 2 seeds)" in text  # LoRA's setting has no floor rows
+    assert "seed floor, full (step 100, 1 seed pair)" in text
+    assert "lora: no seed floor (seed floor needs ≥ 2 seeds)" in text  # LoRA's setting has no floor rows
 
 
 def test_over_training_floor_or_note(tmp_path):
@@ -132,7 +132,7 @@ def test_over_training_floor_or_note(tmp_path):
     drift.plot_drift_over_training(frame, _runs(), _best(), TASK, "linear_cka", "mean", without, floor=None)
     assert "seed floor: same setting, other seed" in svg_text(with_floor)
     assert "seed floor needs ≥ 2 seeds" not in svg_text(with_floor)
-    assert "full fine-tuning and LoRA: no seed floor (seed floor needs ≥ 2 seeds)" in svg_text(without)
+    assert "full and lora: no seed floor (seed floor needs ≥ 2 seeds)" in svg_text(without)
 
 
 def test_drift_table_has_floor_and_probe_interval(tmp_path):
@@ -157,13 +157,13 @@ def test_drift_table_has_floor_and_probe_interval(tmp_path):
     assert table[table.method == "lora"].floor_drift_mean.isna().all()  # fewer than 2 seeds: no floor
     assert np.allclose(full.probe_drift_ci_low, [0.1 + 0.01 * layer for layer in range(len(LAYERS))])
     assert np.allclose(full.probe_drift_ci_high, [0.2 + 0.01 * layer for layer in range(len(LAYERS))])
-    assert "seed floor, full fine-tuning" in svg_text(out["by_layer"] / "linear_cka/mean.svg")
+    assert "seed floor, full" in svg_text(out["by_layer"] / "linear_cka/mean.svg")
     # seed_floor.csv absent: the figures say the floor is unavailable, nothing crashes
     drift.write_drift(**(paths | {"seed_floor": tmp_path / "absent.csv"}), task=TASK, outputs=out)
     assert "seed floor needs ≥ 2 seeds" in svg_text(out["over_training"] / "linear_cka/mean.svg")
 
 
-# ---------------------------------------------------------------------------- full vs LoRA
+# ---------------------------------------------------------------------------- a method vs the reference
 
 
 def _pairs(seeds=(1, 2)) -> pd.DataFrame:
@@ -172,8 +172,9 @@ def _pairs(seeds=(1, 2)) -> pd.DataFrame:
         for step in STEPS:
             for layer, name in enumerate(LAYERS):
                 for metric in ("linear_cka", "cosine"):
-                    rows.append({"task": TASK, "seed": seed, "lr_full": "3e-05", "batch_size_full": 16,
-                                 "lr_lora": "0.0003", "batch_size_lora": 16, "step": step, "layer": layer,
+                    rows.append({"task": TASK, "reference": "full", "method": "lora", "seed": seed,
+                                 "lr_ref": "3e-05", "batch_size_ref": 16, "lr_method": "0.0003",
+                                 "batch_size_method": 16, "step": step, "layer": layer,
                                  "layer_name": name, "pooling": "mean", "metric": metric,
                                  "value": 1 - 0.001 * step * (layer + 1) / (seed + 1), "bootstrap_se": 0.01 * seed})
     return pd.DataFrame(rows)
@@ -181,22 +182,26 @@ def _pairs(seeds=(1, 2)) -> pd.DataFrame:
 
 def _layer_grid(seeds=(1, 2)) -> pd.DataFrame:
     rng = np.random.default_rng(3)
-    return pd.DataFrame([{"task": TASK, "seed": seed, "pooling": "mean", "layer_full": i, "layer_name_full": LAYERS[i],
-                          "layer_lora": j, "layer_name_lora": LAYERS[j], "value": float(rng.uniform(0.2, 1.0))}
+    return pd.DataFrame([{"task": TASK, "reference": "full", "method": "lora", "seed": seed, "pooling": "mean",
+                          "layer_ref": i, "layer_name_ref": LAYERS[i], "layer_method": j,
+                          "layer_name_method": LAYERS[j], "value": float(rng.uniform(0.2, 1.0))}
                          for seed in seeds for i in range(len(LAYERS)) for j in range(len(LAYERS))])
 
 
-def test_full_vs_lora_figures_and_heatmap_mean(tmp_path, plotted):
+NAMES = {"method": "lora", "reference": "full"}
+
+
+def test_method_vs_reference_figures_and_heatmap_mean(tmp_path, plotted):
     grid = _layer_grid()
-    paths = {"full_vs_lora": _write(tmp_path, "pairs", _pairs()), "layers": _write(tmp_path, "grid", grid),
+    paths = {"pairs": _write(tmp_path, "pairs", _pairs()), "layers": _write(tmp_path, "grid", grid),
              "best": _write(tmp_path, "best", _best()), "runs": _write(tmp_path, "runs", _runs())}
     out = {"over_training": tmp_path / "o.svg", "layers": tmp_path / "l.svg", "table": tmp_path / "t.csv"}
-    similarity.write_similarity(**paths, task=TASK, outputs=out)
-    # heatmap: rows = LoRA layer, columns = full layer, mean over seeds, by a plain loop
+    similarity.write_similarity(**paths, task=TASK, **NAMES, outputs=out)
+    # heatmap: rows = the method's layer, columns = the reference's layer, mean over seeds, by a plain loop
     hand = np.zeros((len(LAYERS), len(LAYERS)))
     for j in range(len(LAYERS)):
         for i in range(len(LAYERS)):
-            cell = [r.value for r in grid.itertuples() if r.layer_lora == j and r.layer_full == i]
+            cell = [r.value for r in grid.itertuples() if r.layer_method == j and r.layer_ref == i]
             hand[j, i] = sum(cell) / len(cell)
     (image,) = plotted["images"]
     assert np.allclose(image, hand)
@@ -206,35 +211,37 @@ def test_full_vs_lora_figures_and_heatmap_mean(tmp_path, plotted):
     layer3 = [1 - 0.001 * s * 4 * (1 / 2 + 1 / 3) / 2 for s in STEPS]
     assert any(np.allclose(ln.get_ydata(), layer3) for ln in line)
     text = svg_text(out["over_training"])
-    assert "full lr 3e-5, batch 16; LoRA lr 3e-4, batch 16; mean over 2 seeds" in text
+    assert "full lr 3e-5, batch 16; lora lr 3e-4, batch 16; mean over 2 seeds" in text
+    assert "sst2: lora vs full, same layer, over training" in text
     assert "linear CKA, mean pooling" in text and "cosine similarity, mean pooling" in text
-    assert "LoRA: layer" in svg_text(out["layers"])
+    assert "lora: layer" in svg_text(out["layers"]) and "full (reference): layer" in svg_text(out["layers"])
     table = pd.read_csv(out["table"])
     row = table[(table.metric == "linear_cka") & (table.layer == 3)].iloc[0]
+    assert (row.method, row.reference) == ("lora", "full")
     assert row.step == 100 and row.n_seeds == 2 and np.isclose(row.value_mean, layer3[-1])
     assert np.isclose(row.bootstrap_se_mean, 0.015)
 
 
-def test_full_vs_lora_leaves_out_diverged_and_says_why_when_empty(tmp_path, plotted):
+def test_method_vs_reference_leaves_out_diverged_and_says_why_when_empty(tmp_path, plotted):
     grid = _layer_grid()
     runs = _write(tmp_path, "runs", _runs(diverged=[("full", 2)]))
     out = {"over_training": tmp_path / "o.svg", "layers": tmp_path / "l.svg", "table": tmp_path / "t.csv"}
-    similarity.write_similarity(full_vs_lora=_write(tmp_path, "pairs", _pairs()), layers=_write(tmp_path, "g", grid),
-                                best=_write(tmp_path, "best", _best()), runs=runs, task=TASK, outputs=out)
-    seed1 = grid[grid.seed == 1].pivot(index="layer_lora", columns="layer_full", values="value").to_numpy()
+    similarity.write_similarity(pairs=_write(tmp_path, "pairs", _pairs()), layers=_write(tmp_path, "g", grid),
+                                best=_write(tmp_path, "best", _best()), runs=runs, task=TASK, **NAMES, outputs=out)
+    seed1 = grid[grid.seed == 1].pivot(index="layer_method", columns="layer_ref", values="value").to_numpy()
     assert np.allclose(plotted["images"][0], seed1)  # seed 2's full run diverged
     assert "mean over 1 seed" in svg_text(out["layers"])
     # header-only CSVs: the task has no seed both chosen settings ran
-    empty = {"full_vs_lora": _write(tmp_path, "p0", _pairs().iloc[:0]), "layers": _write(tmp_path, "g0", grid.iloc[:0])}
-    similarity.write_similarity(**empty, best=_write(tmp_path, "best", _best()), task=TASK, outputs=out)
+    empty = {"pairs": _write(tmp_path, "p0", _pairs().iloc[:0]), "layers": _write(tmp_path, "g0", grid.iloc[:0])}
+    similarity.write_similarity(**empty, best=_write(tmp_path, "best", _best()), task=TASK, **NAMES, outputs=out)
     assert "no seed that both chosen settings ran" in svg_text(out["over_training"])
-    assert "full_vs_lora_layers.csv has no rows" in svg_text(out["layers"])
+    assert "lora_layers.csv has no rows" in svg_text(out["layers"])
     assert pd.read_csv(out["table"]).empty
 
 
 def test_similarity_rejects_rows_of_another_task(tmp_path):
     with pytest.raises(ValueError, match="rows of other tasks"):
-        similarity.read_pairs(_write(tmp_path, "p", _pairs().assign(task="mrpc")), "full_vs_lora", TASK)
+        similarity.read_pairs(_write(tmp_path, "p", _pairs().assign(task="mrpc")), TASK)
 
 
 # ---------------------------------------------------------------------------- forgetting
@@ -297,7 +304,7 @@ def test_forgetting_with_lm_skipped_says_so(tmp_path, plotted):
     assert sum(np.allclose(ln.get_ydata(), hand_both) for ln in lines) == 3  # every series but mrpc's full
     assert sum(np.allclose(ln.get_ydata(), hand_seed1) for ln in lines) == 1
     text = svg_text(out["by_layer"])
-    assert "probe set: mrpc" in text and "fine-tuned on mrpc full fine-tuning n=1, LoRA n=2" in text
+    assert "probe set: mrpc" in text and "fine-tuned on mrpc full n=1, lora n=2" in text
 
 
 def test_forgetting_with_lm_measured(tmp_path, plotted):
@@ -319,7 +326,8 @@ def test_forgetting_with_lm_measured(tmp_path, plotted):
 
 def test_overview_shows_the_h2_test_floor_and_reasons():
     verdicts = pd.DataFrame([
-        {"task": "sst2", "metric": "accuracy", "analysis": "paired by seed (n = 3)", "lora_minus_full": -0.01,
+        {"task": "sst2", "method": "lora", "reference": "full", "metric": "accuracy",
+         "analysis": "paired by seed (n = 3)", "method_minus_reference": -0.01,
          "diff_ci_low": -0.02, "diff_ci_high": 0.0, "h1_relative_drop": 0.011, "h1_ci_low": 0.0, "h1_ci_high": 0.02,
          "h1_verdict": "supported", "h1_reason": "interval within tolerance", "h1_mode": "relative",
          "h1_tolerance": 0.03, "h1_difference": -0.01, "h2_drift_metric": "linear_cka", "h2_pooling": "mean",
@@ -327,7 +335,8 @@ def test_overview_shows_the_h2_test_floor_and_reasons():
          "h2_reason": "3 seeds: the smallest possible p is 0.1 > α", "h2_difference": 0.12, "h2_p_value": 0.1,
          "h2_p_holm": 0.2, "h2_min_p": 0.1, "h2_alpha": 0.05, "h2_seed_floor": 0.034, "h2_exceeds_floor": True,
          "h2_test": "exact permutation test over 3 + 3 seeds: p = 0.1 (Holm 0.2)"},
-        {"task": "mrpc", "metric": "f1", "analysis": "unpaired", "lora_minus_full": np.nan, "diff_ci_low": np.nan,
+        {"task": "mrpc", "method": "ia3", "reference": "full", "metric": "f1", "analysis": "unpaired",
+         "method_minus_reference": np.nan, "diff_ci_low": np.nan,
          "diff_ci_high": np.nan, "h1_relative_drop": np.nan, "h1_ci_low": np.nan, "h1_ci_high": np.nan,
          "h1_verdict": "inconclusive", "h1_reason": "one seed of LoRA", "h1_mode": "absolute", "h1_tolerance": 0.5,
          "h1_difference": np.nan, "h2_drift_metric": "linear_cka", "h2_pooling": "mean", "h2_drift_reduction": np.nan,
@@ -341,7 +350,8 @@ def test_overview_shows_the_h2_test_floor_and_reasons():
     h1 = overview.h1_table(verdicts)
     assert list(h1["H1 rule"]) == ["relative, tolerance 0.030", "absolute, tolerance 0.500"]
     assert list(h1["why inconclusive"]) == ["", "one seed of LoRA"]
-    assert list(h1["judged (CI)"]) == ["relative drop 0.011 [0, 0.020]", "full − LoRA n/a"]
+    assert list(h1["judged (CI)"]) == ["relative drop 0.011 [0, 0.020]", "reference − method n/a"]
+    assert list(h1["method"]) == ["lora", "ia3"] and list(h2["method"]) == ["lora", "ia3"]
     page, _ = overview.overview_page(None, None, None, verdicts, {"analysis": {"h2_alpha": 0.01}}, None)
     for expected in ("p (Holm)", "<td class=\"num\">0.200</td>", "exceeds floor", "0.034",
                      "exact permutation test over 3 + 3 seeds: p = 0.1 (Holm 0.2)", "one seed of LoRA",

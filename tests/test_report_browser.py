@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, run_snakemake
 
-CATEGORIES = ["Overview", "Performance", "Drift", "Training", "Full vs LoRA", "Forgetting"]  # + "Weight space" once weights.csv exists
+CATEGORIES = ["Overview", "Performance", "Drift", "Training", "Methods", "Forgetting"]  # + "Weight space" once weights.csv exists
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

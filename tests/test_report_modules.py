@@ -20,7 +20,7 @@ def test_every_report_rule_has_its_script():
     rules = (REPO / "rules" / "report.smk").read_text()
     assert sorted(p.name for p in SCRIPTS) == sorted(
         f"report_{s}.py" for s in ("overview", "performance", "drift", "weights", "training", "deployment", "similarity",
-                                          "forgetting"))
+                                          "forgetting", "methods", "intruder_intervention"))
     for script in SCRIPTS:
         assert f'"../workflow/scripts/{script.name}"' in rules
 
@@ -29,12 +29,33 @@ def test_every_report_rule_has_its_script():
 def test_script_calls_its_entry_point_with_its_arguments(script):
     """The keywords a thin script passes are exactly what its write_* function takes."""
     tree = ast.parse(script.read_text())
-    (imported,) = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module.startswith("ftdrift.report.")]
+    (imported,) = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module.startswith("ftdrift.report.")
+                   and n.module != "ftdrift.report.frames"]
     (name,) = [a.name for a in imported.names]
     func = getattr(importlib.import_module(imported.module), name)
     (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == name]
     inspect.signature(func).bind(**{kw.arg: None for kw in call.keywords})
     assert name == f"write_{script.stem.removeprefix('report_')}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_script_configures_the_methods_before_it_plots(script):
+    """Method order, labels and colours come from the rule's methods slice, set before the entry point runs."""
+    tree = ast.parse(script.read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    names = [c.func.id for c in sorted(calls, key=lambda c: c.lineno)]
+    assert "configure_methods" in names, script.name
+    assert names.index("configure_methods") < names.index(f"write_{script.stem.removeprefix('report_')}")
+    (configure,) = [c for c in calls if c.func.id == "configure_methods"]
+    assert ast.unparse(configure.args[0]) == "snakemake.params.methods"
+    rules = (REPO / "rules" / "report.smk").read_text()
+    rule = rules.split(f"rule {script.stem}:")[1].split("\nrule ")[0]
+    assert "        methods=METHODS_SLICE," in rule
+
+
+def test_the_report_rules_read_no_legacy_lora_key():
+    rules = (REPO / "rules" / "report.smk").read_text()
+    assert 'CONFIG["lora"]' not in rules and '"lora"' not in rules
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)

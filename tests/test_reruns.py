@@ -36,13 +36,31 @@ def test_complete_run_plans_nothing(tiny_run):
     assert planned(tiny_run) == {}
 
 
-def test_lora_rank_reruns_only_lora_jobs_and_downstream(tiny_run):
-    lora = {"r": 2, "alpha": 8}
-    jobs = planned(tiny_run, lora=lora)
+def tiny_methods(workdir) -> dict:
+    return yaml.safe_load((workdir / "tiny.yaml").read_text())["methods"]
+
+
+def test_one_methods_spec_reruns_only_its_jobs_and_downstream(tiny_run):
+    methods = tiny_methods(tiny_run)
+    methods["lora"]["peft"]["r"] = 2
+    jobs = planned(tiny_run, methods=methods)
     assert jobs["finetune"] == 4 and jobs["drift"] == 4 and jobs["weight_analysis"] == 4
     assert "prepare_data" not in jobs and "base_representations" not in jobs
-    proc = dry_run(tiny_run, lora=lora)
+    proc = dry_run(tiny_run, methods=methods)
     assert "method=full" not in proc.stdout  # no full fine-tuning job (nor its drift) re-runs
+
+
+def test_a_new_method_plans_exactly_its_own_jobs(tiny_run):
+    """Adding a method trains it on every task and seed; no existing run's job re-runs."""
+    config = yaml.safe_load((tiny_run / "tiny.yaml").read_text())
+    methods = {**config["methods"], "ia3": {"peft": {"peft_type": "IA3", "target_modules": "attention"}}}
+    grid = {**config["grid"], "learning_rates": {**config["grid"]["learning_rates"],
+                                                 "ia3": {"classification": [1e-2], "extractive_qa": [1e-2]}}}
+    jobs = planned(tiny_run, methods=methods, grid=grid)
+    assert jobs["finetune"] == 4 and jobs["drift"] == 4 and jobs["weight_analysis"] == 4
+    proc = dry_run(tiny_run, methods=methods, grid=grid)
+    finetunes = [block for block in proc.stdout.split("\n\n") if "rule finetune:" in block]
+    assert len(finetunes) == 4 and all("method=ia3" in block for block in finetunes)
 
 
 def test_new_seed_adds_only_its_jobs_and_aggregates(tiny_run):
@@ -109,16 +127,18 @@ def test_report_caption_edit_reruns_nothing(tiny_run, tmp_path):
     assert planned(tiny_run, snakefile=copy / "Snakefile") == {}
 
 
-REPORT_JOBS = {"report_overview": 1, "report_performance": 1, "report_drift": 4,
-               "report_training": 4, "report_weights": 1, "report_similarity": 4, "report_forgetting": 1, "all": 1}
+REPORT_JOBS = {"report_overview": 1, "report_performance": 1, "report_drift": 4, "report_training": 4,
+               "report_weights": 1, "report_similarity": 4, "report_forgetting": 1, "report_methods": 1, "all": 1}
 
 
 def test_analysis_settings_rerun_only_the_statistics_and_the_report(tiny_run):
     """A table's confidence level or H2 metric changes no fine-tuning, drift, weight or check job."""
     analysis = {"confidence": 0.9, "bootstrap_resamples": 200, "h2_metric": "cosine"}
-    assert planned(tiny_run, analysis=analysis) == {"aggregate": 1, **REPORT_JOBS}
+    assert planned(tiny_run, analysis=analysis) == {"aggregate": 1, "compare_methods": 1, **REPORT_JOBS}
 
 
 def test_weight_settings_rerun_only_weight_analysis_and_downstream(tiny_run):
     jobs = planned(tiny_run, weights={"intruder_top_k": 5})
-    assert jobs == {"weight_analysis": 8, "aggregate": 1, **REPORT_JOBS}
+    # the intervention finds its intruders at the headline top-k
+    assert jobs == {"weight_analysis": 8, "aggregate": 1, "compare_methods": 1, "intruder_intervention": 1,
+                    "report_intruder_intervention": 1, **REPORT_JOBS}

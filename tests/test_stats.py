@@ -12,6 +12,7 @@ import pytest
 from scipy import stats as st
 
 from ftdrift.analysis import summary as summary_mod
+from ftdrift.analysis import verdicts as verdicts_mod
 from ftdrift.analysis.verdicts import verdict_row, verdicts_table
 from ftdrift.core.stats import (
     holm,
@@ -243,7 +244,7 @@ def test_verdict_h1_relative_undefined_says_to_declare_an_absolute_tolerance():
 
 
 ANALYSIS = {"confidence": 0.95, "h1_max_relative_drop": 0.03, "h2_min_drift_reduction": 0.2,
-            "h2_metric": "linear_cka", "h2_pooling": "mean", "h2_alpha": 0.05}
+            "h2_metric": "linear_cka", "h2_pooling": "mean", "h2_alpha": 0.05, "reference_method": "full"}
 SST2 = {"main_metric": "accuracy"}
 COLA = {"main_metric": "matthews_corr", "h1_absolute_tolerance": 0.02}
 
@@ -297,25 +298,49 @@ def test_h2_reason_names_every_failing_condition():
 
 def test_holm_across_tasks_can_turn_a_supported_verdict_inconclusive():
     """Each task alone: p = 1/70 < 0.05, supported. Four tasks: Holm multiplies the smallest by 4."""
-    pairs = {f"t{i}": arms(FULL4, [0.20, 0.21, 0.22, 0.19]) for i in range(4)}
-    floors = {task: 0.05 for task in pairs}
-    two = verdicts_table(dict(list(pairs.items())[:2]), floors, {t: SST2 for t in pairs}, ANALYSIS)
+    pairs = {("lora", f"t{i}"): arms(FULL4, [0.20, 0.21, 0.22, 0.19]) for i in range(4)}
+    floors = {key: 0.05 for key in pairs}
+    two = verdicts_table(dict(list(pairs.items())[:2]), floors, {t: SST2 for _, t in pairs}, ANALYSIS)
     assert list(two.h2_verdict) == ["supported"] * 2 and two.h2_p_holm.tolist() == pytest.approx([2 / 70] * 2)
-    four = verdicts_table(pairs, floors, {t: SST2 for t in pairs}, ANALYSIS)
+    four = verdicts_table(pairs, floors, {t: SST2 for _, t in pairs}, ANALYSIS)
     assert four.h2_p_holm.tolist() == pytest.approx([4 / 70] * 4)
     assert set(four.h2_verdict) == {"inconclusive"} and all("Holm-adjusted p" in r for r in four.h2_reason)
-    assert four.h2_test.iloc[0] == "exact permutation test over seeds (one-sided), Holm-adjusted across 4 tasks"
+    assert four.h2_test.iloc[0] == ("exact permutation test over seeds (one-sided), Holm-adjusted across 4 "
+                                    "comparisons (method × task)")
     assert four.h2_alpha.tolist() == [0.05] * 4 and four.h2_seed_floor.tolist() == [0.05] * 4
 
 
+def test_holm_runs_over_every_method_and_task_against_the_reference():
+    """Two methods x two tasks, all against full fine-tuning's runs: one Holm family of four p-values,
+    adjusted as written out here (sorted p_(i) times (k - i + 1), running maximum, capped at 1)."""
+    ref = arms(FULL4, FULL4)[0]
+    drifts = {("lora", "sst2"): [0.20, 0.21, 0.22, 0.19], ("lora", "rte"): [0.20, 0.21, 0.22, 0.53],
+              ("dora_r8", "sst2"): [0.30, 0.31, 0.50, 0.52], ("dora_r8", "rte"): [0.20, 0.21, 0.22, 0.19]}
+    pairs = {key: (ref, arms(FULL4, d)[1]) for key, d in drifts.items()}
+    table = verdicts_table(pairs, {key: 0.05 for key in pairs}, {"sst2": SST2, "rte": SST2}, ANALYSIS)
+    assert list(zip(table.method, table.task)) == list(drifts)
+    assert set(table.reference) == {"full"}
+    raw = [enumerated_test(FULL4, d)[0] for d in drifts.values()]
+    assert table.h2_p_value.tolist() == pytest.approx(raw)
+    order = np.argsort(raw, kind="stable")
+    adjusted, running = np.empty(4), 0.0
+    for i, j in enumerate(order):
+        running = max(running, min(1.0, (4 - i) * raw[j]))
+        adjusted[j] = running
+    assert table.h2_p_holm.tolist() == pytest.approx(adjusted.tolist())
+    assert all("across 4 comparisons" in t for t in table.h2_test)
+    # each comparison's H1 compares its own method's runs with the reference's
+    assert table.method_minus_reference.tolist() == pytest.approx([0.0] * 4)
+
+
 def test_holm_family_skips_tasks_without_a_p_value_and_empty_arms():
-    pairs = {"a": arms(FULL4, [0.20, 0.21, 0.22, 0.19]), "b": arms([0.5], [0.2, 0.3]),
-             "c": (arms(FULL4, FULL4)[0], arms(FULL4, FULL4)[0].iloc[:0])}
-    table = verdicts_table(pairs, {"a": 0.05}, {"a": SST2, "b": SST2, "c": SST2}, ANALYSIS)
+    pairs = {("lora", "a"): arms(FULL4, [0.20, 0.21, 0.22, 0.19]), ("lora", "b"): arms([0.5], [0.2, 0.3]),
+             ("lora", "c"): (arms(FULL4, FULL4)[0], arms(FULL4, FULL4)[0].iloc[:0])}
+    table = verdicts_table(pairs, {("lora", "a"): 0.05}, {"a": SST2, "b": SST2, "c": SST2}, ANALYSIS)
     assert list(table.task) == ["a", "b"]  # c: no LoRA run
     assert table.h2_p_holm.iloc[0] == pytest.approx(1 / 70) and math.isnan(table.h2_p_holm.iloc[1])
     assert table.h2_verdict.tolist() == ["supported", "inconclusive"]
-    assert "across 1 task" in table.h2_test.iloc[0]
+    assert "across 1 comparison " in table.h2_test.iloc[0]
     assert verdicts_table({}, {}, {}, ANALYSIS).empty
 
 
@@ -324,14 +349,15 @@ def test_cola_like_task_gets_a_real_h1_verdict_with_its_absolute_tolerance():
     undefined, the declared absolute tolerance judges full − LoRA instead."""
     val_full, val_lora = [0.000, 0.002, -0.004], [0.001, 0.001, -0.001]
     full, lora = arms(FULL4[:3], [0.2, 0.21, 0.22], val_full, val_lora, paired=True)
-    table = verdicts_table({"cola": (full, lora)}, {"cola": 0.05}, {"cola": COLA}, ANALYSIS)
+    table = verdicts_table({("lora", "cola"): (full, lora)}, {("lora", "cola"): 0.05}, {"cola": COLA}, ANALYSIS)
     row = table.iloc[0]
     ci = st.ttest_rel(val_full, val_lora).confidence_interval(0.95)
     assert row.h1_mode == "absolute" and row.h1_tolerance == 0.02 and row.metric == "matthews_corr"
     assert row.h1_difference == pytest.approx(np.mean(val_full) - np.mean(val_lora))
     assert (row.h1_ci_low, row.h1_ci_high) == pytest.approx((ci.low, ci.high))
     assert row.h1_verdict == "supported" and ci.high <= 0.02
-    relative = verdicts_table({"cola": (full, lora)}, {}, {"cola": {"main_metric": "matthews_corr"}}, ANALYSIS)
+    relative = verdicts_table({("lora", "cola"): (full, lora)}, {}, {"cola": {"main_metric": "matthews_corr"}},
+                              ANALYSIS)
     assert relative.h1_mode.iloc[0] == "relative" and relative.h1_verdict.iloc[0] == "inconclusive"
     assert "declare h1_absolute_tolerance" in relative.h1_reason.iloc[0]
     assert math.isnan(relative.h1_difference.iloc[0]) and relative.h1_tolerance.iloc[0] == 0.03
@@ -340,28 +366,34 @@ def test_cola_like_task_gets_a_real_h1_verdict_with_its_absolute_tolerance():
 def test_verdict_row_keeps_the_old_columns():
     full, lora = arms([0.5, 0.45, 0.4], [0.3, 0.35, 0.2], [0.90, 0.85, 0.80], [0.88, 0.84, 0.79], paired=True)
     row = verdict_row("sst2", SST2, full, lora, ANALYSIS)
-    old = ["task", "metric", "analysis", "lora_minus_full", "diff_ci_low", "diff_ci_high", "h1_relative_drop",
+    old = ["task", "metric", "analysis", "method_minus_reference", "diff_ci_low", "diff_ci_high", "h1_relative_drop",
            "h1_ci_low", "h1_ci_high", "h1_verdict", "h1_reason", "h2_drift_metric", "h2_pooling",
            "h2_drift_reduction", "h2_ci_low", "h2_ci_high", "h2_verdict", "h2_reason", "confidence"]
     new = ["h1_mode", "h1_tolerance", "h1_difference", "h2_difference", "h2_p_value", "h2_p_holm", "h2_min_p",
-           "h2_alpha", "h2_seed_floor", "h2_exceeds_floor", "h2_test"]
+           "h2_alpha", "h2_seed_floor", "h2_exceeds_floor", "h2_test", "method", "reference"]
     assert set(old + new) == set(row) and row["analysis"] == "paired by seed (n = 3)"
+    assert (row["reference"], row["method"]) == verdicts_mod.UNNAMED
+    named = verdict_row("sst2", SST2, *arms([0.5, 0.4], [0.3, 0.2]), ANALYSIS, names=("full", "dora_r8"))
+    assert (named["reference"], named["method"]) == ("full", "dora_r8")
+    assert named["analysis"] == "unpaired (full n = 2, dora_r8 n = 2)"
     assert row["h1_relative_drop"] == pytest.approx(1 - np.mean([0.88, 0.84, 0.79]) / 0.85)
 
 
 def test_summary_and_latex_show_holm_p_seed_floor_and_h1_mode():
-    pairs = {"sst2": arms(FULL4, [0.20, 0.21, 0.22, 0.19]),
-             "cola": arms(FULL4[:3], [0.2, 0.21, 0.22], [0.0, 0.002, -0.004], [0.001, 0.001, -0.001], paired=True)}
-    verdicts = verdicts_table(pairs, {"sst2": 0.05, "cola": 0.05}, {"sst2": SST2, "cola": COLA}, ANALYSIS)
+    pairs = {("lora", "sst2"): arms(FULL4, [0.20, 0.21, 0.22, 0.19]),
+             ("lora", "cola"): arms(FULL4[:3], [0.2, 0.21, 0.22], [0.0, 0.002, -0.004], [0.001, 0.001, -0.001],
+                                    paired=True)}
+    verdicts = verdicts_table(pairs, {key: 0.05 for key in pairs}, {"sst2": SST2, "cola": COLA}, ANALYSIS)
     best = pd.DataFrame([{"task": "sst2", "method": "full", "lr": "1e-3", "batch_size": 4, "main_metric": "accuracy",
                           "n_seeds": 4, "val_mean": 0.9, "val_std": 0.01, "val_ci_low": 0.89, "val_ci_high": 0.91,
                           "trivial_val": 0.5, "probe_val": 0.7, "drift_mean": 0.5, "beats_trivial": True}])
     text = summary_mod.summary_markdown(best, verdicts, pd.DataFrame(), ANALYSIS, pd.DataFrame())
-    assert "Holm correction across the 2 tasks" in text and "| H2 p (Holm) | seed floor |" in text
+    assert "Holm correction across the 2 comparisons" in text and "| H2 p (Holm) | seed floor |" in text
+    assert "## Each method vs the reference method (full)" in text and "| lora | sst2 | accuracy |" in text
     p_sst2 = min(1.0, 2 * (1 / 70))  # Holm over {1/70, 1/20}: 2/70 first, then max(2/70, 1/20)
     assert f"| {p_sst2:.3f} (raw {1 / 70:.3f}) | 0.050 |" in text
     assert "tolerance 0.02 absolute" in text and "tolerance 0.03 relative" in text
-    assert "- cola, H2: with 3 and 3 seeds the exact test cannot reach p < 0.05: add seeds" in text
+    assert "- lora, cola, H2: with 3 and 3 seeds the exact test cannot reach p < 0.05: add seeds" in text
     latex = summary_mod.latex_tables(best, verdicts, ANALYSIS)
     assert "H2 p (Holm)" in latex and "seed floor" in latex and "0.02 abs." in latex and "0.03 rel." in latex
-    assert "Holm correction across the 2 tasks" in latex
+    assert "Holm correction across the 2 comparisons" in latex and "reference method full" in latex

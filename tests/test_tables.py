@@ -15,6 +15,7 @@ from ftdrift.study.config import load_catalog
 CATALOG = load_catalog(REPO / "config" / "tasks.yaml")
 ANALYSIS = {"confidence": 0.9, "bootstrap_resamples": 200, "h1_max_relative_drop": 0.03,
             "h2_min_drift_reduction": 0.2, "h2_metric": "linear_cka", "h2_pooling": "mean", "h2_alpha": 0.05,
+            "reference_method": "full",
             "stability": {"plateau_evals": 3, "plateau_tolerance": 0.05, "spike_threshold": 6.0,
                           "unstable_clipped_fraction": 1.0, "metric_fraction": 0.9, "heterogeneity_alpha": 0.01}}
 
@@ -61,7 +62,7 @@ def test_shared_seeds_are_paired_with_the_configured_confidence():
     assert row["analysis"] == "paired by seed (n = 3)" and row["confidence"] == 0.9
     diff = np.array([0.79 - 0.80, 0.84 - 0.85, 0.88 - 0.90])  # seeds 1, 2, 3
     half = st.t.ppf(0.95, 2) * diff.std(ddof=1) / np.sqrt(3)
-    assert row["lora_minus_full"] == pytest.approx(diff.mean())
+    assert row["method_minus_reference"] == pytest.approx(diff.mean())
     assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((diff.mean() - half, diff.mean() + half))
     # H2, paired delta method: z_i = (lora_i - R full_i) / mean(full), R = mean(lora) / mean(full)
     f, g = np.array([0.4, 0.45, 0.5]), np.array([0.3, 0.35, 0.2])
@@ -75,8 +76,8 @@ def test_shared_seeds_are_paired_with_the_configured_confidence():
 
 def test_other_seeds_are_compared_unpaired():
     full, lora = chosen([1, 2, 3], [4, 5, 6], [0.90, 0.80, 0.85], [0.79, 0.84, 0.88], [0.5, 0.4, 0.45], [0.3, 0.35, 0.2])
-    row = verdicts.verdict_row("sst2", CATALOG["sst2"], full, lora, ANALYSIS)
-    assert row["analysis"] == "unpaired (full n = 3, LoRA n = 3)"
+    row = verdicts.verdict_row("sst2", CATALOG["sst2"], full, lora, ANALYSIS, names=("full", "lora"))
+    assert row["analysis"] == "unpaired (full n = 3, lora n = 3)"
     welch = st.ttest_ind([0.79, 0.84, 0.88], [0.90, 0.80, 0.85], equal_var=False)
     low, high = welch.confidence_interval(0.9)
     assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((low, high))
@@ -188,7 +189,8 @@ def test_diverged_runs_are_listed_but_left_out_and_missing_runs_are_marked(tmp_p
     assert best.loc["full", "val_mean"] == pytest.approx((0.9 + 0.8) / 2)
     verdicts = pd.read_csv(outputs["verdicts"])
     assert verdicts.loc[0, "analysis"] == "paired by seed (n = 2)"
-    assert verdicts.loc[0, "lora_minus_full"] == pytest.approx(((0.85 - 0.9) + (0.75 - 0.8)) / 2)
+    assert verdicts.loc[0, "method_minus_reference"] == pytest.approx(((0.85 - 0.9) + (0.75 - 0.8)) / 2)
+    assert (verdicts.loc[0, "method"], verdicts.loc[0, "reference"]) == ("lora", "full")
     summary = outputs["summary"].read_text()
     assert "| sst2 | full | 1e-3 | 4 | 3 | diverged | non-finite gradient norm at step 3 |" in summary
     assert "| sst2 | lora | 1e-3 | 4 | 3 | missing |  |" in summary
@@ -218,3 +220,26 @@ def test_tables_are_written_without_any_usable_run(tmp_path, case):
     assert list(runs.status) == (["missing"] * 2 if case == "no finished run" else ["diverged"] * 2)
     assert pd.read_csv(outputs["best"]).empty and outputs["verdicts"].read_text().strip() == ""
     assert "| sst2 | full | 1e-3 | 4 | 1 |" in outputs["summary"].read_text()
+
+
+def test_every_method_is_compared_with_the_reference_in_the_configured_order(tmp_path):
+    """Reference dora_r8 (analysis.reference_method) and three other methods, two seeds each: one verdict
+    row per compared method, in the configured order, each against the reference's own runs, one Holm
+    family over the three."""
+    write_baselines(tmp_path, 0.5, 0.7)
+    drift = {"dora_r8": [0.5, 0.7], "full": [0.6, 0.6], "lora": [0.8, 0.9], "ia3": [0.95, 0.97]}
+    val = {"dora_r8": 0.9, "full": 0.91, "lora": 0.88, "ia3": 0.8}
+    names = [write_run(tmp_path, "sst2", m, seed, val[m] - 0.01 * seed, drift[m], "linear_cka", "mean")
+             for m in drift for seed in (1, 2)]
+    io.write_jsonl(tmp_path / "validation.jsonl", [{"id": f"v{i}", "text": "a", "label": 1} for i in (0, 1)])
+    outputs = run_aggregate(tmp_path, names, {**ANALYSIS, "reference_method": "dora_r8"},
+                            methods=["ia3", "dora_r8", "lora", "full"])
+    table = pd.read_csv(outputs["verdicts"])
+    assert list(table.method) == ["ia3", "lora", "full"] and set(table.reference) == {"dora_r8"}
+    # the drift difference is the reference's mean drift minus the method's (1 - CKA, mean over layers)
+    ref_drift = 1 - np.mean(drift["dora_r8"])
+    for row in table.itertuples():
+        assert row.h2_difference == pytest.approx(ref_drift - (1 - np.mean(drift[row.method])))
+        assert row.method_minus_reference == pytest.approx(val[row.method] - val["dora_r8"])
+        assert "across 3 comparisons" in row.h2_test or row.h2_test.startswith("no permutation")
+    assert "## Each method vs the reference method (dora_r8)" in outputs["summary"].read_text()

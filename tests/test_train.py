@@ -40,12 +40,13 @@ def tiny(tmp_path_factory):
 
 
 def run_kwargs(tiny, out: Path, task="sst2", method="full", lr="1e-3", **training):
+    """The job's keyword arguments; `method` one of the tiny config's (else set method_spec after)."""
     workdir, cfg, data = tiny
     settings = json.loads(json.dumps(data[task]))
     settings["training"].update(training)
     return dict(
         run={"task": task, "method": method, "lr": lr, "batch_size": 4, "seed": 1},
-        task_def=CATALOG[task], settings=settings, model_cfg=cfg["model"], lora_cfg=cfg["lora"],
+        task_def=CATALOG[task], settings=settings, model_cfg=cfg["model"], method_spec=cfg["methods"].get(method, {}),
         wandb_cfg={"mode": "disabled", "project": "ftdrift", "entity": None},
         data_dir=workdir / "prepared" / task, work_dir=out / "work",
         outputs=RunOutputs(metrics=out / "metrics.json", train_log=out / "train_log.csv",
@@ -149,8 +150,8 @@ def test_state_of_a_changed_job_definition_is_not_resumed(tiny, tmp_path):
 def test_impossible_settings_fail_before_training(tiny, tmp_path):
     workdir, cfg, data = tiny
     kwargs = run_kwargs(tiny, tmp_path, method="lora")
-    kwargs["lora_cfg"] = {**cfg["lora"], "target_modules": ["query_proj_that_does_not_exist"]}
-    with pytest.raises(ValueError, match="lora.target_modules"):
+    kwargs["method_spec"] = {"peft": {**cfg["methods"]["lora"]["peft"], "target_modules": ["query_proj_that_does_not_exist"]}}
+    with pytest.raises(ValueError, match="method 'lora'.*query_proj_that_does_not_exist"):
         finetune(**kwargs)
     kwargs = run_kwargs(tiny, tmp_path)
     kwargs["settings"]["data"]["max_length"]["classification"] = 4096
@@ -187,7 +188,8 @@ def no_dropout_kwargs(tiny, out, task, method, **training):
     kwargs = run_kwargs(tiny, out, task=task, method=method, lr="5e-3" if method == "lora" else "1e-3", **training)
     # dropout draws other masks for other micro-batch shapes; without it, micro-batching must not
     # matter at all (the tiny Llama has no dropout of its own)
-    kwargs["lora_cfg"] = {**kwargs["lora_cfg"], "dropout": 0.0}
+    if "peft" in kwargs["method_spec"]:
+        kwargs["method_spec"] = {"peft": {**kwargs["method_spec"]["peft"], "lora_dropout": 0.0}}
     return kwargs
 
 
@@ -220,6 +222,7 @@ def test_logged_loss_is_the_mean_cross_entropy_of_the_first_batch(tiny, tmp_path
     from ftdrift.core import io
     from ftdrift.data.features import encode_classification
     from ftdrift.modeling import models
+    from ftdrift.study.methods import Method
     from ftdrift.training.recipe import build_model
     from ftdrift.training.trainer import EpochSeededLengthSampler
 
@@ -234,7 +237,7 @@ def test_logged_loss_is_the_mean_cross_entropy_of_the_first_batch(tiny, tmp_path
     first = list(sampler)[:4]
     batch = DataCollatorWithPadding(tokenizer, return_tensors="pt")(
         [{k: dataset[i][k] for k in ("input_ids", "attention_mask")} for i in first])
-    model, _, _ = build_model(cfg["model"], CATALOG["sst2"], "full", None, seed=1)
+    model, _ = build_model(cfg["model"], CATALOG["sst2"], Method("full"), seed=1)
     model.train()
     with torch.no_grad():
         logits = model(**batch).logits.double()
@@ -427,3 +430,57 @@ def test_a_resume_between_snapshot_steps_adds_no_snapshot(tiny, tmp_path):
     assert list(logs[0].columns) == list(logs[1].columns)
     clock = [c for c in logs[0].columns if "runtime" in c or "per_second" in c or c == "cpu_rss_mb"]
     pd.testing.assert_frame_equal(*(log.drop(columns=clock) for log in logs))
+
+
+# -- every method of the axis through the whole job ---------------------------------------------
+
+AXIS = {  # issue 21's methods, small: each trains, saves, reloads and merges
+    "lora_all_r16": {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
+    "rslora_r16": {"peft_type": "LORA", "r": 16, "lora_alpha": 16, "use_rslora": True, "target_modules": "all-linear"},
+    "dora_r8": {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_dora": True, "target_modules": "qv"},
+    "pissa_r8": {"peft_type": "LORA", "r": 8, "lora_alpha": 8, "init_lora_weights": "pissa", "target_modules": "qv"},
+    "ia3": {"peft_type": "IA3"},
+}
+
+
+@pytest.fixture(scope="module")
+def sst2_base_store(tiny, tmp_path_factory):
+    from ftdrift.representations.base import base_representations
+
+    workdir, cfg, data = tiny
+    path = tmp_path_factory.mktemp("base") / "sst2.zarr"
+    base_representations(probe_path=workdir / "prepared" / "sst2" / "probe.jsonl", store_path=path,
+                         model_cfg=cfg["model"], task_def=CATALOG["sst2"], data_settings=data["sst2"]["data"],
+                         rep_settings=data["sst2"]["representations"])
+    return path
+
+
+@pytest.mark.parametrize("name", AXIS)
+def test_every_method_starts_at_the_base_model_and_its_saved_model_reproduces_its_predictions(
+        tiny, sst2_base_store, tmp_path, name):
+    """The job's step-0 guard (linear CKA with the base store within 1e-6 of 1, every layer) passes
+    for each method; only the adapter and the head train; the saved adapter (PiSSA: converted for
+    the original weights) reloaded on a fresh base model, and merged, reproduces the predictions."""
+    from ftdrift.analysis.checkpoints import validate_run
+    from ftdrift.study.methods import Method
+
+    workdir, cfg, data = tiny
+    kwargs = run_kwargs(tiny, tmp_path, method=name, lr="5e-3", max_steps=2, eval_steps=2, save_steps=2)
+    kwargs["method_spec"] = {"peft": registry_check(name)}
+    result = finetune(**kwargs, base_store=sst2_base_store)
+    info = result["meta"]["method_info"]
+    assert info["method"] == name and info["peft_type"] == AXIS[name]["peft_type"] and info["adapted"]
+    assert 0 < result["meta"]["trainable_params"] < result["meta"]["total_params"]
+    record = validate_run(model_dir=tmp_path / "model", metrics_path=tmp_path / "metrics.json",
+                          predictions_path=tmp_path / "predictions.json",
+                          validation_path=workdir / "prepared" / "sst2" / "validation.jsonl",
+                          model_cfg=cfg["model"], task_def=CATALOG["sst2"],
+                          method=Method(name, kwargs["method_spec"]["peft"]), data_settings=data["sst2"]["data"])
+    assert record["passed"], record
+    assert record["merge_max_abs_logit_diff"] is not None and record["merge_max_abs_logit_diff"] < 1e-4
+
+
+def registry_check(name: str) -> dict:
+    from ftdrift.study.methods import parse_methods
+
+    return parse_methods({name: {"peft": AXIS[name]}})[name].peft

@@ -32,7 +32,7 @@ def pair_rows(method, lr, a, b, values, steps=(0, 10)):
             for step, layer_values in zip(steps, values) for layer, v in enumerate(layer_values)]
 
 
-def test_seed_floor_averages_usable_pairs_and_gives_each_task_its_larger_floor(tmp_path):
+def test_seed_floor_averages_usable_pairs_and_gives_each_comparison_its_larger_floor(tmp_path):
     runs = runs_frame({("full", "1e-5", 1): "completed", ("full", "1e-5", 2): "completed",
                        ("full", "1e-5", 3): "diverged", ("lora", "1e-4", 1): "completed",
                        ("lora", "1e-4", 2): "stopped_early"})
@@ -46,11 +46,16 @@ def test_seed_floor_averages_usable_pairs_and_gives_each_task_its_larger_floor(t
     chosen = pd.DataFrame([{"task": "sst2", "method": "full", "lr": "1e-5", "batch_size": 8},
                            {"task": "sst2", "method": "lora", "lr": "1e-4", "batch_size": 8}])
     # full: mean over layers of 1 - CKA = (0.1 + 0.3) / 2 = 0.2; LoRA: (0.02 + 0.04) / 2 = 0.03
-    assert uncertainty.task_floors(floor, chosen, "linear_cka", "mean") == {"sst2": pytest.approx(0.2)}
+    assert uncertainty.comparison_floors(floor, chosen, "linear_cka", "mean", "full") == \
+        {("lora", "sst2"): pytest.approx(0.2)}
     layers = chosen.merge(pd.DataFrame({"layer": [0, 1]}), how="cross")
     assert list(uncertainty.layer_floor(layers, floor, "linear_cka", "mean")) == pytest.approx([0.9, 0.7, 0.98, 0.96])
     one_seed = chosen.assign(lr=["3e-5", "1e-4"])  # full's chosen setting has no seed pair
-    assert math.isnan(uncertainty.task_floors(floor, one_seed, "linear_cka", "mean")["sst2"])
+    assert math.isnan(uncertainty.comparison_floors(floor, one_seed, "linear_cka", "mean", "full")[("lora", "sst2")])
+    # a third method without a seed floor: its comparison has none, the others keep theirs
+    three = pd.concat([chosen, pd.DataFrame([{"task": "sst2", "method": "ia3", "lr": "1e-3", "batch_size": 8}])])
+    floors = uncertainty.comparison_floors(floor, three, "linear_cka", "mean", "full", methods=["lora", "ia3"])
+    assert floors[("lora", "sst2")] == pytest.approx(0.2) and math.isnan(floors[("ia3", "sst2")])
 
 
 def test_probe_intervals_of_seed_and_layer_means():

@@ -1,5 +1,8 @@
 """ftdrift.analysis.weights against computations done here by hand: the saved safetensors files
-are read directly and every spectrum and intruder count is recomputed with numpy."""
+are read directly and every spectrum and intruder count is recomputed with numpy; ΔW of each
+method (LoRA: scaling·B·A; PiSSA: against the ORIGINAL weights, not the residual; IA3: a diagonal
+scaling; full: every changed block matrix) against its own formula; and the intruder intervention
+(ftdrift.analysis.intruders) against an SVD done here."""
 
 import json
 import math
@@ -12,14 +15,26 @@ import torch
 from helpers import REPO, write_tiny_llama
 from safetensors.numpy import load_file
 
-from ftdrift.analysis.weights import aggregate_intruders, aggregate_weights, analyse_run, lora_core, lora_update
+from ftdrift.analysis import intruders
+from ftdrift.analysis.weights import aggregate_intruders, aggregate_weights, analyse_run
 from ftdrift.core import io
-from ftdrift.modeling import lora, models
+from ftdrift.modeling import methods, models
 from ftdrift.study.config import load_catalog
+from ftdrift.study.methods import Method
 
 TASK = load_catalog(REPO / "config" / "tasks.yaml")["sst2"]
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}
+METHODS = {"full": Method("full"),
+           "lora": Method("lora", {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": "qv"}),
+           "pissa": Method("pissa", {"peft_type": "LORA", "r": 2, "lora_alpha": 2, "init_lora_weights": "pissa",
+                                     "target_modules": "qv"}),
+           "ia3": Method("ia3", {"peft_type": "IA3"})}
 TARGETS = [(layer, m) for layer in range(2) for m in ("q_proj", "v_proj")]
+
+
+def path(matrix):
+    """The block-relative path the analysis names a Llama attention matrix by."""
+    return f"self_attn.{matrix}"
 TEXTS = ["the film is good and warm", "the plot is dull and weak", "a superb cast", "grim ending",
          "the score is bright", "cold script and poor scene"]
 
@@ -41,8 +56,8 @@ def run_fields(method):
 
 def analyse_all(base, model_dir, method, **kwargs):
     """(rows, summary, sweep) of analyse_run."""
-    args = dict(model_dir=model_dir, model_cfg=base["model_cfg"], task_def=TASK, method=method,
-                lora_cfg=LORA if method == "lora" else None, run=run_fields(method), top_k=10, epsilon=0.5)
+    args = dict(model_dir=model_dir, model_cfg=base["model_cfg"], task_def=TASK, method=METHODS[method],
+                run=run_fields(method), top_k=10, epsilon=0.5)
     return analyse_run(**{**args, **kwargs})
 
 
@@ -85,7 +100,7 @@ def hand_energy_rank(delta, fraction):
 def check_rows(rows, expected_deltas, w_bases):
     assert len(rows) == len(expected_deltas)
     for (layer, matrix), delta in expected_deltas.items():
-        row = rows[(rows.layer == layer) & (rows.matrix == matrix)]
+        row = rows[(rows.layer == layer) & (rows.matrix == path(matrix))]
         assert len(row) == 1
         row = row.iloc[0]
         assert row.module == f"model.layers.{layer}.self_attn.{matrix}"
@@ -101,14 +116,14 @@ def check_rows(rows, expected_deltas, w_bases):
 @pytest.fixture(scope="module")
 def lora_dir(base):
     torch.manual_seed(3)
-    model = lora.wrap(base_task_model(base), LORA, ["q_proj", "v_proj"])  # as train.py wraps it
+    model, _ = methods.adapt(base_task_model(base), METHODS["lora"])  # as training adapts it
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:  # peft starts B at zero: give the adapter a real update
                 param.copy_(torch.randn_like(param) * 0.3)
-    path = base["root"] / "lora-model"
-    model.save_pretrained(path)
-    return path
+    folder = base["root"] / "lora-model"
+    methods.save_adapter(model, METHODS["lora"], folder)
+    return folder
 
 
 def test_lora_rows_match_hand_computed_delta(base, lora_dir):
@@ -134,71 +149,9 @@ def test_lora_rows_match_hand_computed_delta(base, lora_dir):
     hidden = base["weights"]["layers.0.self_attn.q_proj.weight"].shape[1]
     assert summary["trainable_params"] == trainable
     assert summary["total_params"] == sum(t.size for t in base["weights"].values()) + hidden * 2
-    assert summary["lora"] == {"r": 4, "alpha": 8, "use_rslora": False, "target_modules": ["q_proj", "v_proj"]}
+    assert summary["method"]["name"] == "lora" and summary["method"]["adapter_config"]["r"] == 4
+    assert summary["matrices"] == ["self_attn.q_proj", "self_attn.v_proj"] and summary["not_analysed"] == []
     json.dumps(summary)  # serialisable as is
-
-
-@pytest.mark.parametrize("rslora", [False, True])
-def test_lora_core_has_the_dense_update_s_singular_values(rslora):
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(3, 20)), rng.normal(size=(12, 3))
-    scale = 6.0 / (math.sqrt(3) if rslora else 3)
-    dense = np.linalg.svd(scale * b @ a, compute_uv=False)
-    core = lora_core(torch.from_numpy(a).float(), torch.from_numpy(b).float(), scale).numpy()
-    assert core.shape == (3, 3)
-    assert np.linalg.svd(core, compute_uv=False) == pytest.approx(dense[:3], rel=1e-5)
-    assert np.abs(lora_core(torch.from_numpy(a).float(), torch.zeros(12, 3), scale).numpy()).max() == 0
-
-
-def tiny_lora_layer(seed=0, **config):
-    """A peft lora.Linear (48 -> 40, r = 4) around a random float32 nn.Linear, B made non-zero."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential()
-    net.add_module("proj", torch.nn.Linear(48, 40))
-    model = get_peft_model(net, LoraConfig(r=4, lora_alpha=6, target_modules=["proj"], **config))
-    layer = model.base_model.model.proj
-    with torch.no_grad():
-        layer.lora_B["default"].weight.copy_(torch.randn(40, 4))
-    return layer
-
-
-@pytest.mark.parametrize("rslora", [False, True])
-def test_lora_core_spectrum_equals_peft_delta_weight_spectrum(rslora):
-    """The spectrum rows report (the r x r core, scaled by peft's module.scaling) is that of the
-    ΔW peft merges (get_delta_weight, float32 here), to 1e-6 relative; ΔW itself is peft's."""
-    layer = tiny_lora_layer(use_rslora=rslora)
-    assert layer.scaling["default"] == pytest.approx(6 / (2 if rslora else 4))  # α/√r or α/r
-    delta, core = lora_update(layer)
-    with torch.no_grad():
-        peft_delta = layer.get_delta_weight("default")
-    np.testing.assert_array_equal(delta, peft_delta.double().numpy())
-    assert core.shape == (4, 4)
-    s_peft = np.linalg.svd(peft_delta.double().numpy(), compute_uv=False)
-    s_core = np.linalg.svd(core, compute_uv=False)
-    assert s_core == pytest.approx(s_peft[:4], rel=1e-6)
-    assert s_peft[4:].max() < 1e-6 * s_peft[0]  # the dense SVD's round-off tail, absent from the core
-
-
-@pytest.mark.parametrize("config, reason", [
-    ({"use_dora": True}, "DoRA"),
-    ({"lora_bias": True}, "lora_bias"),
-])
-def test_lora_layers_the_analysis_cannot_describe_are_refused(config, reason):
-    with pytest.raises(ValueError, match=reason):
-        lora_update(tiny_lora_layer(**config))
-
-
-def test_fan_in_fan_out_lora_layers_are_refused():
-    from peft import LoraConfig, get_peft_model
-    from transformers.pytorch_utils import Conv1D
-
-    net = torch.nn.Sequential()
-    net.add_module("c_attn", Conv1D(40, 48))  # GPT-2 style: weight stored [in, out]
-    model = get_peft_model(net, LoraConfig(r=4, lora_alpha=6, target_modules=["c_attn"], fan_in_fan_out=True))
-    with pytest.raises(ValueError, match="fan_in_fan_out"):
-        lora_update(model.base_model.model.c_attn)
 
 
 def test_intruder_counts_match_peft_reduce_intruder_dimension(base, lora_dir):
@@ -212,15 +165,14 @@ def test_intruder_counts_match_peft_reduce_intruder_dimension(base, lora_dir):
     peft's SVDs run in float32, ftdrift's in float64, so the comparison first checks that no
     top-k cosine lies within 1e-3 of epsilon, where both must agree.
     """
-    from peft import PeftModel
     from peft.tuners.lora.intruders import reduce_intruder_dimension
 
     rows, _ = analyse(base, lora_dir, "lora")
-    model = PeftModel.from_pretrained(base_task_model(base), str(lora_dir))
+    model = methods.load(base_task_model(base), lora_dir)
     for layer, matrix in TARGETS:  # margin: float32 and float64 cannot land on different sides
         module = getattr(model.base_model.model.model.layers[layer].self_attn, matrix)
         w = module.get_base_layer().weight.detach().double().numpy()
-        delta, _ = lora_update(module)
+        delta = module.get_delta_weight(methods.ADAPTER).detach().double().numpy()
         u_base = np.linalg.svd(w, full_matrices=False)[0]
         u_ft = np.linalg.svd(w + delta, full_matrices=False)[0][:, :10]
         assert np.abs(np.abs(u_base.T @ u_ft).max(axis=0) - 0.5).min() > 1e-3, (layer, matrix)
@@ -234,15 +186,10 @@ def test_intruder_counts_match_peft_reduce_intruder_dimension(base, lora_dir):
                              r"(?:Intruders: (\d+)|No intruders)", line)
         if found:
             peft_counts[(int(found[1]), found[2])] = int(found[3] or 0)
-    ours = {(int(r.layer), r.matrix): int(r.intruder_dims) for r in rows.itertuples()}
+    ours = {(int(r.layer), r.matrix.rsplit(".", 1)[-1]): int(r.intruder_dims) for r in rows.itertuples()}
     assert set(peft_counts) == set(TARGETS)
     assert ours == peft_counts
     assert any(ours.values())  # a case with intruders, not only zeros
-
-
-def test_adapter_that_disagrees_with_the_config_is_refused(base, lora_dir):
-    with pytest.raises(ValueError, match="lora.r"):
-        analyse(base, lora_dir, "lora", lora_cfg={**LORA, "r": 8})
 
 
 # -- full fine-tuning
@@ -277,43 +224,40 @@ def full_dir(base):
         v = model.model.layers[1].self_attn.v_proj.weight
         v += torch.from_numpy(rng.normal(0, 1e-4, v.shape)).float()  # base entries ~0.02
         model.score.weight.normal_()  # the head changes too: not analysed
-        model.model.layers[0].mlp.up_proj.weight.mul_(2)  # not a LoRA target: not analysed
+        model.model.layers[0].mlp.up_proj.weight.mul_(2)  # changed too: analysed
     path = base["root"] / "full-model"
     model.save_pretrained(path)
     return path
 
 
 def test_full_rows_match_hand_computed_delta(base, full_dir):
+    """Every block matrix that changed is analysed (q of layer 0, v of layer 1, up_proj of layer 0), no other."""
     rows, summary = analyse(base, full_dir, "full")
     tuned = load_file(str(full_dir / "model.safetensors"))
+    up = "layers.0.mlp.up_proj.weight"
+    assert sorted(zip(rows.layer, rows.matrix)) == [(0, "mlp.up_proj"), (0, "self_attn.q_proj"), (1, "self_attn.v_proj")]
+    up_row = rows[rows.matrix == "mlp.up_proj"].iloc[0]
+    up_delta = tuned[f"model.{up}"].astype(np.float64) - base["weights"][up].astype(np.float64)
+    assert up_row.frobenius_norm == pytest.approx(hand_spectrum(up_delta)["frobenius_norm"], rel=1e-9)
+    rows = rows[rows.matrix != "mlp.up_proj"]
     deltas, w_bases = {}, {}
-    for layer, matrix in TARGETS:
+    for layer, matrix in [(0, "q_proj"), (1, "v_proj")]:
         w_base = base["weights"][f"layers.{layer}.self_attn.{matrix}.weight"].astype(np.float64)
         w_ft = tuned[f"model.layers.{layer}.self_attn.{matrix}.weight"].astype(np.float64)
         deltas[(layer, matrix)], w_bases[(layer, matrix)] = w_ft - w_base, w_base
     check_rows(rows, deltas, w_bases)
     by_matrix = rows.set_index(["layer", "matrix"])
-    assert by_matrix.loc[(0, "q_proj"), "intruder_dims"] == 3  # as constructed
-    assert by_matrix.loc[(0, "q_proj"), "effective_rank"] == pytest.approx(
-        hand_spectrum(deltas[(0, "q_proj")])["effective_rank"])
-    assert by_matrix.loc[(1, "v_proj"), "intruder_dims"] == 0  # small noise keeps the directions
-    unchanged = by_matrix.loc[[(0, "v_proj"), (1, "q_proj")]]
-    assert (unchanged[["effective_rank", "stable_rank", "frobenius_norm", "top_singular_value",
-                       "intruder_dims"]] == 0).all().all()
+    assert by_matrix.loc[(0, path("q_proj")), "intruder_dims"] == 3  # as constructed
+    assert by_matrix.loc[(1, path("v_proj")), "intruder_dims"] == 0  # small noise keeps the directions
     assert summary["trainable_params"] == summary["total_params"] == sum(t.size for t in tuned.values())
-    assert summary["lora"] is None
+    assert summary["method"] == {"name": "full", "peft": None, "adapter_config": None}
 
 
 def test_intruder_settings_reach_the_count(base, full_dir):
     rows, _ = analyse(base, full_dir, "full", top_k=2)
-    assert rows.set_index(["layer", "matrix"]).loc[(0, "q_proj"), "intruder_dims"] == 2
+    assert rows.set_index(["layer", "matrix"]).loc[(0, path("q_proj")), "intruder_dims"] == 2
     rows, _ = analyse(base, full_dir, "full", epsilon=0.05)  # nothing is that far from every base vector
     assert (rows.intruder_dims == 0).all()
-
-
-def test_unknown_target_modules_name_the_config_key(base, full_dir):
-    with pytest.raises(ValueError, match="lora.target_modules"):
-        analyse(base, full_dir, "full", target_modules=["no_such_proj"])
 
 
 def test_aggregate_keeps_runs_and_lr_strings(base, tmp_path):
@@ -338,33 +282,105 @@ def test_intruder_sweep_rows_match_hand_counts(base, method, request):
                                        delta_energy=0.5)
     assert list(sweep.columns) == ["task", "method", "lr", "batch_size", "seed", "module", "layer", "matrix", "k",
                                    "epsilon", "intruders"]
-    assert len(sweep) == len(rows) * len(ks) * len(eps) == len(TARGETS) * 9
+    assert len(sweep) == len(rows) * len(ks) * len(eps) == 3 * 9 if method == "full" else len(TARGETS) * 9
     assert (sweep.method == method).all() and (sweep.lr == "5e-3").all()
     tuned = None if method == "lora" else load_file(str(model_dir / "model.safetensors"))
-    deltas = {}
-    for layer, matrix in TARGETS:
-        w_base = base["weights"][f"layers.{layer}.self_attn.{matrix}.weight"].astype(np.float64)
+    adapter = load_file(str(model_dir / "adapter_model.safetensors")) if tuned is None else None
+    for row in rows.itertuples():
+        key = f"layers.{row.layer}.{row.matrix}.weight"
+        w_base = base["weights"][key].astype(np.float64)
         if tuned is not None:
-            w_ft = tuned[f"model.layers.{layer}.self_attn.{matrix}.weight"].astype(np.float64)
-        else:
-            adapter = load_file(str(model_dir / "adapter_model.safetensors"))
-            prefix = f"base_model.model.model.layers.{layer}.self_attn.{matrix}"
+            w_ft = tuned[f"model.{key}"].astype(np.float64)
+        else:  # LoRA: W + scaling·B·A from the saved file
+            prefix = f"base_model.model.model.layers.{row.layer}.{row.matrix}"
             w_ft = w_base + LORA["alpha"] / LORA["r"] * (adapter[f"{prefix}.lora_B.weight"].astype(np.float64)
                                                          @ adapter[f"{prefix}.lora_A.weight"].astype(np.float64))
-        deltas[(layer, matrix)] = w_ft - w_base
-        got = sweep[(sweep.layer == layer) & (sweep.matrix == matrix)]
+        got = sweep[(sweep.layer == row.layer) & (sweep.matrix == row.matrix)]
         assert [(r.k, r.epsilon) for r in got.itertuples()] == [(k, e) for k in ks for e in eps]
-        assert list(got.intruders) == [hand_intruders(w_base, w_ft, k, e) for k in ks for e in eps], (layer, matrix)
-        row = rows[(rows.layer == layer) & (rows.matrix == matrix)].iloc[0]
-        assert row.rank_energy == (hand_energy_rank(w_ft - w_base, 0.5) if np.abs(w_ft - w_base).max() > 0 else 0)
+        assert list(got.intruders) == [hand_intruders(w_base, w_ft, k, e) for k in ks for e in eps], key
+        assert row.rank_energy == hand_energy_rank(w_ft - w_base, 0.5)
     assert sweep.intruders.max() > 0
     if method == "full":  # the constructed q_proj of layer 0: 3 intruders at k >= 3 and ε = 0.5 (see full_dir)
-        q0 = sweep[(sweep.layer == 0) & (sweep.matrix == "q_proj") & (sweep.epsilon == 0.5)]
+        q0 = sweep[(sweep.layer == 0) & (sweep.matrix == path("q_proj")) & (sweep.epsilon == 0.5)]
         assert list(q0.intruders) == [2, 3, 3]
     else:
         assert (rows.rank_energy <= LORA["r"]).all()
     assert (summary["intruder_ks"], summary["intruder_epsilons"], summary["delta_energy"]) == (ks, eps, 0.5)
     json.dumps(summary)
+
+
+# -- PiSSA and IA3: ΔW against the original weights, each by its own formula
+
+def adapted_and_saved(base, name, folder):
+    """(the trained-looking adapted model, its base task model's original weights) after save_adapter."""
+    original = {k: v.detach().double().clone() for k, v in base_task_model(base).state_dict().items()}
+    torch.manual_seed(3)
+    model, _ = methods.adapt(base_task_model(base), METHODS[name])
+    initial = methods.save_initial(model, METHODS[name], folder / "initial")
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(4)
+        for _, p in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    methods.save_adapter(model, METHODS[name], folder / "adapter", initial=initial)
+    return model, original
+
+
+def test_pissa_delta_is_against_the_original_weights_not_the_residual(base, tmp_path):
+    """ΔW = W_res + scaling·B·A − W_original (W_res = W − B0·A0: what peft leaves in the base layer)."""
+    model, original = adapted_and_saved(base, "pissa", tmp_path)
+    rows, _ = analyse(base, tmp_path / "adapter", "pissa")
+    assert len(rows) == len(TARGETS)
+    for layer, matrix in TARGETS:
+        module = getattr(model.get_base_model().model.layers[layer].self_attn, matrix)
+        a = module.lora_A[methods.ADAPTER].weight.detach().double()
+        b = module.lora_B[methods.ADAPTER].weight.detach().double()
+        residual = module.get_base_layer().weight.detach().double()
+        w_original = original[f"model.layers.{layer}.self_attn.{matrix}.weight"]
+        delta = (residual + module.scaling[methods.ADAPTER] * b @ a - w_original).numpy()
+        row = rows[(rows.layer == layer) & (rows.matrix == path(matrix))].iloc[0]
+        # the update from the residual alone would be scaling·B·A: rank r; against W it has rank 2r
+        assert row.frobenius_norm == pytest.approx(math.sqrt((delta**2).sum()), rel=1e-5)
+        assert row.top_singular_value == pytest.approx(np.linalg.svd(delta, compute_uv=False)[0], rel=1e-5)
+        assert row.rank_energy <= 2 * METHODS["pissa"].peft["r"]
+        assert row.intruder_dims == hand_intruders(w_original.numpy(), w_original.numpy() + delta, 10, 0.5)
+
+
+def test_ia3_delta_is_the_diagonal_scaling_of_the_weight(base, tmp_path):
+    """IA3 scales a layer's output rows (k, v: diag(l)·W) or, for a feedforward layer, its input columns
+    (down_proj: W·diag(l)): ΔW = (l − 1) W along that axis."""
+    model, original = adapted_and_saved(base, "ia3", tmp_path)
+    rows, summary = analyse(base, tmp_path / "adapter", "ia3")
+    adapted = dict(model.get_base_model().named_modules())
+    assert len(rows) > 0 and summary["not_analysed"] == []
+    for row in rows.itertuples():
+        module = adapted[row.module]
+        scale = module.ia3_l[methods.ADAPTER].detach().double()  # [out, 1], or [1, in] when feedforward
+        w = original[f"{row.module}.weight"]
+        delta = ((scale - 1) * w).numpy()
+        assert row.frobenius_norm == pytest.approx(math.sqrt((delta**2).sum()), rel=1e-6), row.module
+    assert {"self_attn.k_proj", "self_attn.v_proj", "mlp.down_proj"} == set(rows.matrix)
+
+
+def test_intervention_scales_exactly_the_intruder_directions(base, full_dir):
+    """W_λ = W + (λ − 1)·Σ_intruders s u vᵀ: at λ = 0 the intruder singular values are gone and the other
+    singular triplets of W are unchanged; the count equals the weight analysis's (k = 10, ε = 0.5)."""
+    rows, _ = analyse(base, full_dir, "full")
+    tuned = load_file(str(full_dir / "model.safetensors"))
+    key = "layers.0.self_attn.q_proj.weight"
+    w_pre = base["weights"][key].astype(np.float64)
+    w = tuned[f"model.{key}"].astype(np.float64)
+    component, n = intruders.intruder_component(w_pre, w, 10, 0.5)
+    assert n == 3 == rows.set_index(["layer", "matrix"]).loc[(0, path("q_proj")), "intruder_dims"]
+    u, s, vt = np.linalg.svd(w)
+    u_pre = np.linalg.svd(w_pre)[0]
+    index = [i for i in range(10) if np.abs(u_pre.T @ u[:, i]).max() < 0.5]
+    s_half = s.copy()
+    s_half[index] *= 0.5
+    np.testing.assert_allclose(intruders.scaled(w, component, 0.5), (u[:, : s.size] * s_half) @ vt, atol=1e-10)
+    np.testing.assert_allclose(intruders.scaled(w, component, 1.0), w, atol=0)
+    without = np.sort(np.delete(s, index))[::-1]
+    np.testing.assert_allclose(np.linalg.svd(intruders.scaled(w, component, 0.0), compute_uv=False)[: without.size],
+                               without, atol=1e-10)
 
 
 def test_aggregate_intruders_keeps_runs_lr_strings_and_names_a_bad_file(tmp_path):

@@ -310,13 +310,13 @@ def test_weight_report_writes_sweep_figure_rank_energy_and_tables(tmp_path):
     outputs = {"effective_rank": out / "rank", "intruders": out / "intr", "intruder_sweep": out / "sweep",
                "table": out / "by_layer.csv", "sweep_table": out / "sweep.csv"}
     write_weights(weights=paths["weights"], best=paths["best"], intruders=paths["intruders"], tasks=["sst2", "mrpc"],
-                  lora_rank=8, outputs=outputs, settings={"delta_energy": 0.9, "intruder_epsilon": 0.5})
+                  ranks={"lora": 8}, outputs=outputs, settings={"delta_energy": 0.9, "intruder_epsilon": 0.5})
     text = svg_strings(out / "sweep/sst2.svg")
-    for expected in ("query — full fine-tuning", "value — LoRA", "top k = 5", "top k = 10", "headline ε = 0.5"):
+    for expected in ("query — full", "value — lora", "top k = 5", "top k = 10", "headline ε = 0.5"):
         assert expected in text
     assert "results/tables/intruders.csv" in svg_strings(out / "sweep/mrpc.svg")  # no rows: a placeholder
     rank_text = svg_strings(out / "rank/sst2.svg")
-    assert "rank holding 90% of ‖ΔW‖²_F" in rank_text and "LoRA rank r = 8" in rank_text and "query" in rank_text
+    assert "rank holding 90% of ‖ΔW‖²_F" in rank_text and "lora: rank r = 8" in rank_text and "query" in rank_text
     by_layer = pd.read_csv(out / "by_layer.csv", dtype={"lr": str})
     # rank_energy per method x module type x layer: mean over the chosen setting's completed seeds
     chosen = wts[(wts.lr == "1e-3") & (wts.status == "completed")]
@@ -331,3 +331,35 @@ def test_weight_report_writes_sweep_figure_rank_energy_and_tables(tmp_path):
     write_weights(weights=paths["weights"], best=paths["best"], intruders=tmp_path / "absent.csv", tasks=["sst2"],
                   outputs=outputs)
     assert "results/tables/intruders.csv" in svg_strings(out / "sweep/sst2.svg")
+
+
+def test_intruder_intervention_figure_and_table(tmp_path):
+    """The table is the mean over runs per task x method x measure x λ; the figure draws every method and
+    both panels (validation, forgetting), and says so when there is no table."""
+    from ftdrift.report.frames import configure_methods
+    from ftdrift.report.weights import write_intruder_intervention
+
+    configure_methods({"methods": {"full": {}, "lora": {"peft": {"peft_type": "LORA", "r": 8}},
+                                   "ia3": {"peft": {"peft_type": "IA3"}}},
+                       "analysis": {"reference_method": "full"}})
+    rows = []
+    for method, slope in (("lora", 0.2), ("ia3", 0.1)):
+        for lam in (1.0, 0.5, 0.0):
+            run = {"task": "sst2", "method": method, "lr": "1e-3", "batch_size": 4, "seed": 1, "lambda": lam,
+                   "n_examples": 8, "n_matrices": 4, "n_intruders": 3, "top_k": 10, "epsilon": 0.5}
+            rows.append({**run, "measure": "validation", "probe_task": None, "metric": "accuracy",
+                         "value": 0.8 - slope * (1 - lam), "baseline": None})
+            rows.append({**run, "measure": "probe_transfer", "probe_task": "rte", "metric": "accuracy",
+                         "value": 0.6 + slope * (1 - lam), "baseline": 0.7})
+    pd.DataFrame(rows).to_csv(tmp_path / "intervention.csv", index=False)
+    outputs = {"figure": tmp_path / "intervention.svg", "table": tmp_path / "table.csv"}
+    write_intruder_intervention(table=tmp_path / "intervention.csv", outputs=outputs)
+    table = pd.read_csv(outputs["table"])
+    assert len(table) == 2 * 2 * 3
+    got = table[(table.method == "lora") & (table.measure == "validation") & (table["lambda"] == 0.0)].iloc[0]
+    assert got.value_mean == pytest.approx(0.6) and got.n_runs == 1
+    text = svg_strings(outputs["figure"])
+    assert "sst2: validation" in text and "forgetting: probe_transfer rte" in text
+    assert "lora (LORA r=8)" in text and "ia3 (IA3)" in text  # the legend: every method drawn
+    write_intruder_intervention(table=tmp_path / "missing.csv", outputs=outputs)
+    assert "no intruder intervention" in svg_strings(outputs["figure"])

@@ -29,7 +29,7 @@ def test_tables_have_one_row_per_run(finished):
     assert (runs.trainable_params < runs.total_params).any()
     summary = (finished / "results/tables/summary.md").read_text()
     assert "| sst2 | full | 1e-3 | 4 | accuracy | 1 |" in summary
-    assert "| squad_v2 | f1 | unpaired (full n = 1, LoRA n = 1) |" in summary  # a verdict row, one seed each
+    assert "| lora | squad_v2 | f1 | unpaired (full n = 1, lora n = 1) |" in summary  # a verdict row, one seed each
     assert "FAILED" not in summary
 
 
@@ -135,8 +135,9 @@ def test_a_failing_finetune_job_runs_once(tmp_path):
     """Only out-of-memory errors are retried (inside the job): a config error stops at once."""
     workdir = make_tiny_workdir(tmp_path)
     target = "results/runs/sst2/lora/lr5e-3_bs4_seed1/metrics.json"
-    proc = run_snakemake(workdir, target, "--config", "lora={'target_modules': ['no_such_proj']}", check=False)
+    methods = "methods={'full': {}, 'lora': {'peft': {'peft_type': 'LORA', 'target_modules': ['no_such_proj']}}}"
+    proc = run_snakemake(workdir, target, "--config", methods, check=False)
     log = (workdir / "results/logs/finetune/sst2/lora/lr5e-3_bs4_seed1.log").read_text()
     assert proc.returncode != 0
-    assert "config key 'lora.target_modules': ['no_such_proj'] not found" in log
+    assert "config key 'methods.lora.peft', method 'lora'" in log and "['no_such_proj'] match no module" in log
     assert log.count("Traceback") == 1 and "Trying to restart" not in proc.stdout + proc.stderr

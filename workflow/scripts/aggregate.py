@@ -18,5 +18,6 @@ aggregate(
     seed_floor_paths=snakemake.input.seed_floor,
     forgetting_paths=snakemake.input.forgetting,
     intruder_paths=snakemake.input.intruders,
+    methods=snakemake.params.methods,
     outputs=dict(snakemake.output.items()),
 )

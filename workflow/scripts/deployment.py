@@ -14,5 +14,7 @@ deployment(
     data_settings=snakemake.params.data,
     settings=snakemake.params.deployment,
     precision=snakemake.params.precision,
+    methods=snakemake.params.methods,
+    reference=snakemake.params.reference,
     outputs=dict(snakemake.output.items()),
 )

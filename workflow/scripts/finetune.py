@@ -9,7 +9,7 @@ finetune(
     task_def=snakemake.params.task_def,
     settings=snakemake.params.settings,
     model_cfg=snakemake.params.model,
-    lora_cfg=snakemake.params.lora,
+    method_spec=snakemake.params.method,
     wandb_cfg=snakemake.config["wandb"],  # not a param: W&B settings do not change results
     data_dir=Path(snakemake.input.train).parent,
     work_dir=Path(snakemake.params.work_dir),

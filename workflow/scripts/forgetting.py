@@ -2,6 +2,7 @@ from ftdrift import smk
 
 smk.start(snakemake)  # before the library loads numpy and torch: thread settings apply to them
 from ftdrift.analysis.forgetting import run_forgetting  # noqa: E402
+from ftdrift.analysis.tuned import method_of  # noqa: E402
 from ftdrift.study.config import task_kind  # noqa: E402
 
 # the input lists follow params.others' order; probe_models holds its classification tasks only
@@ -12,7 +13,7 @@ for (task, spec), probe, base in zip(others.items(), snakemake.input.probes, sna
                 probe_model=next(models) if task_kind(spec["task_def"]) == "classification" else None)
 run_forgetting(
     run=snakemake.params.run,
-    method=snakemake.wildcards.method,
+    method=method_of(snakemake.wildcards.method, snakemake.params.method),
     model_dir=snakemake.input.model,
     metrics_path=snakemake.input.metrics,
     model_cfg=snakemake.params.model,

@@ -7,7 +7,8 @@ keys = [(run["method"], run["lr"], int(run["batch_size"]), int(run["seed"])) for
 stores = dict(zip(keys, snakemake.input.stores, strict=True))
 # each run's metrics.json (meta.snapshot_steps) checks its store
 metrics_paths = dict(zip(keys, snakemake.input.metrics, strict=True))
-pairs, layers = method_similarity_tables(snakemake.wildcards.task, snakemake.input.chosen, stores,
+pairs, layers = method_similarity_tables(snakemake.wildcards.task, snakemake.wildcards.method,
+                                         snakemake.params.reference, snakemake.input.chosen, stores,
                                          snakemake.params.metrics, snakemake.params.bootstrap_resamples,
                                          metrics_paths=metrics_paths)
 write_csv(snakemake.output.pairs, pairs)

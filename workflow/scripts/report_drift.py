@@ -1,7 +1,9 @@
 from ftdrift import smk
 from ftdrift.report.drift import write_drift
+from ftdrift.report.frames import configure_methods
 
 smk.start(snakemake)
+configure_methods(snakemake.params.methods)  # method order, labels and colours
 write_drift(
     drift=snakemake.input.drift,
     runs=snakemake.input.runs,

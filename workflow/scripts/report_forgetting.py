@@ -1,7 +1,9 @@
 from ftdrift import smk
 from ftdrift.report.forgetting import write_forgetting
+from ftdrift.report.frames import configure_methods
 
 smk.start(snakemake)
+configure_methods(snakemake.params.methods)  # method order, labels and colours
 write_forgetting(
     forgetting=snakemake.input.forgetting,
     out_of_task=snakemake.input.out_of_task,

@@ -1,7 +1,9 @@
 from ftdrift import smk
+from ftdrift.report.frames import configure_methods
 from ftdrift.report.performance import write_performance
 
 smk.start(snakemake)
+configure_methods(snakemake.params.methods)  # method order, labels and colours
 write_performance(
     runs=snakemake.input.runs,
     best=snakemake.input.best,

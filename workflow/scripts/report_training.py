@@ -1,7 +1,9 @@
 from ftdrift import smk
+from ftdrift.report.frames import configure_methods
 from ftdrift.report.training import write_training
 
 smk.start(snakemake)
+configure_methods(snakemake.params.methods)  # method order, labels and colours
 write_training(
     runs=snakemake.input.runs,
     logs=snakemake.input.logs,

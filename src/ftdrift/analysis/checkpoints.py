@@ -1,12 +1,13 @@
 """Checkpoint validation: does the saved model reproduce the run's own results?
 
-In a fresh process, the run's `model/` folder is reloaded as a user would load it (the full
-task model; or the base task model plus the LoRA adapter with its trained head) and the
-validation split is predicted again through the training job's own prediction path
-(ftdrift.training.predict: same batches, same precision). The predictions must equal predictions.json
-and the metrics metrics.json. For LoRA the adapter is then merged into the base weights
-(`merge_and_unload`, what deployment uses) and the merged model must give the unmerged
-model's logits to MERGE_TOLERANCE and the same predictions, in float32 without TF32.
+In a fresh process, the run's `model/` folder is reloaded as a user would load it, for any method
+(ftdrift.analysis.tuned: the full task model; or the base task model plus the saved adapter with
+its trained head) and the validation split is predicted again through the training job's own
+prediction path (ftdrift.training.predict: same batches, same precision). The predictions must
+equal predictions.json and the metrics metrics.json. For an adapter method the adapter is then
+merged into the base weights (`merge_and_unload`, what deployment uses) and the merged model must
+give the unmerged model's logits to MERGE_TOLERANCE and the same predictions, in float32 without
+TF32.
 
 The result is recorded, not raised: a failed check is a red line in runs.csv, summary.md and
 the report's overview (the other runs' tables are still built).
@@ -17,15 +18,15 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from ftdrift.analysis import tuned
 from ftdrift.core import io
-from ftdrift.modeling import lora, models
+from ftdrift.modeling import methods, models
 from ftdrift.study import families
-from ftdrift.study.config import task_kind
+from ftdrift.study.methods import Method
 from ftdrift.training.predict import SplitPrediction, predict_split, predictor
 
 log = logging.getLogger("ftdrift.analysis.checkpoints")
@@ -81,13 +82,14 @@ def _compare(name: str, saved_predictions: dict, saved_metrics: dict, new: Split
 
 
 def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, model_cfg: dict,
-                 task_def: dict, method: str, data_settings: dict) -> dict:
-    """Reload `model_dir`, re-predict validation, compare; returns the JSON record (see module doc).
+                 task_def: dict, method: Method, data_settings: dict) -> dict:
+    """Reload `model_dir` (saved by a run of `method`), re-predict validation, compare; returns the
+    JSON record (see module doc).
 
-    Keys: run, method, precision, n_examples, checks (list of {check, prediction_mismatches,
+    Keys: run, method (the name), precision, n_examples, checks (list of {check, prediction_mismatches,
     mismatched_ids (first 10), metric_max_abs_diff, passed, reason[, max_abs_logit_diff,
     tolerance]}), passed (all checks), failure (why not, '' when passed),
-    merge_max_abs_logit_diff (LoRA; None for full). An unreadable predictions.json is a failed check.
+    merge_max_abs_logit_diff (adapter methods; None for full fine-tuning). An unreadable predictions.json is a failed check.
     """
     saved = io.read_json(metrics_path)
     records = io.read_jsonl(validation_path)
@@ -97,10 +99,9 @@ def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, 
     except ValueError as err:  # unreadable: a failed check, not a crash of the study
         check = {"check": "saved predictions", "passed": False, "reason": f"{predictions_path} unreadable: {err}"}
         log.error("%s", check)
-        return {"run": meta["run"], "method": method, "precision": meta["precision"], "n_examples": len(records),
+        return {"run": meta["run"], "method": method.name, "precision": meta["precision"], "n_examples": len(records),
                 "checks": [check], "passed": False, "failure": check["reason"], "merge_max_abs_logit_diff": None}
     precision, batch_size = meta["precision"], int(meta["eval_batch_size"])
-    kind = task_kind(task_def)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = models.load_tokenizer(model_cfg)
 
@@ -111,27 +112,23 @@ def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, 
         return predict_split(trainer, records, task_def, tokenizer, data_settings,
                              families.qa_null_at_end(model_cfg["family"]))
 
-    num_labels = len(task_def["labels"]) if kind == "classification" else None
-
     def load_saved():
         """A fresh copy of the saved model (accelerate patches a model's forward with the autocast of
         the first predictor that prepares it, so each precision gets its own copy)."""
-        if method == "full":
-            return models.load_fine_tuned(model_dir, kind)
-        return lora.load(models.load_model(model_cfg, kind, num_labels, tokenizer), Path(model_dir))
+        return tuned.load_tuned(model_dir, method, model_cfg, task_def, tokenizer)
 
     model = load_saved()
     reloaded = predict(model, precision)
-    checks = [_compare("reloaded model" if method == "full" else "base model + adapter", saved_predictions,
+    checks = [_compare("reloaded model" if method.is_full else "base model + adapter", saved_predictions,
                        saved["validation"], reloaded)]
     merge_diff = None
-    if method == "lora":
+    if not method.is_full:
         with exact_float32():
             unmerged = reloaded
             if precision != "fp32":
                 model = load_saved()
                 unmerged = predict(model, "fp32")
-            merged = predict(model.merge_and_unload(), "fp32")
+            merged = predict(methods.merged(model), "fp32")
         merge_diff = max_logit_difference(unmerged, merged)
         # merged predictions against the saved ones where those are float32, else against the
         # float32 unmerged ones (a bf16 run's saved predictions differ from fp32 by rounding)
@@ -150,5 +147,5 @@ def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, 
         (log.info if check["passed"] else log.error)("%s: %s", check["check"], check)
     failure = "; ".join(f"{c['check']}: {c['reason']}" for c in checks
                         if not c["passed"] and c.get("required", True))
-    return {"run": meta["run"], "method": method, "precision": precision, "n_examples": len(records),
+    return {"run": meta["run"], "method": method.name, "precision": precision, "n_examples": len(records),
             "checks": checks, "passed": not failure, "failure": failure, "merge_max_abs_logit_diff": merge_diff}

@@ -1,7 +1,11 @@
-"""Deployment benchmark: what serving N tasks costs with LoRA adapters against N fully fine-tuned models.
+"""Deployment benchmark: what serving N tasks costs with adapters against N fully fine-tuned models.
 
-For each task the chosen setting (lr and batch size per task × method, chosen on dev as best.csv's
-by ftdrift.analysis.tables.best_settings; its lowest seed that did not diverge) is served three ways — the full fine-tuned model, the base model with the
+Two methods are served (`served_methods`): the full one — the reference method
+(`analysis.reference_method`) when it trains every weight, else the first such method configured —
+and the adapter one, `deployment.method` (null: the first adapter method configured); the other
+methods are not benchmarked (their serving cost differs from this one's by adapter size only, and
+each adds a minute of timing). For each task the chosen setting (lr and batch size per task × method, chosen on dev as best.csv's
+by ftdrift.analysis.tables.best_settings; its lowest seed that did not diverge) is served three ways — the full method's fine-tuned model, the base model with the
 unmerged adapter (the group's model below with this task's adapter active), the merged adapter
 (`merge_and_unload` on a copy) — on the task's probe inputs (encoded as the runs' probe is:
 `encode_probe` + `make_batches`, batches of exactly `batch_size` examples, the probe cycled up to a
@@ -20,7 +24,8 @@ results/tables/deployment.csv — one row per measured case:
     group            task-model class: 'classification' or 'extractive_qa' ('_<n>labels' appended
                      when classification tasks differ in label count)
     task             the task; for multi_task and set_adapter rows the group's tasks joined by '+'
-    variant          inference: 'full' | 'lora_unmerged' | 'lora_merged'.
+    variant          inference: '<full method>' | '<adapter method>_unmerged' | '<adapter method>_merged'
+                     (e.g. 'full', 'lora_unmerged', 'lora_merged').
                      multi_task (each example of the batch belongs to another task, round robin):
                      'full_models' (each task's full model runs its examples), 'adapter_per_task'
                      (one base model: set_adapter, then that task's examples, task by task),
@@ -50,7 +55,8 @@ results/tables/deployment_memory.csv — one row per group × layout, plus group
                      the process RSS delta on CPU, weights paged in (measured_as says which)
     measured_as, device
 
-results/tables/deployment.json — machine, versions, precision, settings, chosen runs, groups
+results/tables/deployment.json — machine, versions, precision, settings, the served methods
+({'full', 'adapter'}: their names), chosen runs, groups
 (with peft's mixed-batch support), memory summary and output checks in float32 on the first
 CHECK_EXAMPLES probe examples of each task: max |merged − unmerged adapter output| and max |mixed
 batch − each example's own adapter on the same batch|.
@@ -73,6 +79,7 @@ from ftdrift.analysis.deployment_cases import (
     Bench,
     Chosen,
     Group,
+    Methods,
     adapter_op_rows,
     inference_rows,
     load_served,
@@ -85,6 +92,7 @@ from ftdrift.data.features import encode_probe
 from ftdrift.modeling import models
 from ftdrift.study.config import task_kind
 from ftdrift.study.grid import RUN_PATTERN, USABLE_STATUSES, format_float
+from ftdrift.study.methods import Method
 
 log = logging.getLogger("ftdrift.analysis.deployment")
 
@@ -123,6 +131,35 @@ def chosen_runs(best: pd.DataFrame, runs: Sequence[Mapping], model_dirs: Sequenc
             row.task, row.method, lr, int(row.batch_size), seed, RUN_PATTERN.format(**runs[i]), str(model_dirs[i]),
             metrics.get("validation", {}).get(metrics.get("main_metric")))
     return chosen
+
+
+def choose(runs: Sequence[Mapping], model_dirs: Sequence, metrics_paths: Sequence, task_order: Sequence[str]
+           ) -> dict[tuple[str, str], Chosen]:
+    """(task, method) -> the chosen run: the settings best.csv reports, chosen here from the runs' dev
+    metrics by the same function (ftdrift.analysis.tables.best_settings on the usable runs), each
+    setting's lowest usable seed (`chosen_runs`). The choice depends on no analysis.* setting, so
+    re-computing statistics re-runs no job that uses it."""
+    finished = runs_frame(metrics_paths)
+    order = {task: i for i, task in enumerate(task_order)}
+    best = best_settings(finished[finished.status.isin(USABLE_STATUSES)]).sort_values(
+        ["task", "method"], key=lambda col: col.map(order) if col.name == "task" else col, kind="stable")
+    return chosen_runs(best, runs, model_dirs, metrics_paths)
+
+
+def served_methods(methods: Mapping[str, dict], reference: str, requested: str | None) -> Methods:
+    """The two methods the benchmark serves (module doc) from the config's `methods` ({name: spec}),
+    `analysis.reference_method` and `deployment.method`. ValueError naming the config key when no
+    method trains every weight, none is an adapter, or `requested` is not a configured adapter method."""
+    found = {name: Method(name, (spec or {}).get("peft")) for name, spec in methods.items()}
+    full = [n for n, m in found.items() if m.is_full]
+    adapters = [n for n, m in found.items() if not m.is_full]
+    if not full or not adapters:
+        raise ValueError(f"config key 'methods': the deployment benchmark needs a method that trains every weight "
+                         f"and an adapter method (methods: {sorted(found)})")
+    if requested is not None and requested not in adapters:
+        raise ValueError(f"config key 'deployment.method': '{requested}' is not a configured adapter method "
+                         f"(adapter methods: {adapters})")
+    return Methods(reference if reference in full else full[0], requested or adapters[0])
 
 
 def task_groups(tasks: Sequence[str], task_defs: Mapping) -> list[Group]:
@@ -182,12 +219,12 @@ def group_precision(tasks: Sequence[str], precision: Mapping[str, str]) -> str:
     return values.pop() if len(values) == 1 else "fp32"
 
 
-def bench_group(group: Group, chosen: Mapping, model_cfg: Mapping, tokenizer, features: Mapping,
+def bench_group(group: Group, chosen: Mapping, methods: Methods, model_cfg: Mapping, tokenizer, features: Mapping,
                 batch_sizes: Sequence[int], bench: Bench, compute: Mapping[str, str]) -> dict:
     """Every case of one group: {'rows', 'memory', 'base_bytes', 'info' (the summary's group entry),
     'merge' (task -> max |merged − unmerged|), 'mixed' (max |mixed − own adapter|, None if not run)}."""
     log.info("group %s: %s", group.name, group.tasks)
-    served = load_served(group, chosen, model_cfg, tokenizer, bench.device)
+    served = load_served(group, chosen, methods, model_cfg, tokenizer, bench.device)
     shared = group_precision(group.tasks, compute)
     rows, merge = inference_rows(served, features, tokenizer, batch_sizes, bench, compute)
     info = {"group": group.name, "kind": group.kind, "num_labels": group.num_labels, "tasks": list(group.tasks),
@@ -218,24 +255,22 @@ def settings_summary(bench: Bench, batch_sizes: Sequence[int]) -> dict:
 
 def deployment(*, runs: Sequence[Mapping], model_dirs: Sequence, metrics_paths: Sequence,
                probe_paths: Mapping[str, str], model_cfg: Mapping, task_defs: Mapping, data_settings: Mapping,
-               settings: Mapping, precision: Mapping[str, str], outputs: Mapping) -> dict:
+               settings: Mapping, precision: Mapping[str, str], methods: Mapping[str, dict], reference: str,
+               outputs: Mapping) -> dict:
     """Rule deployment: benchmark serving the chosen settings (module doc) and write outputs['table'],
     outputs['memory'] (CSV) and outputs['summary'] (JSON); returns the summary.
 
     `runs`: the grid's runs (task, method, lr, batch_size, seed), in the order of `model_dirs` and
     `metrics_paths`; `probe_paths`: task -> probe.jsonl, in the configured task order;
     `data_settings`: task -> its data settings (config `data`, task overrides applied); `settings`: the config's
-    `deployment` section; `precision`: task -> training.precision ('auto' resolves here).
-    A task lacking a chosen full or LoRA setting (no usable run) is skipped (listed in the summary).
+    `deployment` section (its `method`: the adapter method served, see `served_methods`);
+    `precision`: task -> training.precision ('auto' resolves here); `methods`: the config's methods
+    ({name: spec}); `reference`: analysis.reference_method. A task lacking a chosen setting of
+    either served method (no usable run) is skipped (listed in the summary).
     """
-    # the settings best.csv reports, chosen here from the runs' dev metrics by the same function: the
-    # choice depends on no analysis.* setting, so re-computing statistics does not re-run this job
-    finished = runs_frame(metrics_paths)
-    order = {task: i for i, task in enumerate(probe_paths)}  # the configured task order
-    best = best_settings(finished[finished.status.isin(USABLE_STATUSES)]).sort_values(
-        ["task", "method"], key=lambda col: col.map(order) if col.name == "task" else col, kind="stable")
-    chosen = chosen_runs(best, runs, model_dirs, metrics_paths)
-    tasks = [t for t in probe_paths if (t, "full") in chosen and (t, "lora") in chosen]
+    served = served_methods(methods, reference, settings.get("method"))
+    chosen = choose(runs, model_dirs, metrics_paths, list(probe_paths))
+    tasks = [t for t in probe_paths if (t, served.full) in chosen and (t, served.adapter) in chosen]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bench = Bench(device, float(settings["min_run_time"]), torch.get_num_threads())
     batch_sizes = sorted(int(b) for b in settings["batch_sizes"])
@@ -244,7 +279,7 @@ def deployment(*, runs: Sequence[Mapping], model_dirs: Sequence, metrics_paths: 
     features = {t: probe_features(probe_paths[t], tokenizer, task_defs[t], data_settings[t]) for t in tasks}
     results = []
     for group in task_groups(tasks, task_defs):
-        results.append(bench_group(group, chosen, model_cfg, tokenizer, features, batch_sizes, bench, compute))
+        results.append(bench_group(group, chosen, served, model_cfg, tokenizer, features, batch_sizes, bench, compute))
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the group's models are gone: the next group's deltas start clean
     table = pd.DataFrame([r for res in results for r in res["rows"]], columns=COLUMNS)
@@ -258,7 +293,8 @@ def deployment(*, runs: Sequence[Mapping], model_dirs: Sequence, metrics_paths: 
         "machine": measure.machine(device), "versions": measure.versions(),
         "precision": {"weights": "float32 (as saved)", "compute": compute},
         "settings": settings_summary(bench, batch_sizes),
-        "chosen_runs": [asdict(c) for c in chosen.values() if c.task in tasks],
+        "methods": asdict(served),
+        "chosen_runs": [asdict(c) for c in chosen.values() if c.task in tasks and c.method in asdict(served).values()],
         "skipped_tasks": [t for t in probe_paths if t not in tasks],
         "groups": [res["info"] for res in results], "peft_mixed_batch": PEFT_MIXED_BATCH,
         "memory": memory_summary(memory, {res["info"]["group"]: res["base_bytes"] for res in results})

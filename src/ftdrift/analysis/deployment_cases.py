@@ -44,6 +44,19 @@ class Chosen:
 
 
 @dataclass(frozen=True)
+class Methods:
+    """The two methods served: `full` trains every weight (a whole model per task), `adapter` is
+    served as adapters on one base model (ftdrift.analysis.deployment.served_methods)."""
+
+    full: str
+    adapter: str
+
+    def variants(self) -> tuple[str, str, str]:
+        """The inference variants: the full model, the unmerged and the merged adapter."""
+        return self.full, f"{self.adapter}_unmerged", f"{self.adapter}_merged"
+
+
+@dataclass(frozen=True)
 class Group:
     """Tasks sharing one task-model class (auto class and label count): one base model can hold their adapters."""
 
@@ -77,33 +90,36 @@ class Bench:
 
 @dataclass
 class Served:
-    """One group's models, loaded: the base holding every adapter (adapter name = task) and the full models."""
+    """One group's models, loaded: the base holding every adapter of the adapter method (adapter name
+    = task) and the full method's models (`methods`: the two method names)."""
 
     group: Group
+    methods: Methods
     adapters: PeftModel
     full: dict[str, torch.nn.Module]
-    lora_runs: dict[str, Chosen]
+    adapter_runs: dict[str, Chosen]
     full_runs: dict[str, Chosen]
     memory: list[dict]  # rows of deployment_memory.csv
     base_bytes: int  # parameter and buffer bytes of the base task model alone
 
 
-def load_served(group: Group, chosen: Mapping, model_cfg: Mapping, tokenizer, device: torch.device) -> Served:
+def load_served(group: Group, chosen: Mapping, methods: Methods, model_cfg: Mapping, tokenizer,
+                device: torch.device) -> Served:
     """Load both layouts of `group`, measuring what each adds to resident memory (adapters first),
     weights paged in (measure.page_in)."""
-    lora_runs = {t: chosen[(t, "lora")] for t in group.tasks}
-    full_runs = {t: chosen[(t, "full")] for t in group.tasks}
+    adapter_runs = {t: chosen[(t, methods.adapter)] for t in group.tasks}
+    full_runs = {t: chosen[(t, methods.full)] for t in group.tasks}
     first, *rest = group.tasks
     # a throwaway load of each kind first: lazy imports and first-use allocations stay out of the deltas
     PeftModel.from_pretrained(models.load_model(dict(model_cfg), group.kind, group.num_labels, tokenizer),
-                              lora_runs[first].model_dir).to(device)
+                              adapter_runs[first].model_dir).to(device)
     models.load_fine_tuned(full_runs[first].model_dir, group.kind).to(device)
     with measure.resident(device) as adapters_added:
         base = models.load_model(dict(model_cfg), group.kind, group.num_labels, tokenizer)
         base_bytes = sum(measure.tensor_bytes(base).values())
-        adapters = PeftModel.from_pretrained(base, lora_runs[first].model_dir, adapter_name=first)
+        adapters = PeftModel.from_pretrained(base, adapter_runs[first].model_dir, adapter_name=first)
         for task in rest:
-            adapters.load_adapter(lora_runs[task].model_dir, adapter_name=task)
+            adapters.load_adapter(adapter_runs[task].model_dir, adapter_name=task)
         adapters.to(device).eval()
         measure.page_in([adapters])
     with measure.resident(device) as full_added:
@@ -118,7 +134,7 @@ def load_served(group: Group, chosen: Mapping, model_cfg: Mapping, tokenizer, de
         memory.append({"group": group.name, "tasks": tasks, "n_tasks": len(group.tasks), "layout": layout,
                        "param_bytes": param, "buffer_bytes": buffer, "computed_bytes": param + buffer,
                        "measured_bytes": added.bytes, "measured_as": added.how, "device": device.type})
-    return Served(group, adapters, full, lora_runs, full_runs, memory, base_bytes)
+    return Served(group, methods, adapters, full, adapter_runs, full_runs, memory, base_bytes)
 
 
 def row(section: str, served: Served, task: str, variant: str, batch_size: int | None, runs: Sequence[Chosen],
@@ -130,7 +146,8 @@ def row(section: str, served: Served, task: str, variant: str, batch_size: int |
 
 def inference_rows(served: Served, features: Mapping, tokenizer, batch_sizes: Sequence[int], bench: Bench,
                    precision: Mapping[str, str]) -> tuple[list[dict], dict]:
-    """Per task: full, unmerged and merged adapter at each batch size; and max |merged − unmerged|."""
+    """Per task: the full model, the unmerged and the merged adapter (variants `Methods.variants`) at
+    each batch size; and max |merged − unmerged|."""
     rows, merge_diff, device = [], {}, bench.device
     for task in served.group.tasks:
         # the group's model with this task's adapter active: inactive adapters cost nothing in a forward
@@ -138,9 +155,10 @@ def inference_rows(served: Served, features: Mapping, tokenizer, batch_sizes: Se
         merged = copy.deepcopy(served.adapters).merge_and_unload().eval()
         check = features[task][:CHECK_EXAMPLES]
         merge_diff[task] = max_diff(served.adapters, merged, probe_batches(check, tokenizer, len(check), device))
-        variants = {"full": (served.full[task], served.full_runs[task]),
-                    "lora_unmerged": (served.adapters, served.lora_runs[task]),
-                    "lora_merged": (merged, served.lora_runs[task])}
+        full, unmerged, merged_name = served.methods.variants()
+        variants = {full: (served.full[task], served.full_runs[task]),
+                    unmerged: (served.adapters, served.adapter_runs[task]),
+                    merged_name: (merged, served.adapter_runs[task])}
         for batch_size in batch_sizes:
             batches = probe_batches(features[task], tokenizer, batch_size, device)
             for variant, (model, served_run) in variants.items():
@@ -196,7 +214,7 @@ def multi_task_rows(served: Served, features: Mapping, tokenizer, batch_sizes: S
         note = f"{len(items[0][2])} of {len(tasks)} tasks in a batch" * (batch_size < len(tasks))
         for variant in (full_models, adapter_per_task, mixed_adapter_batch):
             name = variant.__name__
-            runs = [(served.full_runs if name == "full_models" else served.lora_runs)[t] for t in tasks]
+            runs = [(served.full_runs if name == "full_models" else served.adapter_runs)[t] for t in tasks]
             if name == "mixed_adapter_batch" and not info["mixed_batch_supported"]:
                 rows.append(row("multi_task", served, label, name, batch_size, runs, {}, precision, device,
                                 supported=False, note=info["note"]))
@@ -213,7 +231,7 @@ def adapter_op_rows(served: Served, bench: Bench, precision: str) -> list[dict]:
         cycle = itertools.cycle(group.tasks)
         stats = bench.time_blocked(lambda: ad.set_adapter(next(cycle), inference_mode=True))
         rows.append(row("adapter_ops", served, "+".join(group.tasks), "set_adapter", None,
-                        list(served.lora_runs.values()), stats, precision, bench.device))
+                        list(served.adapter_runs.values()), stats, precision, bench.device))
     for task in group.tasks:
         rows += load_task_rows(served, bench, task, precision)
     return rows
@@ -225,17 +243,17 @@ def load_task_rows(served: Served, bench: Bench, task: str, precision: str) -> l
     weights are memory-mapped: unread, the first forward would pay for loading them); files come
     from the page cache (warm-up loads read them first)."""
     ad, device, kind = served.adapters, bench.device, served.group.kind
-    lora_run, full_run = served.lora_runs[task], served.full_runs[task]
+    adapter_run, full_run = served.adapter_runs[task], served.full_runs[task]
     names, loaded = (f"{task}-load{i}" for i in itertools.count()), []
 
     def load():
         loaded.append(next(names))
-        ad.load_adapter(lora_run.model_dir, adapter_name=loaded[-1])
+        ad.load_adapter(adapter_run.model_dir, adapter_name=loaded[-1])
 
     load_stats = bench.time_single(load)
     # timeit(1) makes 3 calls per sample: as many samples as for loading delete every adapter loaded
     delete_stats = bench.time_single(lambda: ad.delete_adapter(loaded.pop()), samples=load_stats["samples"])
     full_stats = bench.time(lambda: measure.page_in([models.load_fine_tuned(full_run.model_dir, kind).to(device)]))
-    return [row("adapter_ops", served, task, "load_adapter", None, [lora_run], load_stats, precision, device),
-            row("adapter_ops", served, task, "delete_adapter", None, [lora_run], delete_stats, precision, device),
+    return [row("adapter_ops", served, task, "load_adapter", None, [adapter_run], load_stats, precision, device),
+            row("adapter_ops", served, task, "delete_adapter", None, [adapter_run], delete_stats, precision, device),
             row("adapter_ops", served, task, "load_full_model", None, [full_run], full_stats, precision, device)]

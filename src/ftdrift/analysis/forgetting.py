@@ -25,7 +25,8 @@ lm
     LM and by the same LM with the run's fine-tuned backbone, the head kept the base's
     (ftdrift.analysis.lm_loss). Skipped, with the reason, for other families or without a text file.
 
-One job per run; the fine-tuned model is loaded once (LoRA: base task model + adapter, merged).
+One job per run, for any method; the fine-tuned model is loaded once (ftdrift.analysis.tuned: the
+saved full model, or the base task model with the saved adapter, merged).
 """
 
 from __future__ import annotations
@@ -129,23 +130,15 @@ def probe_transfer_row(probe_task: str, probe: dict | None, labels: list[int], b
 
 
 # ----------------------------------------------------------------------------- models
-def load_tuned_task_model(model_dir, method: str, model_cfg: dict, task_def: dict, tokenizer):
-    """The run's fine-tuned task model, float32, eval mode, on the GPU when there is one: the saved
-    full model, or the base task model with the saved adapter merged in (`merge_and_unload`), loaded
-    as the checkpoint validator does (ftdrift.analysis.checkpoints)."""
+def load_tuned_task_model(model_dir, method, model_cfg: dict, task_def: dict, tokenizer):
+    """The run's fine-tuned task model (`method`: a ftdrift.study.methods.Method), float32, eval
+    mode, on the GPU when there is one: the saved full model, or the base task model with the saved
+    adapter merged in (ftdrift.analysis.tuned.load_tuned), loaded as the checkpoint validator does."""
     import torch
 
-    from ftdrift.modeling import lora, models
-    from ftdrift.study.config import task_kind
+    from ftdrift.analysis import tuned
 
-    kind = task_kind(task_def)
-    if method == "full":
-        model = models.load_fine_tuned(model_dir, kind)
-    elif method == "lora":
-        num_labels = len(task_def["labels"]) if kind == "classification" else None
-        model = lora.load(models.load_model(model_cfg, kind, num_labels, tokenizer), Path(model_dir)).merge_and_unload()
-    else:
-        raise ValueError(f"unknown method '{method}' (known: full, lora)")
+    model = tuned.load_tuned(model_dir, method, model_cfg, task_def, tokenizer, merge=True)
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
@@ -201,9 +194,10 @@ def lm_forgetting(*, model_cfg: dict, backbone, text_file, forgetting_cfg: dict,
 
 
 # ----------------------------------------------------------------------------- the job
-def run_forgetting(*, run: dict, method: str, model_dir, metrics_path, model_cfg: dict, task_def: dict,
+def run_forgetting(*, run: dict, method, model_dir, metrics_path, model_cfg: dict, task_def: dict,
                    others: dict[str, dict], drift_cfg: dict, forgetting_cfg: dict, text_file, out_path) -> dict:
-    """Everything of the module doc for one run, written atomically to `out_path` as JSON and returned:
+    """Everything of the module doc for one run of `method` (a ftdrift.study.methods.Method), written
+    atomically to `out_path` as JSON and returned:
 
     {"run": {RUN_KEYS}, "precision", "run_status",
      "out_of_task": [{probe_task, layer, layer_name, pooling, metric, value, bootstrap_se}],

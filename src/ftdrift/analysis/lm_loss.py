@@ -10,8 +10,8 @@ Hugging Face perplexity guide (transformers docs, "Perplexity of fixed-length mo
 window). A last window shorter than 2 tokens predicts nothing and is dropped.
 
 The fine-tuned model is scored with the BASE model's language-modelling head: the run's backbone
-weights (full fine-tuning: its task model's backbone; LoRA: the merged adapter) are loaded into the
-base AutoModelForCausalLM's backbone and the head is untied from the input embeddings first, so a
+weights (full fine-tuning: its task model's backbone; an adapter method: the merged adapter) are
+loaded into the base AutoModelForCausalLM's backbone and the head is untied from the input embeddings first, so a
 fine-tuned embedding matrix never reaches the head through weight tying.
 """
 

@@ -2,10 +2,11 @@
 
 * The seed floor: runs of one setting (task, method, lr, batch size) that differ only in their seed,
   compared pairwise per layer and snapshot step. It says how far apart two runs of the same recipe
-  end up, the noise level against which a drift or a full-vs-LoRA difference is read.
-* Full vs LoRA: the chosen full fine-tuning and LoRA settings of a task (results/tables/best.csv),
-  same seed, compared per layer over training; and a layer x layer linear-CKA matrix between the two
-  final snapshots (which LoRA layer matches which full fine-tuning layer).
+  end up, the noise level against which a drift or a difference between methods is read.
+* A method vs the reference method (config key 'analysis.reference_method'): for every other
+  method, its chosen setting and the reference's (results/tables/chosen.csv), same seed, compared
+  per layer over training; and a layer x layer linear-CKA matrix between the two final snapshots
+  (which layer of the compared method matches which layer of the reference).
 
 Every value is one of the drift metrics (ftdrift.core.drift_metrics), computed between the two runs'
 representations of the same probe examples at the same step. Linear CKA at the last step both runs
@@ -20,8 +21,9 @@ numpy, pandas, zarr and torch are imported only inside the functions that comput
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from ftdrift.study.grid import SETTING_KEYS, USABLE_STATUSES, format_float
 
@@ -32,14 +34,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("ftdrift.analysis.pairs")
 
 SEED_FLOOR = "results/seed_floor/{task}/{method}/lr{lr}_bs{batch_size}.csv"
-FULL_VS_LORA = "results/similarity/{task}/full_vs_lora.csv"
-FULL_VS_LORA_LAYERS = "results/similarity/{task}/full_vs_lora_layers.csv"
+# one pair of tables per (task, compared method); the reference is a column, not part of the path
+METHOD_PAIR = "results/similarity/{task}/{method}.csv"
+METHOD_PAIR_LAYERS = "results/similarity/{task}/{method}_layers.csv"
 
 # the per-step columns of one comparison of two runs
 PAIR_COLUMNS = ["step", "layer", "layer_name", "pooling", "metric", "value", "bootstrap_se"]
 SEED_FLOOR_COLUMNS = SETTING_KEYS + ["seed_a", "seed_b"] + PAIR_COLUMNS
-FULL_VS_LORA_COLUMNS = ["task", "seed", "lr_full", "batch_size_full", "lr_lora", "batch_size_lora"] + PAIR_COLUMNS
-LAYER_COLUMNS = ["task", "seed", "pooling", "layer_full", "layer_name_full", "layer_lora", "layer_name_lora", "value"]
+# suffix _ref: the reference method's run; _method: the compared method's run
+METHOD_PAIR_COLUMNS = ["task", "reference", "method", "seed", "lr_ref", "batch_size_ref", "lr_method",
+                       "batch_size_method"] + PAIR_COLUMNS
+LAYER_COLUMNS = ["task", "reference", "method", "seed", "pooling", "layer_ref", "layer_name_ref", "layer_method",
+                 "layer_name_method", "value"]
 
 
 # --------------------------------------------------------------------------- #
@@ -82,9 +88,22 @@ def seed_floor_paths(runs: Iterable) -> list[str]:
     return [SEED_FLOOR.format(**setting) for setting in settings_with_seeds(runs)]
 
 
-def method_similarity_paths(tasks: Iterable[str]) -> list[str]:
-    """Both full-vs-LoRA CSVs of every task."""
-    return [pattern.format(task=task) for task in tasks for pattern in (FULL_VS_LORA, FULL_VS_LORA_LAYERS)]
+def method_similarity_paths(tasks: Iterable[str], compared: Iterable[str]) -> list[str]:
+    """Both similarity CSVs (METHOD_PAIR, METHOD_PAIR_LAYERS) of every task x compared method
+    (ftdrift.study.methods.compared: every configured method but the reference)."""
+    compared = list(compared)
+    return [pattern.format(task=task, method=method) for task in tasks for method in compared
+            for pattern in (METHOD_PAIR, METHOD_PAIR_LAYERS)]
+
+
+def pair_runs(runs: Iterable, task: str, method: str, reference: str) -> list:
+    """The runs of `task` whose method is `reference` or `method` (the inputs of one comparison), in
+    the order of `runs`. ValueError when `method` is the reference (a method is not compared with itself)."""
+    if method == reference:
+        raise ValueError(f"target {METHOD_PAIR.format(task=task, method=method)}: '{method}' is the reference "
+                         "method (config key 'analysis.reference_method'); only the other methods are compared "
+                         "with it")
+    return [run for run in runs if _fields(run)["task"] == task and _fields(run)["method"] in (reference, method)]
 
 
 def run_status(metrics_path) -> str:
@@ -232,28 +251,28 @@ def layer_cka_matrix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def final_layer_matrix(path_full, path_lora, metrics_paths: tuple = (None, None)) -> pd.DataFrame:
-    """Per pooling, linear CKA between every layer of run A's (full) and run B's (LoRA) last snapshot:
-    columns pooling, layer_full, layer_name_full, layer_lora, layer_name_lora, value. Each run's own last
-    snapshot (the final model), even where one run stopped earlier. Same refusals and `metrics_paths` as
-    compare_stores."""
+def final_layer_matrix(path_ref, path_method, metrics_paths: tuple = (None, None)) -> pd.DataFrame:
+    """Per pooling, linear CKA between every layer of the reference run's and the compared run's last
+    snapshot: columns pooling, layer_ref, layer_name_ref, layer_method, layer_name_method, value. Each
+    run's own last snapshot (the final model), even where one run stopped earlier. Same refusals and
+    `metrics_paths` as compare_stores."""
     import numpy as np
     import pandas as pd
 
-    store_a, store_b = _open(path_full, metrics_paths[0]), _open(path_lora, metrics_paths[1])
-    attrs = _comparable_attrs(path_full, store_a.attrs, path_lora, store_b.attrs)
-    columns = LAYER_COLUMNS[2:]
+    store_a, store_b = _open(path_ref, metrics_paths[0]), _open(path_method, metrics_paths[1])
+    attrs = _comparable_attrs(path_ref, store_a.attrs, path_method, store_b.attrs)
+    columns = LAYER_COLUMNS[LAYER_COLUMNS.index("pooling"):]
     last_a, last_b = len(store_a.steps()) - 1, len(store_b.steps()) - 1
     if min(last_a, last_b) < 0:
-        log.warning("%s or %s holds no snapshot: no layer x layer matrix", path_full, path_lora)
+        log.warning("%s or %s holds no snapshot: no layer x layer matrix", path_ref, path_method)
         return pd.DataFrame(columns=columns)
     names = np.array(attrs["layer_names"])
     frames = []
     for pooling in attrs["poolings"]:
         matrix = layer_cka_matrix(store_a.group[pooling][last_a], store_b.group[pooling][last_b])
         i, j = np.meshgrid(np.arange(matrix.shape[0]), np.arange(matrix.shape[1]), indexing="ij")
-        frames.append(pd.DataFrame({"pooling": pooling, "layer_full": i.ravel(), "layer_name_full": names[i.ravel()],
-                                    "layer_lora": j.ravel(), "layer_name_lora": names[j.ravel()],
+        frames.append(pd.DataFrame({"pooling": pooling, "layer_ref": i.ravel(), "layer_name_ref": names[i.ravel()],
+                                    "layer_method": j.ravel(), "layer_name_method": names[j.ravel()],
                                     "value": matrix.ravel()}))
     return pd.concat(frames, ignore_index=True)[columns]
 
@@ -312,10 +331,18 @@ def _read_settings_table(path, name: str, required: list[str]) -> pd.DataFrame:
     return table
 
 
-def method_similarity_tables(task: str, chosen_path, store_paths: dict, metrics: list[str],
-                             bootstrap_resamples: int = 0,
+def _chosen_arm(runs: pd.DataFrame, task: str, method: str) -> tuple[tuple[str, int], set[int]] | None:
+    """((lr, batch size), seeds) of the task x method's chosen setting in chosen.csv's frame; None without one."""
+    rows = runs[(runs.task == task) & (runs.method == method)]
+    if rows.empty:
+        return None
+    return (rows.iloc[0].lr, int(rows.iloc[0].batch_size)), {int(s) for s in rows.seed}
+
+
+def method_similarity_tables(task: str, method: str, reference: str, chosen_path, store_paths: dict,
+                             metrics: list[str], bootstrap_resamples: int = 0,
                              metrics_paths: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Full fine-tuning vs LoRA for one task: (full_vs_lora, full_vs_lora_layers).
+    """One method vs the reference method for one task: (pair table, layer x layer table).
 
     `chosen_path`: results/tables/chosen.csv (RUN_KEYS of the usable runs of each task x method's
     chosen setting; rule choose_settings). `store_paths`: (method, lr, batch_size, seed) ->
@@ -323,50 +350,54 @@ def method_similarity_tables(task: str, chosen_path, store_paths: dict, metrics:
     A seed enters when both chosen settings ran it. `metrics_paths`: the same keys -> the run's
     metrics.json, whose meta.snapshot_steps its store must hold (None or a missing key: no such check).
 
-    full_vs_lora (FULL_VS_LORA_COLUMNS): compare_stores(full, LoRA) per seed. full_vs_lora_layers
-    (LAYER_COLUMNS): final_layer_matrix per seed. No chosen setting for a method or no shared seed:
-    both header-only, with a log line saying why. KeyError naming the run when a needed store is not given.
+    Pair table (METHOD_PAIR_COLUMNS): compare_stores(reference run, method run) per seed. Layer table
+    (LAYER_COLUMNS): final_layer_matrix per seed. No chosen setting for either method or no shared
+    seed: both header-only, with a log line saying why. ValueError when `method` is `reference`;
+    KeyError naming the run when a needed store is not given.
     """
     import pandas as pd
 
-    empty = pd.DataFrame(columns=FULL_VS_LORA_COLUMNS), pd.DataFrame(columns=LAYER_COLUMNS)
+    if method == reference:
+        raise ValueError(f"task {task}: '{method}' is the reference method; it is not compared with itself")
+    empty = pd.DataFrame(columns=METHOD_PAIR_COLUMNS), pd.DataFrame(columns=LAYER_COLUMNS)
+    what = f"the {method} vs {reference} tables of task {task} are header-only"
     runs = _read_settings_table(chosen_path, "chosen runs", SETTING_KEYS + ["seed"])
-    chosen, seeds = {}, {}
-    for method in ("full", "lora"):
-        rows = runs[(runs.task == task) & (runs.method == method)]
-        if rows.empty:
-            log.info("task %s: no chosen %s setting in %s (no usable %s run); full_vs_lora tables are header-only",
-                     task, method, chosen_path, method)
+    arms = {}
+    for name in (reference, method):
+        arm = _chosen_arm(runs, task, name)
+        if arm is None:
+            log.info("task %s: no chosen %s setting in %s (no usable %s run); %s", task, name, chosen_path, name,
+                     what)
             return empty
-        chosen[method] = (rows.iloc[0].lr, int(rows.iloc[0].batch_size))
-        seeds[method] = {int(s) for s in rows.seed}
-    shared = sorted(seeds["full"] & seeds["lora"])
+        arms[name] = arm
+    (ref_setting, ref_seeds), (method_setting, method_seeds) = arms[reference], arms[method]
+    shared = sorted(ref_seeds & method_seeds)
     if not shared:
-        log.info("task %s: the chosen full (lr %s, bs %s; seeds %s) and LoRA (lr %s, bs %s; seeds %s) settings share "
-                 "no seed with a usable run; full_vs_lora tables are header-only", task, *chosen["full"],
-                 sorted(seeds["full"]), *chosen["lora"], sorted(seeds["lora"]))
+        log.info("task %s: the chosen %s (lr %s, bs %s; seeds %s) and %s (lr %s, bs %s; seeds %s) settings share "
+                 "no seed with a usable run; %s", task, reference, *ref_setting, sorted(ref_seeds), method,
+                 *method_setting, sorted(method_seeds), what)
         return empty
 
-    def store(method: str, seed: int):
-        key = (method, *chosen[method], seed)
-        if key not in store_paths:
-            raise KeyError(f"task {task}: no snapshot store given for run {method}/lr{key[1]}_bs{key[2]}_seed{seed}")
-        return store_paths[key]
+    def key(name: str, seed: int) -> tuple:
+        return (name, *arms[name][0], seed)
 
-    def recorded(method: str, seed: int):
-        return (metrics_paths or {}).get((method, *chosen[method], seed))
+    def store(name: str, seed: int):
+        if key(name, seed) not in store_paths:
+            _, lr, bs, _ = key(name, seed)
+            raise KeyError(f"task {task}: no snapshot store given for run {name}/lr{lr}_bs{bs}_seed{seed}")
+        return store_paths[key(name, seed)]
 
     pairs, layers = [], []
-    fields = {"task": task, "lr_full": chosen["full"][0], "batch_size_full": chosen["full"][1],
-              "lr_lora": chosen["lora"][0], "batch_size_lora": chosen["lora"][1]}
+    fields = {"task": task, "reference": reference, "method": method, "lr_ref": ref_setting[0],
+              "batch_size_ref": ref_setting[1], "lr_method": method_setting[0], "batch_size_method": method_setting[1]}
     for seed in shared:
-        full, lora = store("full", seed), store("lora", seed)
-        checked = (recorded("full", seed), recorded("lora", seed))
-        pair = compare_stores(full, lora, metrics, bootstrap_resamples, checked)
-        layer = final_layer_matrix(full, lora, checked)
+        a, b = store(reference, seed), store(method, seed)
+        checked = tuple((metrics_paths or {}).get(key(name, seed)) for name in (reference, method))
+        pair = compare_stores(a, b, metrics, bootstrap_resamples, checked)
+        layer = final_layer_matrix(a, b, checked)
         if not pair.empty:
             pairs.append(pair.assign(seed=seed, **fields))
         if not layer.empty:
-            layers.append(layer.assign(task=task, seed=seed))
-    return (pd.concat(pairs, ignore_index=True)[FULL_VS_LORA_COLUMNS] if pairs else empty[0],
+            layers.append(layer.assign(task=task, reference=reference, method=method, seed=seed))
+    return (pd.concat(pairs, ignore_index=True)[METHOD_PAIR_COLUMNS] if pairs else empty[0],
             pd.concat(layers, ignore_index=True)[LAYER_COLUMNS] if layers else empty[1])

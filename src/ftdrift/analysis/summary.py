@@ -33,15 +33,18 @@ def latex_tables(best: pd.DataFrame, verdicts: pd.DataFrame, analysis: dict) -> 
     if not verdicts.empty:
         table = verdicts.assign(h1_change=[_h1_change(r) for r in verdicts.itertuples()],
                                 h1_tol=[_h1_tolerance(r, analysis, latex=True) for r in verdicts.itertuples()])
-        cols = ["task", "metric", "analysis", "lora_minus_full", "diff_ci_low", "diff_ci_high", "h1_change", "h1_tol",
+        cols = ["method", "task", "metric", "analysis", "method_minus_reference", "diff_ci_low", "diff_ci_high",
+                "h1_change", "h1_tol",
                 "h1_verdict", "h2_drift_reduction", "h2_p_holm", "h2_seed_floor", "h2_verdict"]
         table = table[[c for c in cols if c in table]].rename(columns={
-            "h1_change": "H1 drop", "h1_tol": "H1 tolerance", "h2_p_holm": "H2 p (Holm)",
+            "method_minus_reference": "method - reference", "h1_change": "H1 drop", "h1_tol": "H1 tolerance",
+            "h2_p_holm": "H2 p (Holm)",
             "h2_seed_floor": "seed floor"})
         parts.append(table.to_latex(
             index=False, float_format="%.3f", na_rep="--",
-            caption=f"LoRA vs full fine-tuning ({pct}\\% CIs): H1 (the main metric's drop, full minus LoRA, "
-                    f"within a tolerance: relative, {analysis['h1_max_relative_drop']:g} of full fine-tuning's score, "
+            caption=f"Each method vs the reference method {_reference(verdicts, analysis)} ({pct}\\% CIs): H1 (the "
+                    "main metric's drop, reference minus method, within a tolerance: relative, "
+                    f"{analysis['h1_max_relative_drop']:g} of the reference's score, "
                     "or absolute, in the metric's units, where the task declares h1_absolute_tolerance) and H2 "
                     f"(relative reduction of {analysis['h2_metric']} drift, {analysis['h2_pooling']} pooling, at "
                     f"least {analysis['h2_min_drift_reduction']:g}; {_h2_rule(verdicts, analysis)}).".replace("−", "-"),
@@ -54,7 +57,7 @@ def _is_absolute(r) -> bool:
 
 
 def _h1_change(r) -> float:
-    """H1's judged quantity: the relative drop, or (absolute mode) the difference full − LoRA."""
+    """H1's judged quantity: the relative drop, or (absolute mode) the difference reference − method."""
     return r.h1_difference if _is_absolute(r) else r.h1_relative_drop
 
 
@@ -65,7 +68,7 @@ def _h1_tolerance(r, analysis: dict, latex: bool = False) -> str:
 
 
 def _h1_text(r, analysis: dict) -> str:
-    what = "full − LoRA" if _is_absolute(r) else "drop"
+    what = "reference − method" if _is_absolute(r) else "drop"
     return f"{what} {_fmt(_h1_change(r))}, tolerance {_h1_tolerance(r, analysis)}"
 
 
@@ -76,8 +79,16 @@ def _h2_rule(verdicts: pd.DataFrame, analysis: dict) -> str:
     k = int(np.isfinite(verdicts.h2_p_value.to_numpy(float)).sum())
     alpha = verdicts.h2_alpha.iloc[0] if "h2_alpha" in verdicts else analysis.get("h2_alpha", np.nan)
     return (f"supported only when, in addition, the exact one-sided permutation test over seeds rejects at "
-            f"{alpha:g} after Holm correction across the {k} task{'' if k == 1 else 's'} with a p-value, and "
+            f"{alpha:g} after Holm correction across the {k} comparison{'' if k == 1 else 's'} (method × task) "
+            "with a p-value, and "
             "the drift difference exceeds the seed floor (how far seeds of one setting drift apart)")
+
+
+def _reference(verdicts: pd.DataFrame, analysis: dict) -> str:
+    """The reference method's name: verdicts.csv's `reference` column, else the config's."""
+    if "reference" in verdicts and len(verdicts):
+        return str(verdicts.reference.iloc[0])
+    return str(analysis.get("reference_method", "reference"))
 
 
 def _fmt(value, digits=3) -> str:
@@ -104,7 +115,7 @@ def summary_markdown(best: pd.DataFrame, verdicts: pd.DataFrame, layers: pd.Data
     if not failed.empty:
         lines += ["## 🔴 FAILED: checkpoint validation", "",
                   f"{len(failed)} run(s) whose saved model does not reproduce their predictions and metrics, or whose "
-                  "merged LoRA adapter differs from the trained one (results/checks/): their numbers cannot be "
+                  "merged adapter differs from the trained one (results/checks/): their numbers cannot be "
                   "trusted.", "", "| task | method | lr | batch | seed | what failed |", "|---|---|---|---|---|---|"]
         for r in failed.itertuples():
             lines.append(f"| {r.task} | {r.method} | {r.lr} | {r.batch_size} | {r.seed} | {r.checkpoint_failure} |")
@@ -136,24 +147,26 @@ def summary_markdown(best: pd.DataFrame, verdicts: pd.DataFrame, layers: pd.Data
             lines.append(f"| {r.task} | {r.method} | {_fmt(r.val_HasAns_exact, 1)} | {_fmt(r.val_HasAns_f1, 1)} | "
                          f"{_fmt(r.val_NoAns_exact, 1)} | {_fmt(r.val_NoAns_f1, 1)} |")
     if not verdicts.empty:
-        lines += ["", "## LoRA vs full fine-tuning", "",
+        reference = _reference(verdicts, analysis)
+        lines += ["", f"## Each method vs the reference method ({reference})", "",
                   f"{pct} % confidence intervals; paired over seeds where both methods ran the same seeds. H1: the "
-                  f"main metric's drop (full − LoRA) within a relative tolerance "
-                  f"({analysis['h1_max_relative_drop']:g} of full fine-tuning's score) or, where the task catalog "
+                  f"main metric's drop (reference − method) within a relative tolerance "
+                  f"({analysis['h1_max_relative_drop']:g} of the reference's score) or, where the task catalog "
                   f"declares h1_absolute_tolerance, an absolute one (metric units). H2 on {analysis['h2_metric']} "
                   f"drift, {analysis['h2_pooling']} pooling: reduction at least "
                   f"{analysis['h2_min_drift_reduction']:g}; {_h2_rule(verdicts, analysis)}.", "",
-                  "| task | metric | analysis | LoRA − full | CI | H1 (main metric within tolerance) | H2 (drifts less) "
-                  "| H2 p (Holm) | seed floor |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| method | task | metric | analysis | method − reference | CI | H1 (main metric within tolerance) "
+                  "| H2 (drifts less) | H2 p (Holm) | seed floor |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         notes = []
         for r in verdicts.itertuples():
             p_holm, p_raw = getattr(r, "h2_p_holm", np.nan), getattr(r, "h2_p_value", np.nan)
-            lines.append(f"| {r.task} | {r.metric} | {r.analysis} | {_fmt(r.lora_minus_full)} | [{_fmt(r.diff_ci_low)}, "
+            lines.append(f"| {r.method} | {r.task} | {r.metric} | {r.analysis} | {_fmt(r.method_minus_reference)} | "
+                         f"[{_fmt(r.diff_ci_low)}, "
                          f"{_fmt(r.diff_ci_high)}] | {r.h1_verdict} ({_h1_text(r, analysis)}) | "
                          f"{r.h2_verdict} (reduction {_fmt(r.h2_drift_reduction)}) | {_fmt(p_holm)} (raw "
                          f"{_fmt(p_raw)}) | {_fmt(getattr(r, 'h2_seed_floor', np.nan))} |")
-            notes += [f"- {r.task}, {h}: {reason}" for h, verdict, reason in (
+            notes += [f"- {r.method}, {r.task}, {h}: {reason}" for h, verdict, reason in (
                 ("H1", r.h1_verdict, getattr(r, "h1_reason", "")), ("H2", r.h2_verdict, getattr(r, "h2_reason", "")))
                 if verdict == "inconclusive" and isinstance(reason, str) and reason]
         if notes:

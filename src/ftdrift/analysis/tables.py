@@ -106,7 +106,7 @@ def chosen_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 def write_chosen(metrics_paths, path) -> None:
     """chosen.csv (RUN_KEYS of chosen_runs) from the runs' metrics.json alone: its own rule, so that the
-    full-vs-LoRA comparison re-runs when the choice changes, not whenever a table is rebuilt."""
+    comparisons with the reference method re-run when the choice changes, not whenever a table is rebuilt."""
     runs = runs_frame(metrics_paths)
     runs["lr"] = runs["lr"].astype(str)
     io.write_csv(path, chosen_runs(runs)[RUN_KEYS] if not runs.empty else pd.DataFrame(columns=RUN_KEYS))
@@ -125,7 +125,7 @@ USABLE = USABLE_STATUSES
 def aggregate(*, metrics_paths, predictions_paths, train_log_paths, validation_paths: dict, drift_paths,
               weights_paths, check_paths, baseline_paths: dict, task_defs: dict, analysis: dict, outputs: dict,
               planned: list[dict] | None = None, bootstrap_paths=(), seed_floor_paths=(), forgetting_paths=(),
-              intruder_paths=()) -> None:
+              intruder_paths=(), methods: list[str] | None = None) -> None:
     """Build every table of results/tables/ from the runs' outputs (see the README's Results).
 
     The per-run lists (metrics, predictions, train logs) are aligned; `validation_paths` and
@@ -134,7 +134,9 @@ def aggregate(*, metrics_paths, predictions_paths, train_log_paths, validation_p
     runs (wildcards dicts), those without outputs are listed as missing. Diverged runs are listed
     but left out of the choice of settings, the means and the verdicts. `bootstrap_paths`: the drift
     jobs' probe-bootstrap replicates; `seed_floor_paths`: the seed_floor jobs' CSVs;
-    `forgetting_paths`: the forgetting jobs' JSONs; `intruder_paths`: the intruder sweeps.
+    `forgetting_paths`: the forgetting jobs' JSONs; `intruder_paths`: the intruder sweeps;
+    `methods`: the configured method names in the config's order (the verdicts' row order; default:
+    the order the runs list them). Every method but `analysis['reference_method']` is compared with it.
     """
     from ftdrift.analysis import uncertainty
     from ftdrift.analysis.verdicts import verdicts_table
@@ -169,8 +171,12 @@ def aggregate(*, metrics_paths, predictions_paths, train_log_paths, validation_p
     best = best_table(chosen, runs, baselines, list(task_defs), confidence)
     best = pd.concat([best, uncertainty.drift_probe_intervals(boot, chosen, best, metric, pooling, confidence)],
                      axis=1)
-    pairs = {task: _methods(chosen, task) for task in task_defs}
-    verdicts = verdicts_table(pairs, uncertainty.task_floors(floor, chosen, metric, pooling), task_defs, analysis)
+    reference = analysis["reference_method"]
+    compared = [m for m in (methods if methods is not None else list(dict.fromkeys(runs.method)))
+                if m != reference]
+    pairs = comparison_arms(chosen, list(task_defs), reference, compared)
+    verdicts = verdicts_table(pairs, uncertainty.comparison_floors(floor, chosen, metric, pooling, reference, compared),
+                              task_defs, analysis)
     layers = layer_table(final, analysis, debiased=final_drift(drift, "debiased_cka", pooling).merge(
         chosen[RUN_KEYS], on=RUN_KEYS))
     if not layers.empty:
@@ -195,8 +201,14 @@ def aggregate(*, metrics_paths, predictions_paths, train_log_paths, validation_p
     io.write_text(outputs["latex"], latex_tables(best, verdicts, analysis))
 
 
-def _methods(chosen: pd.DataFrame, task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return tuple(chosen[(chosen.task == task) & (chosen.method == m)] for m in ("full", "lora"))
+def comparison_arms(chosen: pd.DataFrame, tasks: list[str], reference: str,
+                    compared: list[str]) -> dict[tuple[str, str], tuple[pd.DataFrame, pd.DataFrame]]:
+    """{(method, task): (the reference's chosen runs, the method's chosen runs)} for every compared
+    method x task, methods outermost (verdicts.csv's row order); an arm without runs is an empty frame."""
+    def arm(task: str, method: str) -> pd.DataFrame:
+        return chosen[(chosen.task == task) & (chosen.method == method)]
+
+    return {(method, task): (arm(task, reference), arm(task, method)) for method in compared for task in tasks}
 
 
 def best_table(chosen: pd.DataFrame, runs: pd.DataFrame, baselines: pd.DataFrame, tasks: list[str],

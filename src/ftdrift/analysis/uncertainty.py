@@ -69,23 +69,32 @@ def final_floor(floor: pd.DataFrame, metric: str, pooling: str) -> pd.DataFrame:
     return floor[(floor.metric == metric) & (floor.pooling == pooling) & floor.final.astype(bool)]
 
 
-def task_floors(floor: pd.DataFrame, chosen: pd.DataFrame, metric: str, pooling: str) -> dict[str, float]:
-    """H2's seed floor per task, in drift units: the larger of the two chosen settings' floors,
-    each the mean over layers of the final-step drift between seeds (NaN if either has < 2 seeds)."""
+def setting_floor(final: pd.DataFrame, chosen: pd.DataFrame, task: str, method: str, metric: str) -> float:
+    """The task x method's chosen setting's final seed floor in drift units: the mean over layers of
+    the final-step drift between its seeds (`final`: final_floor rows); NaN without one."""
+    setting = chosen[(chosen.task == task) & (chosen.method == method)]
+    if setting.empty or final.empty:
+        return math.nan
+    lr, bs = str(setting.lr.iloc[0]), int(setting.batch_size.iloc[0])
+    sub = final[(final.task == task) & (final.method == method) & (final.lr.astype(str) == lr)
+                & (final.batch_size.astype(int) == bs)]
+    return float(to_drift(metric, sub.value).mean()) if len(sub) else math.nan
+
+
+def comparison_floors(floor: pd.DataFrame, chosen: pd.DataFrame, metric: str, pooling: str, reference: str,
+                      methods=None) -> dict[tuple[str, str], float]:
+    """H2's seed floor per (method, task) comparison with the `reference` method, in drift units: the
+    larger of the two chosen settings' floors (setting_floor; NaN if either has < 2 seeds).
+
+    `methods`: the compared methods (default: every method of `chosen` but the reference)."""
     final = final_floor(floor, metric, pooling)
+    methods = [m for m in (methods if methods is not None else chosen.method.unique()) if m != reference]
     out = {}
-    for task, group in chosen.groupby("task"):
-        values = []
-        for method in ("full", "lora"):
-            setting = group[group.method == method]
-            if setting.empty:
-                values.append(math.nan)
-                continue
-            lr, bs = str(setting.lr.iloc[0]), int(setting.batch_size.iloc[0])
-            sub = final[(final.task == task) & (final.method == method) & (final.lr.astype(str) == lr)
-                        & (final.batch_size.astype(int) == bs)]
-            values.append(float(to_drift(metric, sub.value).mean()) if len(sub) else math.nan)
-        out[task] = max(values) if all(np.isfinite(values)) else math.nan
+    for task in chosen.task.unique():
+        ref = setting_floor(final, chosen, task, reference, metric)
+        for method in methods:
+            values = [ref, setting_floor(final, chosen, task, method, metric)]
+            out[(method, task)] = max(values) if all(np.isfinite(values)) else math.nan
     return out
 
 

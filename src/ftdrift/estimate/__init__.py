@@ -6,7 +6,7 @@ Modules, one job each:
             batches the training job forms (seeded length-grouped sampler, dynamic padding)
   hardware  the price/hardware table (config/prices.yaml), the profile's machines and concurrency,
             the throughput figure (published peak x MFU, or bench/gpu_mfu.py's measurement)
-  costs     FLOPs, seconds and bytes per job (6N / 4N / 2N per token)
+  costs     FLOPs, seconds and bytes per job (a method's FLOPs per token: ftdrift.study.resources)
   dag       jobs per rule as Snakemake plans them (a dry run)
   plan      all of it put together into an Estimate
   render    the Estimate as aligned tables

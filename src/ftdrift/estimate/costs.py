@@ -1,13 +1,14 @@
 """The cost model: FLOPs, seconds and bytes of each job, from token counts and a throughput.
 
 Model FLOPs per token (Kaplan et al. 2020, "Scaling laws", sec. 2.1; PaLM's MFU convention):
-2N for a forward pass, 6N for a full training step (forward + backward through activations and
-weights), 4N for LoRA (the frozen matrices get no weight gradients; the adapters' own FLOPs are
-negligible). N = the model's parameters without its token embeddings (a lookup, not a matmul) when
+2N for a forward pass; a training token as its method costs it (ftdrift.study.resources.method_cost:
+6N for full fine-tuning, 4N + 6P for an adapter of P trainable parameters, DoRA's weight norm per
+pass on top). N = the model's parameters without its token embeddings (a lookup, not a matmul) when
 counted from the model, else config resources.model_shape.params_billion (embeddings included: ~5 %
 high for Sheared-LLaMA-1.3B); the attention term 12·L·d·s (~4 % at s = 512 for a 1.3B model) is
 left out. Padded tokens are counted: the model computes on padding too.
-So a training example costs 3 forward passes (full) or 2 (LoRA), as issue 15 counts it.
+So a training example costs 3 forward passes (full fine-tuning) or about 2 (an adapter), as issue 15
+counts it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftdrift.estimate.hardware import Device
+from ftdrift.study.resources import MethodCost, ModelDims
 
-FLOPS_PER_TOKEN = {"full": 6, "lora": 4, "forward": 2}  # x N
+FORWARD_FLOPS = 2  # x N per token
 BYTES = {"float16": 2, "float32": 4}
 ADAMW_STATE_BYTES = 8  # two fp32 moments per trainable parameter
 FP32_BYTES = 4  # master weights and saved models are float32 (the model is loaded in fp32, autocast for bf16)
@@ -29,6 +31,7 @@ class ModelShape:
     layers: int  # transformer blocks (stores hold layers + 1: the embeddings too)
     source: str
     total_params: float = 0.0  # every parameter, embeddings included: what checkpoints store (0 = params)
+    dims: ModelDims | None = None  # what the adapters' parameter counts need (ftdrift.study.resources)
 
     @property
     def stored_params(self) -> float:
@@ -42,26 +45,13 @@ def events(steps: int, every: int, at_start: bool = False) -> int:
     return int(at_start) + steps // every + int(steps % every > 0)
 
 
-def lora_trainable(shape: ModelShape, r: int, targets: int, head: int) -> int:
-    """LoRA's trainable parameters: per block and target matrix r x (d_in + d_out) with square
-    hidden x hidden projections (q/v of Llama with full multi-head attention and of BERT), plus the
-    task head (trained in full: modules_to_save)."""
-    return shape.layers * targets * r * 2 * shape.hidden + head
-
-
-def head_params(shape: ModelShape, kind: str, labels: int) -> int:
-    """The new task head: hidden x labels (+ bias) for classification, hidden x 2 (+ bias) for QA spans."""
-    outputs = labels if kind == "classification" else 2
-    return shape.hidden * outputs + outputs
-
-
-# Weight traffic of one pass, bytes per parameter (a pass over few tokens is bound by it, not by
-# FLOPs: the roofline). Under bf16 autocast each fp32 weight is read (4 B), cast (2 B written) and
-# the copy read by the matmul (2 B): 8 B forward; full training adds the backward's reads of the
-# copies and the fp32 gradient accumulation (~14 B); LoRA's backward only reads the copies (2 B).
-# fp32 forward reads the weights once (4 B). Fused AdamW with clipping reads/writes weights,
-# gradients and both moments (~40 B per trainable parameter) once per optimizer step.
-PASS_BYTES = {"full": 22, "lora": 10, "forward": 8, "forward_fp32": 4}
+# Weight traffic of a forward pass, bytes per parameter (a pass over few tokens is bound by it, not
+# by FLOPs: the roofline): under bf16 autocast each fp32 weight is read (4 B), cast (2 B written)
+# and the copy read by the matmul (2 B); fp32 reads the weights once. A training pass's traffic is
+# its method's (ftdrift.study.resources: 22 B per trained, 10 B per frozen parameter). Fused AdamW
+# with clipping reads/writes weights, gradients and both moments (~40 B per trainable parameter)
+# once per optimizer step.
+FORWARD_PASS_BYTES = {"bf16": 8, "fp32": 4}
 OPTIMIZER_BYTES = 40
 BANDWIDTH_EFFICIENCY = 0.8  # of the datasheet bandwidth reached by streaming kernels
 
@@ -69,27 +59,43 @@ BANDWIDTH_EFFICIENCY = 0.8  # of the datasheet bandwidth reached by streaming ke
 @dataclass
 class Throughput:
     """Seconds for tokens on a device: FLOPs / (peak x MFU), or a measured tokens/s, and never less
-    than the passes' weight traffic / memory bandwidth (a roofline)."""
+    than the passes' weight traffic / memory bandwidth (a roofline).
+
+    A measurement (bench/gpu_mfu.py, hardware.read_benchmark) gives tokens/s of one benchmarked
+    method per training mode; `measured_flops` holds what a token of that method costs on this
+    model (plan.estimate), so that another method of the mode takes its FLOPs' share. A forward
+    token is a third of a full step's (2N of 6N)."""
 
     device: Device
     params: float
     precision: str  # the jobs' precision: bf16 on GPUs ('auto'), fp32 on CPUs
+    measured_flops: dict[str, float] = field(default_factory=dict)  # training mode -> FLOPs per token
 
-    def seconds(self, tokens: float, mode: str, precision: str | None = None, passes: int = 0) -> float:
-        """`mode`: 'full' / 'lora' (training) or 'forward'; `passes`: the batches the tokens come in.
-        A measurement gives full and LoRA training tokens/s; a forward pass is taken as a third of a
-        full step (2N of 6N); an fp32 pass scales it by the peak ratio."""
+    def training_seconds(self, tokens: float, cost: MethodCost, passes: int = 0) -> float:
+        """Seconds to train on `tokens` (padded) in `passes` micro-batches with the method `cost`."""
+        flops = tokens * cost.flops_per_token + passes * cost.flops_per_pass
+        measured = self.device.measured
+        if measured:
+            mode = cost.training_mode if cost.training_mode in measured["rates"] else measured["fallback_mode"]
+            compute = flops / (measured["rates"][mode] * self.measured_flops[mode])  # over the measured FLOP/s
+        else:
+            compute = flops / (self.device.tflops(self.precision) * 1e12)
+        return max(compute, passes * cost.pass_bytes / self.bandwidth) if self.bandwidth else compute
+
+    def forward_seconds(self, tokens: float, precision: str | None = None, passes: int = 0) -> float:
+        """Seconds of forward passes over `tokens` (padded) in `passes` batches; `precision` None:
+        the jobs' own. An fp32 pass scales a measured rate by the peak ratio."""
         precision = precision or self.precision
         measured = self.device.measured
         if measured:
-            rate = measured["full"] * 3 if mode == "forward" else measured[mode]
+            rate = measured["forward"]
             if precision == "fp32" and self.precision != "fp32":
                 rate *= self.device.peak_fp32 / (self.device.peak_bf16 or self.device.peak_fp32)
             compute = tokens / rate
         else:
-            compute = tokens * FLOPS_PER_TOKEN[mode] * self.params / (self.device.tflops(precision) * 1e12)
-        key = "forward_fp32" if mode == "forward" and precision == "fp32" else mode
-        return max(compute, passes * self.params * PASS_BYTES[key] / self.bandwidth) if self.bandwidth else compute
+            compute = tokens * FORWARD_FLOPS * self.params / (self.device.tflops(precision) * 1e12)
+        traffic = FORWARD_PASS_BYTES["fp32" if precision == "fp32" else "bf16"]
+        return max(compute, passes * self.params * traffic / self.bandwidth) if self.bandwidth else compute
 
     @property
     def bandwidth(self) -> float | None:
@@ -106,6 +112,9 @@ class RunCost:
 
     task: str
     method: str
+    training_mode: str
+    forward_equivalents: float  # a training token's FLOPs in forward passes (3 full fine-tuning, ~2 an adapter)
+    trainable: int
     lr: str
     batch_size: int
     seed: int
@@ -140,16 +149,19 @@ class RunCost:
 
 
 def finetune_run(*, run, train, dev: tuple[int, int], dev_alt: tuple[int, int], final: tuple[int, int],
-                 probe: tuple[int, int], probe_size: int, settings: dict, shape: ModelShape, trainable: int,
+                 probe: tuple[int, int], probe_size: int, settings: dict, shape: ModelShape, cost: MethodCost,
                  poolings: int, throughput: Throughput, write_mib_per_s: float, overhead_s: float) -> RunCost:
     """The cost of one fine-tuning job (ftdrift.training.recipe), upper bound: no early stop.
 
-    `train`: tokens.TrainTokens. (padded tokens, batches) of one periodic evaluation as configured
+    `train`: tokens.TrainTokens; `cost`: the run's method on this model (resources.method_cost).
+    (padded tokens, batches) of one periodic evaluation as configured
     (`dev`) and with the other eval_subset choice (`dev_alt`), of the whole dev + validation once
     (`final`) and of one snapshot (`probe`). Bytes: a checkpoint holds fp32 weights and AdamW's two
     moments of the trainable parameters (12 B each; peft saves only the adapter and head, not the
-    frozen base); save_total_limit of them are kept (one more while the next is written), and the best dev-loss weights (4 B per trainable
-    parameter, rewritten at each improving evaluation). A snapshot holds probe x (layers + 1) x hidden
+    frozen base); save_total_limit of them are kept (one more while the next is written), and the
+    best dev-loss weights (4 B per trainable parameter, rewritten at each improving evaluation).
+    The model written at the end holds the method's saved parameters in fp32 (a PiSSA-style
+    adapter converted to rank 2r). A snapshot holds probe x (layers + 1) x hidden
     x poolings values in representations.dtype, kept twice (work folder and output).
     """
     training, reps = settings["training"], settings["representations"]
@@ -157,22 +169,24 @@ def finetune_run(*, run, train, dev: tuple[int, int], dev_alt: tuple[int, int], 
     n_eval = events(steps, training["eval_steps"])
     n_snap = events(steps, reps["snapshot_steps"], at_start=True)
     n_save = events(steps, training["save_steps"])
+    trainable = cost.trainable
     ckpt = trainable * (FP32_BYTES + ADAMW_STATE_BYTES)
     best = trainable * FP32_BYTES
-    model = trainable * FP32_BYTES  # full: the whole task model; LoRA: adapter + head (peft's save)
+    model = cost.saved_params * FP32_BYTES  # the whole task model, or an adapter + head (peft's save)
     snapshot = probe_size * (shape.layers + 1) * shape.hidden * poolings * BYTES[reps["dtype"]]
     written = n_save * ckpt + model + n_snap * snapshot * 2
     write_rate = write_mib_per_s * 2**20
     return RunCost(
-        run.task, run.method, run.lr, run.batch_size, run.seed, steps, train.examples, train.real_tokens,
-        train.padded_tokens, n_eval, n_snap, n_save,
-        train_s=throughput.seconds(train.padded_tokens, run.method, passes=train.micro_batches)
+        run.task, run.method, cost.training_mode, cost.flops_per_token / (FORWARD_FLOPS * shape.params), trainable,
+        run.lr, run.batch_size, run.seed, steps, train.examples, train.real_tokens, train.padded_tokens,
+        n_eval, n_snap, n_save,
+        train_s=throughput.training_seconds(train.padded_tokens, cost, passes=train.micro_batches)
         + throughput.optimizer_seconds(steps, trainable),
-        dev_eval_s=throughput.seconds(n_eval * dev[0], "forward", passes=n_eval * dev[1]),
-        dev_eval_alt_s=throughput.seconds(n_eval * dev_alt[0], "forward", passes=n_eval * dev_alt[1]),
-        final_eval_s=throughput.seconds(final[0], "forward", passes=final[1]),
-        snapshot_s=throughput.seconds(n_snap * probe[0], "forward", passes=n_snap * probe[1]),
-        snapshot_fp32_s=throughput.seconds(n_snap * probe[0], "forward", "fp32", passes=n_snap * probe[1]),
+        dev_eval_s=throughput.forward_seconds(n_eval * dev[0], passes=n_eval * dev[1]),
+        dev_eval_alt_s=throughput.forward_seconds(n_eval * dev_alt[0], passes=n_eval * dev_alt[1]),
+        final_eval_s=throughput.forward_seconds(final[0], passes=final[1]),
+        snapshot_s=throughput.forward_seconds(n_snap * probe[0], passes=n_snap * probe[1]),
+        snapshot_fp32_s=throughput.forward_seconds(n_snap * probe[0], "fp32", passes=n_snap * probe[1]),
         checkpoint_s=written / write_rate,
         best_s=n_eval * best / write_rate,
         overhead_s=overhead_s,

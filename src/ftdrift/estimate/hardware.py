@@ -123,7 +123,7 @@ class Device:
     peak_fp32: float  # TFLOP/s
     mfu: float
     source: str
-    measured: dict | None = None  # {'full': tokens/s, 'lora': tokens/s} at the benchmark's shape
+    measured: dict | None = None  # read_benchmark's: training tokens/s per training mode, forward tokens/s
     hbm_gb_s: float | None = None  # memory bandwidth, GB/s (None: no bandwidth floor)
 
     def tflops(self, precision: str) -> float:
@@ -152,12 +152,23 @@ def device(prices: dict, gpu: str | None, threads: int = 1) -> Device:
                   hbm_gb_s=spec.get("hbm_gb_s"))
 
 
+def benchmarked_methods() -> dict:
+    """{name: Method} of the methods bench/gpu_mfu.py measures: the default config's (config/schema.yaml
+    `methods` default), by the names its result's runs carry."""
+    from ftdrift.study import methods
+    from ftdrift.study.config import load_schema
+
+    return methods.from_config({"methods": load_schema("schema.yaml")["properties"]["methods"]["default"]})
+
+
 def read_benchmark(path: str | os.PathLike) -> dict:
     """Measured training throughput from bench/gpu_mfu.py's JSON (bench/out/gpu.json).
 
-    Returns {'full': tokens/s, 'lora': tokens/s, 'device': str, 'seq': int} from its `amp` runs
-    (what the study's Trainer runs: fp32 master weights, bf16 autocast). EstimateError if the file
-    holds no such run (e.g. `skipped` on a machine without CUDA).
+    Returns {'rates': {training mode: tokens/s}, 'methods': {training mode: the benchmarked Method},
+    'forward': tokens/s (3x the full fine-tuning rate: 2N of 6N), 'device', 'seq', 'path', 'mfu',
+    'params', 'fallback_mode': the full fine-tuning mode, whose FLOP rate a mode without a run of its
+    own gets} from its `amp` runs (what the study's Trainer runs: fp32 master weights, bf16 autocast). EstimateError if
+    the file holds no full fine-tuning run (e.g. `skipped` on a machine without CUDA).
     """
     path = Path(path)
     try:
@@ -167,10 +178,20 @@ def read_benchmark(path: str | os.PathLike) -> dict:
             from None
     if str(data.get("device", "")).lower() == "cpu":
         raise EstimateError(f"--throughput-json {path}: a CPU smoke run (--tiny), not a GPU measurement")
-    runs = {r["method"]: r for r in data.get("runs", []) if r.get("precision") == "amp"}
-    if "full" not in runs:
+    known = benchmarked_methods()
+    runs = {known[r["method"]].training_mode: (known[r["method"]], r) for r in data.get("runs", [])
+            if r.get("precision") == "amp" and r.get("method") in known}
+    full = next((run for method, run in runs.values() if method.is_full), None)
+    if full is None:
         raise EstimateError(f"--throughput-json {path}: no 'amp' full fine-tuning run in 'runs' "
                             f"({data.get('skipped', 'not a bench/gpu_mfu.py result')})")
-    return {"full": runs["full"]["tokens_per_s"], "lora": runs.get("lora", runs["full"])["tokens_per_s"],
-            "device": data.get("device", "?"), "seq": runs["full"].get("seq"), "path": str(path),
-            "mfu": runs["full"].get("mfu"), "params": runs["full"].get("params_total")}
+    full_method = next(method for method, run in runs.values() if method.is_full)
+    adapter = next(((m, r) for m, r in runs.values() if not m.is_full), None)
+    rates = {full_method.training_mode: full["tokens_per_s"]}
+    chosen = {full_method.training_mode: full_method}
+    if adapter is not None:
+        rates[adapter[0].training_mode] = adapter[1]["tokens_per_s"]
+        chosen[adapter[0].training_mode] = adapter[0]
+    return {"rates": rates, "methods": chosen, "forward": 3 * full["tokens_per_s"],
+            "device": data.get("device", "?"), "seq": full.get("seq"), "path": str(path),
+            "mfu": full.get("mfu"), "params": full.get("params_total"), "fallback_mode": full_method.training_mode}

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from ftdrift.estimate import costs, hardware, tokens
 from ftdrift.estimate.costs import ModelShape, RuleCost, Throughput
-from ftdrift.study import families
+from ftdrift.study import families, resources
 from ftdrift.study import grid as ftgrid
+from ftdrift.study import methods as ftmethods
 from ftdrift.study.config import task_kind, task_settings
 
 log = logging.getLogger("ftdrift.estimate")
@@ -32,6 +33,22 @@ class Estimate:
     job_counts: dict[str, int]
     eval_subsets: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)  # task -> (configured, alt)
     precision: str = "bf16"
+    methods: list[MethodSummary] = field(default_factory=list)  # the configured methods, in the config's order
+
+
+@dataclass
+class MethodSummary:
+    """One method's cost on the study's model (resources.method_cost), over the study's tasks."""
+
+    name: str
+    description: str  # Method.describe()
+    adapter_params: int  # the adapter's trainable parameters (largest over the tasks; 0: full fine-tuning)
+    trainable_params: int  # with the task head (largest over the tasks)
+    adapted: int  # matrices adapted
+    flops_over_n: float  # training FLOPs per token / N (largest over the tasks)
+    flops_per_pass: float  # DoRA's per-pass weight norm, FLOPs
+    gpu_mem_gb: float  # largest fine-tuning job's GPU memory (resources.finetune_gpu_mem_gb)
+    notes: tuple[str, ...] = ()
 
 
 def _pass(lengths: list[int], batch_size: int, sort: bool = False) -> tuple[int, int]:
@@ -40,8 +57,9 @@ def _pass(lengths: list[int], batch_size: int, sort: bool = False) -> tuple[int,
 
 
 def model_shape(config: dict) -> ModelShape:
-    """N, hidden size and blocks: counted from the model when its config can be read without the
-    network (the embedded model, a local folder, a hub cache), else config resources.model_shape."""
+    """N, hidden size, blocks and the dimensions the adapters' sizes need: counted from the model
+    when its config can be read without the network (the embedded model, a local folder, a hub
+    cache), else config resources.model_shape (resources.dims_of)."""
     import torch
     from transformers import AutoConfig, AutoModel
 
@@ -57,12 +75,17 @@ def model_shape(config: dict) -> ModelShape:
         # non-embedding parameters: a token embedding is a lookup, not a matmul (half of MiniLM's 23 M)
         total = sum(p.numel() for p in model.parameters())
         params = total - model.get_input_embeddings().weight.numel()
+        heads = model_config.num_attention_heads
+        head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
+        dims = resources.ModelDims(config["model"]["family"], model_config.hidden_size,
+                                   model_config.intermediate_size, model_config.num_hidden_layers,
+                                   head_dim * (getattr(model_config, "num_key_value_heads", None) or heads))
         return ModelShape(float(params), model_config.hidden_size, model_config.num_hidden_layers,
-                          f"counted from {name}, token embeddings left out", float(total))
+                          f"counted from {name}, token embeddings left out", float(total), dims)
     except Exception:  # not readable offline: the config's planning figures
         shape = config["resources"]["model_shape"]
         return ModelShape(shape["params_billion"] * 1e9, shape["hidden_size"], shape["num_layers"],
-                          "config resources.model_shape")
+                          "config resources.model_shape", dims=resources.dims_of(config))
 
 
 def _gpu_of_rule(rule: str, config: dict, profile: hardware.Profile, prices: dict) -> tuple[str | None, int, str]:
@@ -116,9 +139,11 @@ def estimate(config: dict, profile: hardware.Profile, prices: dict, *, config_na
             if measured and rule in ("finetune", "deployment") and (
                     profile.machine("finetune") == machine if profile.machines else True):
                 dev.measured = measured
+                rates = ", ".join(f"{rate:,.0f} tokens/s {measured['methods'][mode].name} ({mode})"
+                                  for mode, rate in measured["rates"].items())
                 dev.source = (f"measured by bench/gpu_mfu.py on {measured['device']} ({measured['path']}): "
-                              f"{measured['full']:,.0f} tokens/s full, {measured['lora']:,.0f} LoRA at seq "
-                              f"{measured['seq']}; forward = 3x the full rate")
+                              f"{rates} at seq {measured['seq']}; another method of a mode in proportion to its "
+                              f"FLOPs per token; forward = 3x the full fine-tuning rate")
         devices[rule] = dev
         sources[f"{dev.name}{' (measured)' if dev.measured else ''}"] = dev.source
         return dev, gpus, machine
@@ -147,7 +172,17 @@ def estimate(config: dict, profile: hardware.Profile, prices: dict, *, config_na
     # ---- finetune: per run, upper bound (no early stop)
     dev, _, _ = rule_device("finetune")
     precision = precision_on(dev, config["training"]["precision"])
-    throughput = Throughput(dev, shape.params, precision)
+    dims = shape.dims or resources.dims_of(config)
+    study_methods = ftmethods.from_config(config)
+
+    def method_cost(method: ftmethods.Method, kind: str, labels: int) -> resources.MethodCost:
+        head = resources.head_params(shape.hidden, kind, labels)
+        return resources.method_cost(method, dims, shape.params, shape.stored_params, kind, head)
+
+    # a measured tokens/s is of the benchmarked method; others of its mode scale by FLOPs per token
+    measured_flops = {mode: method_cost(m, "classification", 2).flops_per_token
+                      for mode, m in (measured or {}).get("methods", {}).items()}
+    throughput = Throughput(dev, shape.params, precision, measured_flops)
     all_runs = ftgrid.grid(config)
     done = set(r.path for r in ftgrid.finished(all_runs, str(Path(workdir) / "results")))
     pending = [r for r in all_runs if r.path not in done] if job_counts.get("finetune", 0) < len(all_runs) else all_runs
@@ -171,25 +206,22 @@ def estimate(config: dict, profile: hardware.Profile, prices: dict, *, config_na
         per_eval, per_eval_alt = (_pass(tokens.subset(tl.dev, size, seed), bs, sort=True) for size in (configured, alt))
         final = tuple(a + b for a, b in zip(_pass(tl.dev, bs, sort=True), _pass(tl.validation, bs, sort=True)))
         labels = len(config["task_defs"][run.task].get("labels", [])) or 2
-        head = costs.head_params(shape, kind, labels)
-        targets = len(config["lora"]["target_modules"] or family.lora_target_modules)
-        trainable = int(shape.stored_params + head) if run.method == "full" else costs.lora_trainable(
-            shape, config["lora"]["r"], targets, head)
         runs.append(costs.finetune_run(
             run=run, train=train_cache[key], dev=per_eval, dev_alt=per_eval_alt, final=final,
-            probe=_pass(tl.probe, bs, sort=True), probe_size=len(tl.probe),
-            settings=settings, shape=shape, trainable=trainable, poolings=len(family.poolings), throughput=throughput,
-            write_mib_per_s=prices["write_mib_per_s"], overhead_s=overhead))
+            probe=_pass(tl.probe, bs, sort=True), probe_size=len(tl.probe), settings=settings, shape=shape,
+            cost=method_cost(study_methods[run.method], kind, labels), poolings=len(family.poolings),
+            throughput=throughput, write_mib_per_s=prices["write_mib_per_s"], overhead_s=overhead))
     rules = [cost("finetune", [r.seconds for r in runs], sum(r.disk_bytes for r in runs),
-                  "6N (full) / 4N (LoRA) x padded train tokens + 2N x (dev evals + final dev/validation + "
-                  "snapshots) + checkpoint writes + per-job overhead",
+                  "the method's FLOPs per token (6N full fine-tuning, 4N + 6P an adapter of P trainable "
+                  "parameters, + DoRA's weight norm per pass) x padded train tokens + 2N x (dev evals + final "
+                  "dev/validation + snapshots) + checkpoint writes + per-job overhead",
                   fp32_extra=sum(r.snapshot_fp32_s - r.snapshot_s for r in runs))]
 
     # ---- the other GPU rules: forward passes (2N per padded token) + per-job overhead
     def forward_s(rule: str, work: tuple[int, int], precision_: str | None = None) -> float:
         d = devices.get(rule) or rule_device(rule)[0]
-        return Throughput(d, shape.params, precision_on(d, config["training"]["precision"])).seconds(
-            work[0], "forward", precision_, passes=work[1])
+        return Throughput(d, shape.params, precision_on(d, config["training"]["precision"])).forward_seconds(
+            work[0], precision_, passes=work[1])
 
     def bs_of(task: str) -> int:
         return task_settings(config, task)["representations"]["batch_size"]
@@ -213,9 +245,10 @@ def estimate(config: dict, profile: hardware.Profile, prices: dict, *, config_na
     rule_device("validate_checkpoint")
     rules.append(cost("validate_checkpoint",
                       [forward_s("validate_checkpoint", val(r.task))
-                       + (2 * forward_s("validate_checkpoint", val(r.task), "fp32") if r.method == "lora" else 0)
+                       + (0 if study_methods[r.method].is_full
+                          else 2 * forward_s("validate_checkpoint", val(r.task), "fp32"))
                        + overhead for r in runs],
-                      0, "2N x validation tokens; LoRA + 2 fp32 passes (unmerged vs merged, no TF32)"))
+                      0, "2N x validation tokens; an adapter + 2 fp32 passes (unmerged vs merged, no TF32)"))
 
     rule_device("baselines")
     cap = config["baselines"]["max_train_examples"]
@@ -263,5 +296,25 @@ def estimate(config: dict, profile: hardware.Profile, prices: dict, *, config_na
             notes.append(f"the benchmark's model ({measured['params'] / 1e9:.2f} B parameters) is not the study's "
                          f"({shape.stored_params / 1e9:.2f} B): its tokens/s do not carry over; pass --throughput-json "
                          "of a matching run or none")
+    summaries = [summarize(config, method, shape, dims) for method in study_methods.values()]
+    notes += sorted({note for summary in summaries for note in summary.notes})
     return Estimate(config_name, profile, prices, shape, tokenizer_name, notes, sources, lengths, runs, rules,
-                    job_counts, eval_subsets, precision)
+                    job_counts, eval_subsets, precision, summaries)
+
+
+def summarize(config: dict, method: ftmethods.Method, shape: ModelShape, dims) -> MethodSummary:
+    """The method's cost over the study's tasks: the largest figures (the tasks differ in their head,
+    BERT's pooler and the sequence length)."""
+    found = []
+    for task in config["tasks"]:
+        task_def, settings = config["task_defs"][task], task_settings(config, task)
+        kind = task_kind(task_def)
+        head = resources.head_params(shape.hidden, kind, len(task_def.get("labels", [])) or 2)
+        cost = resources.method_cost(method, dims, shape.params, shape.stored_params, kind, head)
+        micro = resources.micro_batch_plan(max(config["grid"]["batch_sizes"]),
+                                           settings["training"]["max_micro_batch"])["micro_batch"]
+        found.append((cost, resources.finetune_gpu_mem_gb(cost, micro, settings["data"]["max_length"][kind], dims)))
+    largest = max(found, key=lambda pair: pair[0].trainable)[0]
+    return MethodSummary(method.name, method.describe(), largest.adapter, largest.trainable, len(largest.adapted),
+                         max(c.flops_over(shape.params) for c, _ in found), max(c.flops_per_pass for c, _ in found),
+                         max(mem for _, mem in found), largest.notes)

@@ -68,7 +68,19 @@ def render(est: Estimate) -> str:
     out += [f"concurrency: {note}" for note in p.notes]
     out += [f"note: {note}" for note in est.notes]
     out.append("upper bound: every run trains all its steps (no early stop); early stopping can only lower it. "
-               "FLOPs: 6N/token full, 4N LoRA, 2N forward, on padded tokens.")
+               "FLOPs per token: training as the method costs it (table Methods), 2N forward, on padded tokens.")
+
+    if est.methods:
+        out += ["", "Methods (per training token; the largest figures over the tasks)"]
+        rows = [[m.name, m.description, m.adapted, m.adapter_params / 1e6,
+                 100 * m.trainable_params / est.shape.stored_params, m.flops_over_n, m.flops_per_pass / 1e9, m.gpu_mem_gb] for m in est.methods]
+        out.append(table(["method", "spec", "matrices", "adapter M params", "trainable % of model", "FLOPs/token (x N)",
+                          "GFLOPs/pass", "GPU GiB"], rows))
+        out.append("  full fine-tuning 6N; an adapter 2N forward + 2N backward through the activations + 6 x its "
+                   "trainable parameters (head included); DoRA adds its weight norm per adapted matrix and forward "
+                   "pass (GFLOPs/pass) and, with lora_dropout, the base output again (ftdrift.study.resources). GPU GiB: "
+                   "states (full: 16 B per parameter; adapter: frozen fp32 weights + 16 B per trainable one) + one "
+                   "micro-batch of activations at the longest max_length, x 1.2")
 
     out += ["", "Tokens of the data held (sequences: examples; extractive QA: windows)"]
     rows = []
@@ -87,7 +99,7 @@ def render(est: Estimate) -> str:
         rows = []
         for (task, method, bs), rs in groups.items():
             n = len(rs)
-            mean = lambda attr: sum(getattr(r, attr) for r in rs) / n  # noqa: E731
+            mean = lambda attr: sum(getattr(r, attr) for r in rs) / n
             rows.append([task, method, bs, n, round(mean("steps")), mean("padded_tokens") / 1e6,
                          100 * (1 - mean("real_tokens") / mean("padded_tokens")), round(mean("evaluations")),
                          round(mean("snapshots")), mean("train_s") / 3600, sum(r.seconds for r in rs) / n / 3600,
@@ -102,9 +114,10 @@ def render(est: Estimate) -> str:
             train = sum(r.train_s for r in rs)
             n_dev = len(est.lengths[task].dev)
             per_eval = min(configured or n_dev, n_dev)
-            # issue 15's count: a training example = 3 forward passes (full; LoRA 2), an evaluated example = 1
+            # issue 15's count: a training example = its method's FLOPs in forward passes (3 for full
+            # fine-tuning, about 2 for an adapter), an evaluated example = 1
             by_examples = sum(r.evaluations * per_eval for r in rs) / sum(
-                r.examples * (3 if method == "full" else 2) for r in rs)
+                r.examples * r.forward_equivalents for r in rs)
             rows.append([task, method, bs, by_examples, sum(r.dev_eval_s for r in rs) / train,
                          sum(r.dev_eval_alt_s for r in rs) / train, sum(r.final_eval_s for r in rs) / train,
                          sum(r.snapshot_s for r in rs) / train, sum(r.snapshot_fp32_s for r in rs) / train,
@@ -113,7 +126,8 @@ def render(est: Estimate) -> str:
         other = f"dev eval (eval_subset={alt})" if alt else "dev eval (whole dev)"
         out.append(table(["task", "method", "batch", "dev eval by examples", now, other, "final eval", "snapshots",
                           "snapshots fp32", "checkpoint writes", "best-weight writes"], rows))
-        out.append("  dev eval by examples: issue 15's count (evaluated examples / (3 x trained examples), LoRA 2 x); "
+        out.append("  dev eval by examples: issue 15's count (evaluated examples / (k x trained examples), k = a training "
+                   "token's FLOPs in forward passes: 3 full fine-tuning, ~2 an adapter); "
                    "the other columns are time on the device: padded tokens (dev and prediction batches sorted by "
                    "length, training batches length-grouped), at least each pass's weight traffic. dev eval: periodic (every "
                    "training.eval_steps and at the end); final eval: whole dev + validation once; snapshots in the "

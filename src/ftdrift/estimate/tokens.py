@@ -48,14 +48,22 @@ def load_tokenizer(model_cfg: dict, override: str | None = None):
         note = None if override == model_cfg["name_or_path"] else (
             f"token counts come from the stand-in tokenizer {override} (--tokenizer), not "
             f"{model_cfg['name_or_path']}'s")
-        return models.load_tokenizer(cfg), override, note
+        return _with_eos(models.load_tokenizer(cfg)), override, note
     try:
         return models.load_tokenizer(model_cfg), model_cfg["name_or_path"], None
     except Exception as err:  # offline hub, gated repo, missing folder: all mean "not loadable here"
         note = (f"the tokenizer of {model_cfg['name_or_path']} could not be loaded ({type(err).__name__}); token "
                 f"counts come from the stand-in tokenizer {STAND_IN} (Llama's SentencePiece gives ~10-30 % more "
                 "tokens on English text); pass --tokenizer to choose another")
-        return models.load_tokenizer({"name_or_path": STAND_IN, "family": "bert"}), STAND_IN, note
+        return _with_eos(models.load_tokenizer({"name_or_path": STAND_IN, "family": "bert"})), STAND_IN, note
+
+
+def _with_eos(tokenizer):
+    """A stand-in tokenizer with an end-of-sequence token (its separator where it has none): a
+    decoder's QA windows end with one (ftdrift.data.features), which the counts must include."""
+    if tokenizer.eos_token is None and tokenizer.sep_token is not None:
+        tokenizer.eos_token = tokenizer.sep_token
+    return tokenizer
 
 
 def split_records(config: dict, task: str, workdir: Path = Path(".")) -> tuple[dict[str, list[dict]], str]:
@@ -85,7 +93,12 @@ def tokenise(records: dict[str, list[dict]], task_def: dict, data_settings: dict
              null_at_end: bool = False) -> dict[str, list[int]]:
     """Lengths of every split's sequences, tokenised by the workflow's own feature code
     (`null_at_end`: ftdrift.study.families.qa_null_at_end of the model's family)."""
-    from ftdrift.data.features import encode_classification, encode_probe, encode_qa_eval, encode_qa_train
+    from ftdrift.data.features import (
+        encode_classification,
+        encode_probe,
+        encode_qa_eval,
+        encode_qa_train,
+    )
 
     kind = task_kind(task_def)
     max_length = data_settings["max_length"][kind]

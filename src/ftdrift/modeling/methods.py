@@ -1,19 +1,14 @@
-"""Fine-tuning methods: a user-named method turned into a (peft-adapted) task model.
+"""Fine-tuning methods turned into models: a method of the registry (ftdrift.study.methods) on a
+task model, its adapter saved and reloaded, merged.
 
-The config's `methods` mapping is the one place a method is defined:
-
-    methods:
-      full: {}                                  # no `peft`: every weight trains
-      lora: {peft: {peft_type: LORA, r: 8, lora_alpha: 16, target_modules: qv}}
-      ia3: {peft: {peft_type: IA3}}
-
-`peft` holds the keyword arguments of peft's config class for `peft_type`
-(`peft.PEFT_TYPE_TO_CONFIG_MAPPING`, peft 0.21.2), checked against that class's fields;
-`target_modules` (and IA3's `feedforward_modules`) take peft's own values or a preset resolved per
-model (ftdrift.modeling.targets: qv, attention, mlp, all-linear). As in ftdrift.modeling.lora, the
-adapter wraps the task model in the plain `PeftModel` (no `task_type`: the task wrappers drop
-inputs) and the task head is peft `modules_to_save`: trained fully, saved with the adapter, kept
-by `merge_and_unload`, for every method.
+peft's task-specific wrappers name the inputs they forward and drop the rest: in peft 0.21.2
+`PeftModelForQuestionAnswering.forward` accepts `token_type_ids` and `position_ids` but never
+passes them to the model, so a BERT-style QA model saw other inputs under an adapter than the base
+model, full fine-tuning and the merged adapter. ftdrift therefore wraps the task model in the plain
+`PeftModel` (no `task_type`), whose forward passes every argument through unchanged
+(`check_passes_inputs` verifies it per job), and declares the task head as `modules_to_save`
+itself: trained fully, saved with the adapter, restored on reload and kept by `merge_and_unload`,
+for every method.
 
 Initialisations that rewrite the base weights (LoRA `init_lora_weights` pissa*, corda, olora,
 lora_ga: PiSSA stores the residual W - B0·A0 in the base layer) make the adapted model's base
@@ -25,118 +20,73 @@ applies to the original, unmodified base model (`save_adapter` does both). peft 
 the lora_A/lora_B tensors in that conversion (`LoraModel.subtract_mutated_init`) and so drops the
 trained task head; `save_adapter` writes the head back into the converted file.
 
-`parse_methods` needs no model and imports peft lazily (importing peft costs about 2 s of CPU on
-top of torch; Snakemake parses the config often).
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-NAME = re.compile(r"[a-z0-9_]+")
-METHOD_KEYS = ("peft",)  # keys of one method's entry
-# set by ftdrift itself: a task_type makes get_peft_model return a task wrapper, which drops inputs
-RESERVED = ("task_type",)
-# initialisations that rewrite the base weights: the ones peft converts to plain LoRA on saving
-# (peft 0.21.2 `LoraModel._convert_state_dict_for_initial_model`)
-MUTATING_INITS = ("pissa", "corda", "olora", "lora_ga")
+import torch
+from peft import PeftModel
+
+from ftdrift.core.memory import BatchSplitter
+from ftdrift.study.methods import Method
+
+ADAPTER = "default"  # peft's name for the single adapter ftdrift trains
 
 
-@dataclass(frozen=True)
-class Method:
-    """A named fine-tuning method: `peft` None trains every weight (full fine-tuning), else the
-    keyword arguments of peft's config class for `peft['peft_type']` (canonical upper-case name)."""
+def head_modules(model: torch.nn.Module) -> list[str]:
+    """Top-level modules of a transformers task model outside its backbone that hold parameters.
 
-    name: str
-    peft: dict | None = None
-
-    @property
-    def is_full(self) -> bool:
-        return self.peft is None
-
-    @property
-    def peft_type(self) -> str | None:
-        return None if self.peft is None else self.peft["peft_type"]
-
-    @property
-    def mutates_base(self) -> bool:
-        """Whether peft's initialisation rewrites the base weights (PiSSA and friends)."""
-        init = str((self.peft or {}).get("init_lora_weights", "")).lower()
-        return init.startswith(MUTATING_INITS)
-
-
-def parse_methods(raw: dict) -> dict[str, Method]:
-    """The config's `methods` mapping as {name: Method}, in the config's order.
-
-    ValueError naming the method (`methods.<name>`) for a name outside [a-z0-9_]+, an entry key
-    other than METHOD_KEYS, an unknown `peft_type` (listing peft's), a keyword the config class
-    lacks (listing its keys), a reserved keyword (task_type), a prompt-learning type (the plain
-    PeftModel does not prepend virtual tokens) or keyword values the config class rejects.
+    E.g. ['classifier'] (BERT classification), ['score'] (Llama classification), ['qa_outputs']
+    (extractive QA). Raises ValueError when there is none (not a task model).
     """
-    if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"config key 'methods': a non-empty mapping of method names is needed, got {raw!r}")
-    return {name: parse_method(name, entry) for name, entry in raw.items()}
+    backbone = model.base_model_prefix
+    heads = [name for name, child in model.named_children()
+             if name != backbone and any(True for _ in child.parameters())]
+    if not heads:
+        raise ValueError(f"{type(model).__name__}: no task head besides the backbone '{backbone}'")
+    return heads
 
 
-def parse_method(name, entry) -> Method:
-    """One `methods.<name>` entry; see `parse_methods`."""
-    where = f"config key 'methods.{name}'"
-    if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise ValueError(f"{where}: method names must match [a-z0-9_]+, got {name!r}")
-    entry = {} if entry is None else entry
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where}: a mapping is needed (e.g. {{}} or {{peft: {{peft_type: LORA, r: 8}}}}), "
-                         f"got {entry!r}")
-    unknown = sorted(set(entry) - set(METHOD_KEYS))
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown} (valid: {list(METHOD_KEYS)})")
-    if entry.get("peft") is None:
-        return Method(name, None)
-    return Method(name, check_peft(f"methods.{name}.peft", entry["peft"]))
+def load(base_model: torch.nn.Module, adapter_dir, trainable: bool = False) -> PeftModel:
+    """The base task model with a saved adapter (and its trained head); `trainable` marks the
+    parameters training updated as requiring gradients (so they can be counted)."""
+    return PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=trainable)
 
 
-def check_peft(key: str, kwargs) -> dict:
-    """The peft keyword arguments at config key `key` with `peft_type` canonical, checked against
-    its config class (see `parse_methods`)."""
-    import dataclasses
+@torch.no_grad()
+def check_passes_inputs(peft_model: PeftModel, batch: dict) -> None:
+    """Fail unless the wrapper hands `batch` to the task model unchanged.
 
-    from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PromptLearningConfig
+    The adapted task model under the wrapper computes the same function whether it is called
+    directly or through the wrapper; any difference means the wrapper dropped or altered an
+    input. Compares the logits and every hidden state, bitwise, in eval mode. A batch (a probe
+    batch: config representations.batch_size) that runs out of memory is checked in pieces
+    (ftdrift.core.memory.BatchSplitter): each piece goes through both paths, so the comparison
+    holds piece by piece. Raises RuntimeError naming the first output that differs.
+    """
+    def compare(piece: dict) -> None:
+        through = peft_model(**piece, output_hidden_states=True)
+        direct = peft_model.get_base_model()(**piece, output_hidden_states=True)
+        pairs = [(name, through[name], direct[name]) for name in through
+                 if name != "hidden_states" and torch.is_tensor(through[name])]
+        pairs += [(f"hidden_states[{i}]", a, b) for i, (a, b) in
+                  enumerate(zip(through["hidden_states"], direct["hidden_states"], strict=True))]
+        for name, a, b in pairs:
+            if not torch.equal(a, b):
+                raise RuntimeError(
+                    f"the peft wrapper {type(peft_model).__name__} changes the model's inputs: its {name} differs "
+                    f"from the task model's by up to {float((a - b).abs().max()):.3g} (inputs: {sorted(piece)})")
 
-    where = f"config key '{key}'"
-    if not isinstance(kwargs, dict) or "peft_type" not in kwargs:
-        raise ValueError(f"{where}: a mapping with 'peft_type' is needed (one of "
-                         f"{sorted(str(t.value) for t in PEFT_TYPE_TO_CONFIG_MAPPING)}), got {kwargs!r}")
-    by_name = {str(t.value).upper(): t for t in PEFT_TYPE_TO_CONFIG_MAPPING}
-    peft_type = str(kwargs["peft_type"]).upper()
-    if peft_type not in by_name:
-        raise ValueError(f"config key '{key}.peft_type': unknown peft type {kwargs['peft_type']!r} (peft's: {sorted(by_name)})")
-    cls = PEFT_TYPE_TO_CONFIG_MAPPING[by_name[peft_type]]
-    if issubclass(cls, PromptLearningConfig):
-        raise ValueError(f"config key '{key}.peft_type': {peft_type} is a prompt-learning method; ftdrift wraps the task "
-                         f"model in the plain PeftModel, which does not add virtual tokens")
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    for name in kwargs:
-        if name != "peft_type" and name not in fields:
-            raise ValueError(f"{where}: unknown key '{name}' for peft_type {peft_type} ({cls.__name__}; valid keys: "
-                             f"{sorted(fields - {'peft_type'})})")
-        if name in RESERVED and kwargs[name] is not None:
-            raise ValueError(f"config key '{key}.{name}': set by ftdrift (the plain PeftModel: no task type), remove it")
-    checked = {**kwargs, "peft_type": peft_type}
-    try:  # the class's own checks of the values (targets as given: a preset passes as a regex string)
-        config_class(checked)(**{k: v for k, v in checked.items() if k != "peft_type"})
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: {cls.__name__} rejects these arguments: {err}") from err
-    return checked
-
-
-def config_class(kwargs: dict):
-    """peft's config class for `kwargs['peft_type']` (canonical)."""
-    from peft import PEFT_TYPE_TO_CONFIG_MAPPING
-
-    return {str(t.value).upper(): c for t, c in PEFT_TYPE_TO_CONFIG_MAPPING.items()}[kwargs["peft_type"]]
+    was_training = peft_model.training
+    peft_model.eval()
+    try:
+        BatchSplitter("the adapter input check (config representations.batch_size)").run(compare, dict(batch))
+    finally:
+        peft_model.train(was_training)
 
 
 def resolve_targets(model, spec: dict) -> tuple[dict, dict]:
@@ -153,6 +103,12 @@ def resolve_targets(model, spec: dict) -> tuple[dict, dict]:
 
     kwargs, info = dict(spec), {"notes": []}
     selected = None
+    if isinstance(kwargs.get("target_modules"), list):  # peft's own message does not name the entry
+        names = [n for n, _ in model.named_modules()]
+        missing = [t for t in kwargs["target_modules"] if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n})
+            raise ValueError(f"target_modules {missing} match no module (module names include {leaves[:20]})")
     if isinstance(kwargs.get("target_modules"), str) and kwargs["target_modules"] in targets.PRESETS:
         preset = kwargs["target_modules"]
         selected, notes = targets.preset_modules(model, preset)
@@ -195,7 +151,6 @@ def adapt(model, method: Method):
     from peft import get_peft_model
 
     from ftdrift.modeling import targets
-    from ftdrift.modeling.lora import head_modules
 
     heads = head_modules(targets.task_model(model))
     info = {"method": method.name, "peft_type": method.peft_type, "notes": [], "mutates_base": method.mutates_base,
@@ -210,7 +165,9 @@ def adapt(model, method: Method):
         config = config_class(kwargs)(**{k: v for k, v in kwargs.items() if k != "peft_type"}, modules_to_save=saved)
         peft_model = get_peft_model(model, config)
     except ValueError as err:
-        raise ValueError(f"method '{method.name}' on {type(model).__name__}: {err}") from err
+        # from None: the message carries peft's (or the resolution's) reason, one traceback is enough
+        raise ValueError(f"config key 'methods.{method.name}.peft', method '{method.name}' on "
+                         f"{type(model).__name__}: {err}") from None
     adapted = adapted_modules(peft_model)
     on_head = [n for n in adapted if n.split(".")[0] in heads]
     if on_head:
@@ -254,6 +211,13 @@ def check_trainable(peft_model, method: Method, heads: list[str]) -> None:
     if stray or frozen_head:
         raise RuntimeError(f"method '{method.name}': parameters outside the adapter and the head train: {stray[:5]}; "
                            f"head parameters that do not: {frozen_head[:5]}")
+
+
+def config_class(kwargs: dict):
+    """peft's config class for `kwargs['peft_type']` (canonical)."""
+    from peft import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    return {str(t.value).upper(): c for t, c in PEFT_TYPE_TO_CONFIG_MAPPING.items()}[kwargs["peft_type"]]
 
 
 def merged(model):

@@ -16,7 +16,7 @@ own values (a list of module-name suffixes, a regex string):
     all-linear  peft's `all-linear` (every nn.Linear / transformers Conv1D but the output
                 embedding), minus the task head (trained fully as peft `modules_to_save`): peft's
                 own shorthand excludes the head only for task_type SEQ_CLS, and ftdrift uses the
-                plain PeftModel without a task type (ftdrift.modeling.lora).
+                plain PeftModel without a task type (ftdrift.modeling.methods).
 
 A module is an attention one when a part of its path inside the block names attention ('attn',
 'attention': Llama `self_attn.q_proj`, BERT `attention.self.query`, GPT-2 `attn.c_attn`); every
@@ -91,8 +91,8 @@ def block_linears(model: torch.nn.Module) -> dict[str, str]:
 
 
 def head_names(model: torch.nn.Module) -> list[str]:
-    """The task head's top-level module names (ftdrift.modeling.lora.head_modules)."""
-    from ftdrift.modeling.lora import head_modules
+    """The task head's top-level module names (ftdrift.modeling.methods.head_modules)."""
+    from ftdrift.modeling.methods import head_modules
 
     return head_modules(task_model(model))
 

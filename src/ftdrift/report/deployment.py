@@ -17,16 +17,15 @@ from ftdrift.core import io
 from ftdrift.report.frames import read_table
 from ftdrift.report.html import escape, fmt, html_page, html_table
 
+# multi_task variants; the inference ones are named by the served methods (`variant_name`)
 VARIANT_NAME = {
-    "full": "full fine-tuned model",
-    "lora_unmerged": "base + adapter (unmerged)",
-    "lora_merged": "adapter merged into the base",
     "full_models": "N full models, each on its examples",
     "adapter_per_task": "one base: set_adapter, then its examples, task by task",
     "mixed_adapter_batch": "one base: mixed-adapter batch (adapter_names=)",
 }
-INFERENCE = ("full", "lora_unmerged", "lora_merged")
-MULTI_TASK = ("full_models", "adapter_per_task", "mixed_adapter_batch")
+MULTI_TASK = tuple(VARIANT_NAME)
+# inference variants of an adapter method m: m + suffix (ftdrift.analysis.deployment_cases.Methods)
+ADAPTER_SUFFIXES = {"_unmerged": "base + adapter (unmerged)", "_merged": "adapter merged into the base"}
 MIB = 2**20
 
 
@@ -47,15 +46,45 @@ def rows_of(frame: pd.DataFrame | None, section: str) -> pd.DataFrame:
     return sub.dropna(subset=["p50_ms"])
 
 
-def _variant_colors() -> dict:
-    from ftdrift.report.style import METHOD_COLOR, OKABE_ITO
+def served_methods(frame: pd.DataFrame | None) -> tuple[str | None, str | None]:
+    """(full method, adapter method) of the inference rows' variants ('<full>', '<adapter>_unmerged')."""
+    variants = list(dict.fromkeys(rows_of(frame, "inference").get("variant", pd.Series(dtype=str))))
+    adapter = next((v[: -len("_unmerged")] for v in variants if v.endswith("_unmerged")), None)
+    full = next((v for v in variants if not any(v.endswith(x) for x in ADAPTER_SUFFIXES)), None)
+    return full, adapter
 
-    return {"full": METHOD_COLOR["full"], "lora_unmerged": METHOD_COLOR["lora"], "lora_merged": OKABE_ITO["sky_blue"],
-            "full_models": METHOD_COLOR["full"], "adapter_per_task": OKABE_ITO["bluish_green"],
-            "mixed_adapter_batch": METHOD_COLOR["lora"]}
+
+def inference_variants(frame: pd.DataFrame | None) -> list[str]:
+    full, adapter = served_methods(frame)
+    return [v for v in (full, adapter and f"{adapter}_unmerged", adapter and f"{adapter}_merged") if v]
 
 
-def _plot_panels(sub: pd.DataFrame, panel_key: str, variants, path, title: str, empty: str) -> None:
+def variant_name(variant: str) -> str:
+    """A legend label: the multi_task names, '<m>: fully fine-tuned model', '<m>: base + adapter (unmerged)'."""
+    if variant in VARIANT_NAME:
+        return VARIANT_NAME[variant]
+    for suffix, name in ADAPTER_SUFFIXES.items():
+        if variant.endswith(suffix):
+            return f"{variant[: -len(suffix)]}: {name}"
+    return f"{variant}: fully fine-tuned model"
+
+
+def _variant_colors(full: str | None, adapter: str | None) -> dict:
+    from ftdrift.report.style import OKABE_ITO, method_color
+
+    full_color = method_color(full) if full else OKABE_ITO["vermillion"]
+    adapter_color = method_color(adapter) if adapter else OKABE_ITO["blue"]
+    colors = {"full_models": full_color, "adapter_per_task": OKABE_ITO["bluish_green"],
+              "mixed_adapter_batch": adapter_color}
+    if full:
+        colors[full] = full_color
+    if adapter:
+        colors.update({f"{adapter}_unmerged": adapter_color, f"{adapter}_merged": OKABE_ITO["sky_blue"]})
+    return colors
+
+
+def _plot_panels(sub: pd.DataFrame, panel_key: str, variants, path, title: str, empty: str,
+                 colors: Mapping[str, str]) -> None:
     """Per panel (a task or a group's tasks): p50 latency (band to p95, dotted p99; log scale) and
     throughput against batch size (log 2), one line per variant."""
     import matplotlib.pyplot as plt
@@ -66,7 +95,7 @@ def _plot_panels(sub: pd.DataFrame, panel_key: str, variants, path, title: str, 
 
     if sub.empty:
         return empty_figure(path, title, empty)
-    colors, panels = _variant_colors(), list(dict.fromkeys(sub[panel_key]))
+    panels = list(dict.fromkeys(sub[panel_key]))
     fig, axes = plt.subplots(2, len(panels), figsize=(max(3.6 * len(panels), 8.0), 6.2), squeeze=False,
                              layout="constrained")
     for col, panel in enumerate(panels):
@@ -76,7 +105,7 @@ def _plot_panels(sub: pd.DataFrame, panel_key: str, variants, path, title: str, 
             if s.empty:
                 continue
             c = colors[variant]
-            lat.plot(s.batch_size, s.p50_ms, "-o", ms=4, color=c, lw=1.8, label=VARIANT_NAME[variant])
+            lat.plot(s.batch_size, s.p50_ms, "-o", ms=4, color=c, lw=1.8, label=variant_name(variant))
             lat.fill_between(s.batch_size, s.p50_ms, s.p95_ms, color=c, alpha=0.18, lw=0)
             lat.plot(s.batch_size, s.p99_ms, ":", color=c, lw=1.1)
             thr.plot(s.batch_size, s.examples_per_s, "-o", ms=4, color=c, lw=1.8)
@@ -107,15 +136,16 @@ def _plot_panels(sub: pd.DataFrame, panel_key: str, variants, path, title: str, 
 
 def plot_latency(frame: pd.DataFrame | None, path) -> None:
     """Per task: the full model, the unmerged and the merged adapter, by batch size."""
-    _plot_panels(rows_of(frame, "inference"), "task", INFERENCE, path,
-                 "Serving one task: latency and throughput by batch size", "no deployment measurements")
+    _plot_panels(rows_of(frame, "inference"), "task", inference_variants(frame), path,
+                 "Serving one task: latency and throughput by batch size", "no deployment measurements",
+                 _variant_colors(*served_methods(frame)))
 
 
 def plot_multi_task(frame: pd.DataFrame | None, path) -> None:
     """Per group of tasks sharing a task-model class: a batch mixing its tasks, served three ways."""
     _plot_panels(rows_of(frame, "multi_task"), "task", MULTI_TASK, path,
                  "Serving several tasks in one batch (example i from task i mod N)",
-                 "no group of tasks shares a task-model class: nothing to mix")
+                 "no group of tasks shares a task-model class: nothing to mix", _variant_colors(*served_methods(frame)))
 
 
 def _ms_table(sub: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

@@ -27,6 +27,7 @@ from ftdrift.report.frames import (
     best_row,
     chosen_runs,
     method_name,
+    method_order,
     read_table,
     run_key,
     scale_note,
@@ -36,21 +37,28 @@ from ftdrift.report.frames import (
 )
 from ftdrift.report.style import (
     HEATMAP_CMAP,
-    METHOD_COLOR,
     MISSING_COLOR,
     empty_axes,
     empty_figure,
     fresh_dir,
     layer_ticks,
     marker_kw,
+    method_color,
     method_handles,
+    panel_grid,
     save,
     short_layer_name,
     status_legend_handles,
 )
-from ftdrift.study.grid import METHODS, RUN_KEYS, SETTING_KEYS
+from ftdrift.study.grid import RUN_KEYS, SETTING_KEYS
 
 FIGURES = ("heatmaps", "by_layer", "over_training", "vs_metric")  # one folder of <metric>/<pooling>.svg each
+HEATMAP_COLUMNS = 3  # heatmap panels per row: one panel per method
+
+
+def _methods(frame: pd.DataFrame | None) -> list[str]:
+    """The methods of `frame`'s rows in the report's method order (frames.configure_methods)."""
+    return method_order(set(frame.method)) if frame is not None and not frame.empty else []
 
 
 def write_drift(*, drift, runs, best, task: str, outputs: Mapping, seed_floor=None, drift_by_layer=None) -> None:
@@ -159,7 +167,7 @@ def heatmap_matrices(drift: pd.DataFrame, best: pd.DataFrame | None, task: str, 
     """method -> layer x step matrix of the metric (mean over the chosen setting's seeds)."""
     sub = _chosen_drift(drift_slice(drift, task, metric, pooling), best, runs)
     out = {}
-    for method in METHODS:
+    for method in _methods(sub):
         msub = sub[sub.method == method]
         if not msub.empty:
             out[method] = msub.pivot_table(index="layer", columns="step", values="value", aggfunc="mean").sort_index()
@@ -199,7 +207,8 @@ def _seed_note(runs: pd.DataFrame | None, best: pd.DataFrame | None, task: str, 
 
 def plot_drift_heatmaps(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd.DataFrame | None, task: str,
                         metric: str, pooling: str, path) -> tuple[float, float]:
-    """Layer x step heatmaps of the metric, full and LoRA side by side on ONE colour scale.
+    """Layer x step heatmaps of the metric, one panel per method (every configured one, in the
+    report's order, HEATMAP_COLUMNS to a row; a method without data says so) on ONE colour scale.
 
     Returns the shared (vmin, vmax).
     """
@@ -209,11 +218,13 @@ def plot_drift_heatmaps(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd
     norm = Normalize(vmin=vmin, vmax=vmax)
     names = layer_names(drift_slice(drift, task, metric, pooling))
     n_layers = max((len(m) for m in mats.values()), default=1)
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, max(3.4, 0.22 * n_layers + 2.0)), layout="constrained",
-                             squeeze=False)
+    methods = method_order(set(method_order()) | set(mats))
+    fig, axes = panel_grid(max(1, len(methods)), HEATMAP_COLUMNS, 5.0, max(3.4, 0.22 * n_layers + 2.0))
+    if not methods:
+        empty_axes(axes[0], "no drift data")
     image = None
     cmap = plt.get_cmap(HEATMAP_CMAP).with_extremes(bad=MISSING_COLOR)
-    for ax, method in zip(axes[0], METHODS):
+    for ax, method in zip(axes, methods):
         row = best_row(best, task, method)
         title = method_name(method)
         if row is not None:
@@ -240,7 +251,7 @@ def plot_drift_heatmaps(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd
         ax.set_ylabel("layer")
         ax.grid(False)
     if image is not None:
-        bar = fig.colorbar(image, ax=list(axes[0]), shrink=0.9, pad=0.02)
+        bar = fig.colorbar(image, ax=list(axes), shrink=0.9, pad=0.02)
         bar.set_label(info.value_label)
     fig.suptitle(f"{task}: {info.name} per layer and training step ({pooling} pooling; grey = no snapshot)")
     save(fig, path)
@@ -296,7 +307,7 @@ def _with_probe_ci(table: pd.DataFrame, by_layer: pd.DataFrame | None) -> pd.Dat
 
 def plot_drift_by_layer(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd.DataFrame | None, task: str,
                         metric: str, pooling: str, path, floor: pd.DataFrame | None = None) -> None:
-    """Final-snapshot drift vs layer: mean over seeds with a min–max band, both methods on one axis.
+    """Final-snapshot drift vs layer: mean over seeds with a min–max band, every method on one axis.
 
     With `floor` (seed_floor.csv): each method's seed floor at its last step as a dotted line
     (drift units: 1 − mean similarity between seeds) with a hatched min–max band over seed pairs;
@@ -311,13 +322,11 @@ def plot_drift_by_layer(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd
     status = status_lookup(runs)
     fig, ax = plt.subplots(figsize=(7.4, 4.0), layout="constrained")
     any_early = False
-    for method in METHODS:
+    for method in _methods(sub):
         msub = sub[sub.method == method]
-        if msub.empty:
-            continue
         stats = msub.groupby("layer")["drift"].agg(["mean", "min", "max"]).sort_index()
         n = msub.seed.nunique()
-        color = METHOD_COLOR[method]
+        color = method_color(method)
         ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.22, lw=0)
         ax.plot(stats.index, stats["mean"], "-o", color=color, lw=2, ms=4,
                 label=f"{method_name(method)} ({setting_text(msub.lr.iloc[0], msub.batch_size.iloc[0])}; "
@@ -330,12 +339,12 @@ def plot_drift_by_layer(drift: pd.DataFrame, runs: pd.DataFrame | None, best: pd
             ax.plot(ssub.layer, ssub.drift, ls="--" if early else "-", color=color, lw=0.8, alpha=0.6)
     fin_floor = final_floor(floor_drift(floor, best, task, metric, pooling))
     no_floor = []
-    for method in [m for m in METHODS if m in set(sub.method)]:
+    for method in _methods(sub):
         fsub = fin_floor[fin_floor.method == method].sort_values("layer")
         if fsub.empty:
             no_floor.append(method_name(method))
             continue
-        color = METHOD_COLOR[method]
+        color = method_color(method)
         ax.fill_between(fsub.layer, fsub.floor_drift_min, fsub.floor_drift_max, facecolor="none", edgecolor=color,
                         hatch="///", alpha=0.45, lw=0)
         ax.plot(fsub.layer, fsub.floor_drift, ls=":", marker="s", ms=3, color=color, lw=1.8,
@@ -391,16 +400,16 @@ def plot_drift_over_training(drift: pd.DataFrame, runs: pd.DataFrame | None, bes
     which = ["first", "middle", "last"] if len(layers) == 3 else [""] * len(layers)
     early_seen = False
     fl = per_step_floor(floor_drift(floor, best, task, metric, pooling))
-    methods = [m for m in METHODS if m in set(sub.method)]
+    methods = _methods(sub)
     no_floor = [method_name(m) for m in methods if fl[fl.method == m].empty]
     for ax, layer, label in zip(axes[0], layers, which):
         lsub = sub[sub.layer == layer]
-        for method in METHODS:
+        for method in methods:
             msub = lsub[lsub.method == method]
             if msub.empty:
                 continue
             stats = msub.groupby("step")["drift"].agg(["mean", "min", "max"]).sort_index()
-            color = METHOD_COLOR[method]
+            color = method_color(method)
             ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.22, lw=0)
             ax.plot(stats.index, stats["mean"], "-", color=color, lw=2, label=method_name(method))
             fsub = fl[(fl.method == method) & (fl.layer == layer)].sort_values("step")
@@ -414,14 +423,14 @@ def plot_drift_over_training(drift: pd.DataFrame, runs: pd.DataFrame | None, bes
         ax.set_title(f"{label + ' block: ' if label else ''}{short_layer_name(names.get(layer, str(layer)), layer)}")
         ax.set_xlabel("optimizer step")
     axes[0][0].set_ylabel(info.drift_label)
-    handles = method_handles([m for m in METHODS if m in set(sub.method)])
+    handles = method_handles(methods)
     handles.append(plt.Rectangle((0, 0), 1, 1, color="#777777", alpha=0.3, label="min–max over seeds"))
     if len(no_floor) < len(methods):
         handles.append(Line2D([], [], color="#555555", ls=":", lw=1.8, label="seed floor: same setting, other seed"))
     if early_seen:
-        handles.append(Line2D([], [], **{**marker_kw("full", "stopped_early", 7), "mec": "#555555"},
+        handles.append(Line2D([], [], **{**marker_kw(methods[0], "stopped_early", 7), "mec": "#555555"},
                               label="last snapshot of a seed that stopped early"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
     title = f"{task}: drift over training, chosen settings ({pooling} pooling)"
     if no_floor:
         title += f"\n{' and '.join(no_floor)}: no seed floor ({FLOOR_NOTE})"
@@ -465,7 +474,7 @@ def plot_metric_vs_drift(drift: pd.DataFrame, runs: pd.DataFrame, best: pd.DataF
     metric_name = data.main_metric.dropna().iloc[0] if data.main_metric.notna().any() else "main metric"
     ax.set_xlabel(f"{info.drift_label}, mean over layers at final step")
     ax.set_ylabel(f"validation {metric_name} {scale_note(data.val_main)}".strip())
-    handles = method_handles([m for m in METHODS if m in set(data.method)])
+    handles = method_handles(_methods(data))
     handles += status_legend_handles(statuses)
     handles.append(Line2D([], [], marker="o", ms=8, mfc="none", mec="black", mew=1.6, ls="none",
                           label="run of the chosen setting"))

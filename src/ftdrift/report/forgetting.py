@@ -19,18 +19,26 @@ from matplotlib.lines import Line2D
 
 from ftdrift.core import io
 from ftdrift.core.drift_metrics import metric_info, to_drift
-from ftdrift.report.frames import chosen_runs, method_name, read_table, sort_key, status_of, usable
+from ftdrift.report.frames import (
+    chosen_runs,
+    method_name,
+    method_order,
+    read_table,
+    sort_key,
+    status_of,
+    usable,
+)
 from ftdrift.report.html import escape, fmt, html_page, html_table
 from ftdrift.report.style import (
-    METHOD_COLOR,
     empty_axes,
     empty_figure,
     layer_ticks,
+    method_color,
     method_handles,
     panel_grid,
     save,
 )
-from ftdrift.study.grid import METHODS, RUN_KEYS
+from ftdrift.study.grid import RUN_KEYS
 
 TASK_MARKERS = ("o", "s", "^", "D", "v", "P", "*", "h")
 PROBE_STYLES = ("-", "--", ":", "-.")
@@ -122,7 +130,7 @@ def plot_forgetting_scatter(table: pd.DataFrame, path) -> None:
             empty_axes(ax, textwrap.fill(reason, 38))
             continue
         for _, r in data.iterrows():
-            color = METHOD_COLOR.get(r.method, "black")
+            color = method_color(r.method)
             hollow = r.status == "stopped_early"
             ax.plot([r.in_task_gain], [float(r[col])], ls="none", marker=marker[r.task], ms=7, mec=color,
                     mfc="white" if hollow else color, mew=1.4, alpha=0.9)
@@ -131,7 +139,7 @@ def plot_forgetting_scatter(table: pd.DataFrame, path) -> None:
         ax.axvline(0.0, color="#777777", lw=0.8, ls="--")
         ax.set_xlabel("in-task gain, share of the metric's range\n(validation main metric − frozen-base probe)")
         ax.set_ylabel(unit)
-    handles = method_handles([m for m in METHODS if m in set(runs.method)])
+    handles = method_handles(method_order(runs.method))
     handles += [Line2D([], [], ls="none", marker=marker[t], ms=7, mfc="#555555", mec="#555555", label=f"task {t}")
                 for t in tasks]
     if (runs.status == "stopped_early").any():
@@ -186,18 +194,18 @@ def plot_out_of_task_by_layer(oot: pd.DataFrame | None, table: pd.DataFrame, bes
     fig, axes = panel_grid(len(tasks), 3, 4.4, 3.6, sharey=True)
     for ax, task in zip(axes, tasks):
         tsub = data[data.task == task]
-        for method in METHODS:
+        for method in method_order(tsub.method):
             for probe in probes:
                 s = tsub[(tsub.method == method) & (tsub.probe_task == probe)].sort_values("layer")
                 if not s.empty:
-                    ax.plot(s.layer, s.drift, ls=style[probe], marker="o", ms=3, lw=1.8, color=METHOD_COLOR[method])
+                    ax.plot(s.layer, s.drift, ls=style[probe], marker="o", ms=3, lw=1.8, color=method_color(method))
         n = tsub.groupby("method").n_seeds.max()
-        ax.set_title(f"fine-tuned on {task}\n" + ", ".join(f"{method_name(m)} n={int(n[m])}" for m in METHODS
-                                                         if m in n))
+        ax.set_title(f"fine-tuned on {task}\n" + ", ".join(f"{method_name(m)} n={int(n[m])}"
+                                                         for m in method_order(tsub.method) if m in n))
         layer_ticks(ax, sorted(tsub.layer.unique()), names)
         ax.set_xlabel("layer (0 = embeddings)")
     axes[0].set_ylabel(f"{info.drift_label}\non another task's probe set")
-    handles = method_handles([m for m in METHODS if m in set(data.method)])
+    handles = method_handles(method_order(data.method))
     handles += [Line2D([], [], color="#555555", ls=style[p], lw=1.8, label=f"probe set: {p}") for p in probes]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
     fig.suptitle(f"{title}\n{info.name}, {pooling} pooling, final snapshot; mean over the chosen setting's seeds")

@@ -28,6 +28,7 @@ class _Methods:
     order: list[str] = []
     labels: dict[str, str] = {}
     reference: str | None = None
+    adapters: list[str] = []  # methods that train an adapter on frozen base weights (merged for deployment)
 
 
 def configure_methods(config: dict) -> None:
@@ -38,6 +39,12 @@ def configure_methods(config: dict) -> None:
     _Methods.reference = methods.reference(config)
     _Methods.order = [_Methods.reference] + [m for m in found if m != _Methods.reference]
     _Methods.labels = {name: m.describe() for name, m in found.items()}
+    _Methods.adapters = [name for name, m in found.items() if m.training_mode == "adapter"]
+
+
+def adapter_methods() -> list[str]:
+    """The configured methods that train an adapter (Method.training_mode 'adapter'), in report order."""
+    return [m for m in _Methods.order if m in _Methods.adapters]
 
 
 def method_order(present=None) -> list[str]:

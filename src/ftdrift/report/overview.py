@@ -8,9 +8,20 @@ from pathlib import Path
 import pandas as pd
 
 from ftdrift.core import io
-from ftdrift.report.frames import NOT_COMPLETED, drift_formula, lr_text, method_name, read_table, run_status
+from ftdrift.report.frames import (
+    NOT_COMPLETED,
+    adapter_methods,
+    drift_formula,
+    lr_text,
+    method_label,
+    method_name,
+    method_order,
+    read_table,
+    reference_method,
+    run_status,
+)
 from ftdrift.report.html import escape, fmt, html_page, html_table, markdown_html
-from ftdrift.study.grid import METHODS, RUN_KEYS, USABLE_STATUSES
+from ftdrift.study.grid import RUN_KEYS, USABLE_STATUSES
 
 HEADLINE_KEYS = ("page", "runs", "checks", "H1", "H2")  # the Overview entry's label columns, in this order
 
@@ -34,8 +45,8 @@ def checks_text(runs: pd.DataFrame | None) -> tuple[str, bool]:
         return "not run", False
     ok = runs.checkpoint_ok.astype("boolean").fillna(False)
     n, bad = len(runs), int((~ok).sum())
-    lora = runs[runs.method == "lora"] if "method" in runs else runs.iloc[:0]
-    merged = " (merged LoRA adapters too)" if not lora.empty else ""
+    adapters = runs[runs.method.isin(adapter_methods())] if "method" in runs else runs.iloc[:0]
+    merged = " (merged adapters too)" if not adapters.empty else ""
     if bad:
         return f"FAILED for {bad} of {n} runs (see summary.md)", True
     return f"{n} of {n} runs reproduce their saved predictions and metrics{merged}", False
@@ -68,14 +79,15 @@ def baseline_text(runs: pd.DataFrame | None) -> tuple[str, bool]:
 
 
 def verdict_counts(values: Iterable[str]) -> str:
-    """'1 supported, 2 inconclusive (3 tasks)'."""
+    """'1 supported, 2 inconclusive (3 comparisons)': one per (method, task) vs the reference."""
     values = [str(v) for v in values if isinstance(v, str) and v]
     if not values:
         return "no verdict yet"
     counts = pd.Series(values).value_counts()
     order = ["supported", "not supported", "inconclusive"]
     names = sorted(counts.index, key=lambda v: order.index(v) if v in order else len(order))
-    return ", ".join(f"{counts[v]} {v}" for v in names) + f" ({len(values)} task{'s' if len(values) != 1 else ''})"
+    return ", ".join(f"{counts[v]} {v}" for v in names) + \
+        f" ({len(values)} comparison{'s' if len(values) != 1 else ''})"
 
 
 def headline(status: pd.DataFrame, verdicts: pd.DataFrame, runs: pd.DataFrame | None = None) -> dict[str, str]:
@@ -129,35 +141,36 @@ def _why(r, verdict: str, reason: str) -> str:
 
 
 def h1_table(verdicts: pd.DataFrame) -> pd.DataFrame:
-    """Per task, H1 in full: its mode and tolerance (h1_mode, h1_tolerance), LoRA − full with CI, the
-    quantity judged with its CI (relative mode: the relative drop; absolute mode: h1_difference =
-    mean full − mean LoRA), the verdict and, where inconclusive, why."""
+    """Per (method, task) comparison, H1 in full: its mode and tolerance (h1_mode, h1_tolerance),
+    method − reference with CI, the quantity judged with its CI (relative mode: the relative drop;
+    absolute mode: h1_difference = mean reference − mean method), the verdict and, where
+    inconclusive, why."""
     rows = []
     for _, r in verdicts.iterrows():
         mode, tol = _cell(r, "h1_mode"), _cell(r, "h1_tolerance")
         if mode == "absolute":
-            judged = "full − LoRA " + _ci(r, "h1_difference", "h1_ci_low", "h1_ci_high")
+            judged = "reference − method " + _ci(r, "h1_difference", "h1_ci_low", "h1_ci_high")
         else:
             judged = "relative drop " + _ci(r, "h1_relative_drop", "h1_ci_low", "h1_ci_high")
-        rows.append({"task": r.get("task"), "metric": r.get("metric"),
+        rows.append({"method": r.get("method"), "task": r.get("task"), "metric": r.get("metric"),
                      "H1 rule": f"{mode or 'n/a'}, tolerance {fmt(tol)}",
-                     "LoRA − full (CI)": _ci(r, "lora_minus_full", "diff_ci_low", "diff_ci_high"),
+                     "method − reference (CI)": _ci(r, "method_minus_reference", "diff_ci_low", "diff_ci_high"),
                      "judged (CI)": judged, "analysis": _cell(r, "analysis"),
                      "H1": _cell(r, "h1_verdict") or "unknown", "why inconclusive": _why(r, "h1_verdict", "h1_reason")})
     return pd.DataFrame(rows)
 
 
 def h2_table(verdicts: pd.DataFrame) -> pd.DataFrame:
-    """Per task, H2 in full: drift reduction with CI, the drift difference, the permutation test's
-    Holm-adjusted and raw p-values (with the smallest p the seeds allow and α), the seed floor and
-    whether the difference exceeds it, the verdict, the test's sentence (h2_test) and, where
-    inconclusive, why."""
+    """Per (method, task) comparison, H2 in full: drift reduction with CI, the drift difference, the
+    permutation test's Holm-adjusted and raw p-values (with the smallest p the seeds allow and α),
+    the seed floor and whether the difference exceeds it, the verdict, the test's sentence (h2_test)
+    and, where inconclusive, why."""
     rows = []
     for _, r in verdicts.iterrows():
         drift = " ".join(str(v) for v in (_cell(r, "h2_drift_metric"), _cell(r, "h2_pooling")) if v is not None)
-        rows.append({"task": r.get("task"), "drift": drift or "n/a",
+        rows.append({"method": r.get("method"), "task": r.get("task"), "drift": drift or "n/a",
                      "drift reduction (CI)": _ci(r, "h2_drift_reduction", "h2_ci_low", "h2_ci_high"),
-                     "full − LoRA drift": _cell(r, "h2_difference"),
+                     "reference − method drift": _cell(r, "h2_difference"),
                      "p (Holm)": _cell(r, "h2_p_holm"), "p (raw)": _cell(r, "h2_p_value"),
                      "smallest possible p": _cell(r, "h2_min_p"), "α": _cell(r, "h2_alpha"),
                      "seed floor": _cell(r, "h2_seed_floor"),
@@ -167,31 +180,41 @@ def h2_table(verdicts: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _methods_html(study: Mapping) -> str:
+    """The configured methods: name, what it is (Method.describe) and peft's own settings."""
+    methods = study.get("methods", {}) or {}
+    rows = [{"method": method_name(m), "description": method_label(m),
+             "reference": "yes" if m == reference_method() else "",
+             "peft settings": ", ".join(f"{k} = {v}" for k, v in ((methods.get(m) or {}).get("peft") or {}).items())
+             or "none: every weight trains"}
+            for m in method_order(methods) if m in methods]
+    return "<p><b>Methods</b></p>" + html_table(pd.DataFrame(rows)) if rows else ""
+
+
 def _setup_html(study: Mapping) -> str:
     model = study.get("model", {}) or {}
     tasks = study.get("tasks", []) or []
     task_defs = study.get("task_defs", {}) or {}
     grid = study.get("grid", {}) or {}
-    lora = study.get("lora", {}) or {}
     parts = [f"<p><b>Model</b>: <code>{escape(model.get('name_or_path'))}</code> "
              f"({escape(model.get('family', ''))})</p>"]
     trows = [{"task": t, "type": task_defs.get(t, {}).get("type", ""),
               "main metric": task_defs.get(t, {}).get("main_metric", "")} for t in tasks]
     parts.append("<p><b>Tasks</b></p>" + html_table(pd.DataFrame(trows)))
+    parts.append(_methods_html(study))
     lrs = grid.get("learning_rates", {})
     grows = []
-    for method in METHODS:
+    for method in method_order(lrs):
         for kind, values in (lrs.get(method) or {}).items():
             grows.append({"method": method_name(method), "task kind": kind,
                           "learning rates": ", ".join(lr_text(v) for v in values)})
     # tasks with their own seeds (task_overrides.<task>.grid.seeds) are named beside the grid's
-    own = {t: seeds for t, seeds in (study.get("task_seeds") or {}).items() if list(seeds) != list(grid.get("seeds", []))}
+    own = {t: seeds for t, seeds in (study.get("task_seeds") or {}).items()
+           if list(seeds) != list(grid.get("seeds", []))}
     own_text = "".join(f"; {t}: seeds {', '.join(map(str, seeds))}" for t, seeds in own.items())
     parts.append("<p><b>Grid</b>: batch sizes " + escape(", ".join(map(str, grid.get("batch_sizes", [])))) +
                  "; seeds " + escape(", ".join(map(str, grid.get("seeds", [])))) + escape(own_text) + "</p>" +
                  html_table(pd.DataFrame(grows)))
-    if lora:
-        parts.append("<p><b>LoRA</b>: " + escape(", ".join(f"{k} = {v}" for k, v in lora.items())) + "</p>")
     return "\n".join(parts)
 
 
@@ -234,33 +257,35 @@ def overview_page(runs: pd.DataFrame | None, best: pd.DataFrame | None, summary_
     alpha = analysis.get("h2_alpha", 0.05)
     conf = analysis.get("confidence", 0.95)
     drift = drift_formula(analysis.get("h2_metric", "linear_cka"))
-    body = ["<h1>ftdrift — how full fine-tuning and LoRA change a model's representations</h1>",
+    reference = reference_method() or "the reference method"
+    body = ["<h1>ftdrift — how fine-tuning methods change a model's representations</h1>",
             "<h2>Study question</h2>",
             "<p>When a pretrained language model is fine-tuned on a task, how far do its layer representations move "
-            "away from the base model's, and does LoRA move them less than full fine-tuning while reaching "
-            f"comparable task performance? Drift of a layer = {drift} between the base and the fine-tuned "
-            "model's representations of a fixed probe set (0 = unchanged).</p><ul>"
-            f"<li><b>H1</b>: LoRA's validation main metric is at most {fmt(100 * h1 if h1 is not None else None, 3)} % "
-            "(relative) below full fine-tuning's.</li>"
-            f"<li><b>H2</b>: LoRA's drift (mean over layers at the final snapshot) is at least "
-            f"{fmt(100 * h2 if h2 is not None else None, 3)} % lower than full fine-tuning's; supported only when "
-            f"the permutation test over seeds rejects at α = {fmt(alpha)} (Holm-adjusted across tasks) and the "
-            "difference exceeds the seed floor.</li></ul>",
+            f"away from the base model's, and does each method move them less than the reference method "
+            f"(<b>{escape(reference)}</b>) while reaching comparable task performance? Drift of a layer = {drift} "
+            "between the base and the fine-tuned model's representations of a fixed probe set (0 = unchanged). "
+            "Every other method is compared with the reference, task by task.</p><ul>"
+            f"<li><b>H1</b>: a method's validation main metric is at most "
+            f"{fmt(100 * h1 if h1 is not None else None, 3)} % (relative) below the reference's.</li>"
+            f"<li><b>H2</b>: a method's drift (mean over layers at the final snapshot) is at least "
+            f"{fmt(100 * h2 if h2 is not None else None, 3)} % lower than the reference's; supported only when "
+            f"the permutation test over seeds rejects at α = {fmt(alpha)} (Holm-adjusted across every method × task "
+            "comparison) and the difference exceeds the seed floor.</li></ul>",
             "<h2>Headline</h2>",
             f'<div class="kpi">Runs<b>{escape(head["runs"])}</b></div>',
             f'<div class="kpi{" alarm" if alarm else ""}">Checkpoint validation<b>{escape(checks)}</b></div>',
             f'<div class="kpi{" alarm" if unstable else ""}">Training stability<b>{escape(stable)}</b></div>',
             f'<div class="kpi{" alarm" if below else ""}">Baselines<b>{escape(baselines)}</b></div>',
-            f'<div class="kpi">H1 (LoRA within tolerance)<b>{escape(head["H1"])}</b></div>',
-            f'<div class="kpi">H2 (LoRA drifts less)<b>{escape(head["H2"])}</b></div>']
+            f'<div class="kpi">H1 (within tolerance of the reference)<b>{escape(head["H1"])}</b></div>',
+            f'<div class="kpi">H2 (drifts less than the reference)<b>{escape(head["H2"])}</b></div>']
     if not verdicts.empty:
-        body += ["<h2>H1: LoRA's validation metric within tolerance</h2>",
+        body += [f"<h2>H1: each method's validation metric within tolerance of {escape(reference)}'s</h2>",
                  html_table(h1_table(verdicts), badges=("H1",)),
-                 "<h2>H2: LoRA drifts less than full fine-tuning</h2>",
+                 f"<h2>H2: each method drifts less than {escape(reference)}</h2>",
                  '<p class="muted">p: exact permutation test over seeds of the drift difference, Holm-adjusted '
-                 "across tasks (with few seeds the smallest possible p may exceed α: then H2 cannot be supported); "
-                 "seed floor: the drift between runs of one setting that differ only in their seed, in drift "
-                 "units.</p>",
+                 "across every method × task comparison (with few seeds the smallest possible p may exceed α: then "
+                 "H2 cannot be supported); seed floor: the drift between runs of one setting that differ only in "
+                 "their seed, in drift units.</p>",
                  html_table(h2_table(verdicts), badges=("H2",))]
     body += ["<h2>Setup</h2>", _setup_html(study)]
     body += _runs_html(status)

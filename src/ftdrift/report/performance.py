@@ -16,6 +16,7 @@ from ftdrift.report.frames import (
     chosen_runs,
     drift_formula,
     method_name,
+    method_order,
     read_table,
     scale_note,
     setting_text,
@@ -26,16 +27,16 @@ from ftdrift.report.frames import (
 from ftdrift.report.html import html_page, html_table
 from ftdrift.report.style import (
     CYCLE,
-    METHOD_COLOR,
     empty_axes,
     empty_figure,
     fresh_dir,
     marker_kw,
+    method_color,
     panel_grid,
     save,
     status_legend_handles,
 )
-from ftdrift.study.grid import METHODS, SETTING_KEYS
+from ftdrift.study.grid import SETTING_KEYS
 
 
 def write_performance(*, runs, best, tasks: Sequence[str], qa_tasks: Sequence[str] = (), confidence: float = 0.95,
@@ -67,17 +68,19 @@ def _seed_offsets(n: int, width: float = 0.22) -> np.ndarray:
 
 def plot_validation(runs: pd.DataFrame, best: pd.DataFrame, path, tasks: Sequence[str] | None = None,
                     confidence: float = 0.95) -> None:
-    """Per task: validation main metric of the chosen setting, mean ± CI over seeds, full vs LoRA."""
+    """Per task: validation main metric of the chosen setting, mean ± CI over seeds, one column per
+    method (the report's method order: the reference first)."""
     tasks = list(tasks or (best.task.unique() if best is not None and not best.empty else []))
     if not tasks:
         return empty_figure(path, "Validation metric", "no runs have finished yet")
     chosen = chosen_runs(runs, best, usable_only=False)  # diverged seeds shown, as crosses
-    fig, axes = panel_grid(len(tasks), 4, 3.0, 3.4)
+    methods = _methods(runs, best)
+    fig, axes = panel_grid(len(tasks), 4, max(3.0, 1.3 * len(methods) + 0.6), 3.4)
     statuses = set()
     pct = int(round(confidence * 100))
     for ax, task in zip(axes, tasks):
         ticks, ticklabels, metric = [], [], ""
-        for i, method in enumerate(METHODS):
+        for i, method in enumerate(methods):
             row = best_row(best, task, method)
             seeds = chosen[(chosen.task == task) & (chosen.method == method)] if not chosen.empty else chosen
             ticks.append(i)
@@ -90,7 +93,7 @@ def plot_validation(runs: pd.DataFrame, best: pd.DataFrame, path, tasks: Sequenc
             yerr = None
             if pd.notna(lo) and pd.notna(hi):
                 yerr = [[max(mean - lo, 0)], [max(hi - mean, 0)]]
-            ax.errorbar([i], [mean], yerr=yerr, fmt="D", ms=8, color=METHOD_COLOR[method], capsize=6, lw=2,
+            ax.errorbar([i], [mean], yerr=yerr, fmt="D", ms=8, color=method_color(method), capsize=6, lw=2,
                         zorder=3, mec="black", mew=0.6)
             offs = _seed_offsets(len(seeds)) + 0.28
             for off, (_, seed_row) in zip(offs, seeds.sort_values("seed").iterrows()):
@@ -102,7 +105,7 @@ def plot_validation(runs: pd.DataFrame, best: pd.DataFrame, path, tasks: Sequenc
             ax.annotate(f"{mean:.3g}\nn={int(row.n_seeds)}", (i, mean), xytext=(-10, 0), textcoords="offset points",
                         ha="right", va="center", fontsize=8)
         ax.set_xticks(ticks, ticklabels, fontsize=8)
-        ax.set_xlim(-0.7, len(METHODS) - 0.4)
+        ax.set_xlim(-0.7, len(methods) - 0.4)
         baseline_lines(ax, best, task)
         vals = chosen[chosen.task == task].val_main if not chosen.empty else []
         ax.set_ylabel(f"validation {metric} {scale_note(vals)}".strip())
@@ -115,7 +118,17 @@ def plot_validation(runs: pd.DataFrame, best: pd.DataFrame, path, tasks: Sequenc
     save(fig, path)
 
 
-# the task's baselines (best.csv's trivial_val / probe_val, the same for both methods): line styles
+def _methods(*frames: pd.DataFrame | None) -> list[str]:
+    """The methods the figures show: the configured ones (frames.method_order) and any other the tables
+    hold, the reference first."""
+    present = set()
+    for frame in frames:
+        if frame is not None and "method" in frame:
+            present |= set(frame.method.dropna())
+    return method_order(present | set(method_order()))
+
+
+# the task's baselines (best.csv's trivial_val / probe_val, the same for every method): line styles
 BASELINES = (("trivial_val", "trivial baseline (majority class; SQuAD v2: no answer)", "--"),
              ("probe_val", "linear probe on the frozen base model", ":"))
 BASELINE_HANDLES = [Line2D([], [], color="#555555", ls=ls, lw=1.4, label=label) for _, label, ls in BASELINES]
@@ -179,9 +192,10 @@ def plot_grid(runs: pd.DataFrame, best: pd.DataFrame, task: str, path) -> None:
     metric = sub.main_metric.iloc[0]
     batch_sizes = sorted(sub.batch_size.unique())
     colors = {bs: CYCLE[i % len(CYCLE)] for i, bs in enumerate(batch_sizes)}
-    fig, axes = plt.subplots(1, len(METHODS), figsize=(8.4, 3.6), sharey=True, layout="constrained", squeeze=False)
+    methods = _methods(sub, best)
+    fig, axes = panel_grid(len(methods), 3, 3.6 if len(methods) > 2 else 4.2, 3.6, sharey=True)
     statuses = set()
-    for ax, method in zip(axes[0], METHODS):
+    for ax, method in zip(axes, methods):
         msub = sub[sub.method == method]
         ax.set_title(method_name(method))
         if msub.empty:
@@ -216,8 +230,8 @@ def plot_grid(runs: pd.DataFrame, best: pd.DataFrame, task: str, path) -> None:
         ax.set_xlabel("peak learning rate")
         if len(lrs) == 1:
             ax.set_xlim(float(lrs[0]) / 3, float(lrs[0]) * 3)
-    axes[0][0].set_ylabel(f"dev {metric} {scale_note(sub.dev_main)}".strip())
-    for ax in axes[0]:
+    axes[0].set_ylabel(f"dev {metric} {scale_note(sub.dev_main)}".strip())
+    for ax in axes:
         baseline_lines(ax, best, task, split="dev")
     handles = [Line2D([], [], color=colors[bs], lw=1.8, marker="o", label=f"batch size {bs}") for bs in batch_sizes]
     handles += BASELINE_HANDLES
@@ -253,7 +267,7 @@ def qa_breakdown_table(runs: pd.DataFrame, best: pd.DataFrame, task: str) -> pd.
 
 def plot_qa_breakdown(runs: pd.DataFrame, best: pd.DataFrame, task: str, path,
                       baselines: pd.DataFrame | None = None) -> pd.DataFrame:
-    """SQuAD v2: overall, answerable (HasAns) and unanswerable (NoAns) scores, full vs LoRA, with
+    """SQuAD v2: overall, answerable (HasAns) and unanswerable (NoAns) scores, one bar per method, with
     the task's baselines (baselines.csv) as grey ticks on each score."""
     table = qa_breakdown_table(runs, best, task)
     if table.empty:
@@ -261,16 +275,18 @@ def plot_qa_breakdown(runs: pd.DataFrame, best: pd.DataFrame, task: str, path,
         return table
     scores = [k for k, _ in QA_BREAKDOWN if k in set(table.score)]
     names = dict(QA_BREAKDOWN)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.25 * len(scores) + 2), 3.9), layout="constrained")
-    width = 0.38
+    methods = method_order(set(table.method))
+    fig, ax = plt.subplots(figsize=(max(6.0, (0.5 + 0.4 * len(methods)) * len(scores) + 2), 3.9),
+                           layout="constrained")
+    width = 0.76 / len(methods)
     statuses = set()
-    for j, method in enumerate(METHODS):
+    for j, method in enumerate(methods):
         msub = table[table.method == method]
         if msub.empty:
             continue
         means = msub.groupby("score")["value"].mean()
-        xs = np.arange(len(scores)) + (j - 0.5) * width
-        ax.bar(xs, [means.get(s, np.nan) for s in scores], width * 0.92, color=METHOD_COLOR[method], alpha=0.85,
+        xs = np.arange(len(scores)) + (j - (len(methods) - 1) / 2) * width
+        ax.bar(xs, [means.get(s, np.nan) for s in scores], width * 0.92, color=method_color(method), alpha=0.85,
                label=f"{method_name(method)} (lr {msub.lr.iloc[0]}, bs {msub.batch_size.iloc[0]}; mean over seeds)")
         for x, s in zip(xs, scores):
             vals = msub[msub.score == s]
@@ -289,7 +305,7 @@ def plot_qa_breakdown(runs: pd.DataFrame, best: pd.DataFrame, task: str, path,
         for x, score in enumerate(scores):
             value = row.iloc[0].get(f"val_{score}")
             if pd.notna(value):
-                ax.hlines(float(value), x - width, x + width, colors="#555555", linestyles=ls, lw=1.6, zorder=5)
+                ax.hlines(float(value), x - 0.4, x + 0.4, colors="#555555", linestyles=ls, lw=1.6, zorder=5)
                 if (col, label, ls) not in drawn:
                     drawn.append((col, label, ls))
     ax.set_xticks(np.arange(len(scores)), [names[s] for s in scores], fontsize=8.5)

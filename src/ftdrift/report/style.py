@@ -113,7 +113,10 @@ def marker_kw(method: str, status: str, size: float = 6) -> dict:
     return dict(marker="X", ms=size + 1, mfc=MISSING_COLOR, mec=MISSING_COLOR, color=MISSING_COLOR, ls="none")
 
 
-def status_legend_handles(statuses: Iterable[str], method: str = "full") -> list:
+def status_legend_handles(statuses: Iterable[str], method: str | None = None) -> list:
+    """Legend entries of the run statuses in `statuses`, drawn with `method`'s markers (the
+    reference method's by default; the face and edge are grey either way)."""
+    method = method or reference_method() or ""
     handles = []
     for status in ("completed", "stopped_early", "diverged", "failed"):
         if status in set(statuses):

@@ -13,10 +13,27 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from ftdrift.core import io
-from ftdrift.report.frames import STATUS_NAME, lr_text, method_name, read_table, run_key, scale_note, status_lookup
+from ftdrift.report.frames import (
+    STATUS_NAME,
+    lr_text,
+    method_name,
+    method_order,
+    read_table,
+    run_key,
+    scale_note,
+    status_lookup,
+)
 from ftdrift.report.html import html_page, html_table
-from ftdrift.report.style import CYCLE, METHOD_COLOR, OKABE_ITO, empty_axes, fresh_dir, method_handles, save
-from ftdrift.study.grid import METHODS, RUN_KEYS, RUN_NAME
+from ftdrift.report.style import (
+    CYCLE,
+    OKABE_ITO,
+    empty_axes,
+    fresh_dir,
+    method_color,
+    method_handles,
+    save,
+)
+from ftdrift.study.grid import RUN_KEYS, RUN_NAME
 
 
 def write_training(*, runs, logs, task: str, planned: Sequence[Mapping], main_metric: str | None,
@@ -270,10 +287,10 @@ def plot_task_training(logs: Mapping[tuple, pd.DataFrame], runs: pd.DataFrame | 
         ls = "-" if st == "completed" else "--"
         train, evals = _train_rows(log), _eval_rows(log)
         if not train.empty:
-            ax_loss.plot(train.step, train["loss"], ls=ls, color=METHOD_COLOR.get(method, "k"), lw=1.1, alpha=0.8)
+            ax_loss.plot(train.step, train["loss"], ls=ls, color=method_color(method), lw=1.1, alpha=0.8)
         if col and not evals.empty and col in evals:
-            ax_metric.plot(evals.step, evals[col], ls=ls, marker="o", ms=3, color=METHOD_COLOR.get(method, "k"),
-                           lw=1.1, alpha=0.8)
+            ax_metric.plot(evals.step, evals[col], ls=ls, marker="o", ms=3, color=method_color(method), lw=1.1,
+                           alpha=0.8)
             shown_metric = True
     ax_loss.set_xlabel("optimizer step")
     ax_loss.set_ylabel("train loss (nats)")
@@ -284,9 +301,9 @@ def plot_task_training(logs: Mapping[tuple, pd.DataFrame], runs: pd.DataFrame | 
         ax_metric.set_title(f"dev {main_metric}, every run")
     else:
         empty_axes(ax_metric, "no dev metric logged")
-    handles = method_handles([m for m in METHODS if any(k[1] == m for k in logs)])
+    handles = method_handles(method_order({k[1] for k in logs}))
     if seen_status - {"completed"}:
         handles.append(Line2D([], [], color="#555555", ls="--", label="stopped early / failed"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
     fig.suptitle(f"{task}: training curves of all {len(logs)} runs")
     save(fig, path)

@@ -1,8 +1,9 @@
 """Model families: the one registry of what differs between architectures.
 
-A family names its LoRA target modules, where its transformer blocks live, whether it is a
+A family names where its transformer blocks live, whether it is a
 decoder (pooling and padding differ), the poolings its representations are taken with and
-whether its checkpoints carry a language-modelling head (the forgetting rule's LM loss).
+whether its checkpoints carry a language-modelling head (the forgetting rule's LM loss). Adapter
+targets are resolved per model from presets (ftdrift.modeling.targets), not named here.
 No heavy imports, so the configuration can check against it at load.
 """
 
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 class Family:
     name: str
     decoder: bool  # decoders pool the last real token too and need a pad token
-    lora_target_modules: tuple[str, ...]  # peft default targets (q/v projections)
     blocks_path: str  # dotted path from the base model to its list of blocks
     poolings: tuple[str, ...]
     # checkpoints load as transformers' AutoModelForCausalLM with a trained next-token head (llama);
@@ -24,10 +24,8 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "bert": Family("bert", decoder=False, lora_target_modules=("query", "value"),
-                   blocks_path="encoder.layer", poolings=("mean",)),
-    "llama": Family("llama", decoder=True, lora_target_modules=("q_proj", "v_proj"),
-                    blocks_path="layers", poolings=("mean", "last"), causal_lm=True),
+    "bert": Family("bert", decoder=False, blocks_path="encoder.layer", poolings=("mean",)),
+    "llama": Family("llama", decoder=True, blocks_path="layers", poolings=("mean", "last"), causal_lm=True),
 }
 
 

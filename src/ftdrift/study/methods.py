@@ -16,7 +16,8 @@ method (`analysis.reference_method`, `full` by default) is what every other one 
 
 This module is torch-free: Snakemake parses the config often, and importing peft costs about
 4 s. The check against peft's classes therefore runs once per (peft version, methods) in a
-subprocess and is remembered in a cache file ($XDG_CACHE_HOME/ftdrift, else ~/.cache/ftdrift).
+subprocess and is remembered in a cache file ($XDG_CACHE_HOME/ftdrift, else ~/.cache/ftdrift),
+keyed by the peft version, the methods and this module's text.
 Turning a method into a model is ftdrift.modeling.methods.
 """
 
@@ -117,6 +118,16 @@ def compared(config: dict) -> list[str]:
     return [name for name in config["methods"] if name != reference(config)]
 
 
+def ranks(config: dict) -> dict[str, int]:
+    """{name: adapter rank r} of the methods that have one (what the weight figures mark)."""
+    return {name: m.rank for name, m in from_config(config).items() if m.rank is not None}
+
+
+def adapter_specs(config: dict) -> dict[str, dict]:
+    """{name: spec} of the adapter methods (every method that does not train all weights)."""
+    return {name: config["methods"][name] for name, m in from_config(config).items() if not m.is_full}
+
+
 def resolve(config: dict, given: bool = True) -> None:
     """Check and canonicalise `config['methods']` in place (a config after schema validation;
     `given`: whether the raw config set `methods`, or the schema's default filled it in).
@@ -138,19 +149,7 @@ def resolve(config: dict, given: bool = True) -> None:
             if legacy.get(old) is not None:
                 spec[new] = legacy[old]
         config["methods"][LEGACY_KEY] = {"peft": spec}
-    raw = config["methods"]
-    for name, entry in raw.items():
-        where = f"config key 'methods.{name}'"
-        if not NAME.fullmatch(str(name)):
-            raise ConfigError(f"{where}: method names must match [a-z0-9_]+, got {name!r}")
-        entry = {} if entry is None else entry
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: a mapping is needed (e.g. {{}} or {{peft: {{peft_type: LORA, r: 8}}}}), "
-                              f"got {entry!r}")
-        unknown = sorted(set(entry) - set(METHOD_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown keys {unknown} (valid: {list(METHOD_KEYS)})")
-        raw[name] = entry
+    raw = check_entries(config["methods"])
     config["methods"] = checked_with_peft(raw)
     if reference(config) not in config["methods"]:
         raise ConfigError(f"config key 'analysis.reference_method': '{reference(config)}' is not a configured "
@@ -165,21 +164,52 @@ def resolve(config: dict, given: bool = True) -> None:
                               f"(classification and extractive_qa lists)")
 
 
+def check_entries(raw: dict) -> dict:
+    """`raw` methods with every entry a mapping ({} for None); ConfigError naming the method for a
+    name outside [a-z0-9_]+ or an entry key other than METHOD_KEYS."""
+    checked = {}
+    for name, entry in raw.items():
+        where = f"config key 'methods.{name}'"
+        if not NAME.fullmatch(str(name)):
+            raise ConfigError(f"{where}: method names must match [a-z0-9_]+, got {name!r}")
+        entry = {} if entry is None else entry
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: a mapping is needed (e.g. {{}} or {{peft: {{peft_type: LORA, r: 8}}}}), "
+                              f"got {entry!r}")
+        unknown = sorted(set(entry) - set(METHOD_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {unknown} (valid: {list(METHOD_KEYS)})")
+        checked[name] = entry
+    return checked
+
+
+def parse_methods(raw: dict) -> dict[str, Method]:
+    """{name: Method} of a `methods` mapping, checked in this process (imports peft; see `resolve`
+    for the errors, raised as ConfigError, a ValueError)."""
+    checked = _check_stdin(check_entries(raw))
+    if "error" in checked:
+        raise ConfigError(checked["error"])
+    return {name: Method(name, entry.get("peft")) for name, entry in checked["methods"].items()}
+
+
 def checked_with_peft(raw: dict) -> dict:
     """`raw` methods with every `peft` entry checked by peft's config classes (`check_peft`) and
     peft_type canonical: in a subprocess, remembered per (peft version, raw) in the cache.
     ConfigError with peft's reason."""
     from importlib.metadata import version
 
-    key = json.dumps({"peft": version("peft"), "methods": raw}, sort_keys=True, default=str)
+    # keyed by this module's text too: a change of the checks invalidates what was remembered
+    key = json.dumps({"peft": version("peft"), "methods": raw, "checks": Path(__file__).read_text()},
+                     sort_keys=True, default=str)
     cache = _cache_dir() / f"methods-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     if cache.is_file():
         result = json.loads(cache.read_text())
     else:
         package_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
-        done = subprocess.run([sys.executable, "-c", "import json, sys; from ftdrift.study.methods import _check_stdin;"
-                               " json.dump(_check_stdin(json.load(sys.stdin)), sys.stdout)"],
+        code = ("import json, sys; from ftdrift.study.methods import _check_stdin;"
+                " json.dump(_check_stdin(json.load(sys.stdin)), sys.stdout)")
+        done = subprocess.run([sys.executable, "-c", code],
                               input=json.dumps(raw), capture_output=True, text=True, env=env, check=False)
         if done.returncode:
             raise ConfigError(f"config key 'methods': checking against peft's config classes failed:\n{done.stderr}")
@@ -225,7 +255,8 @@ def check_peft(key: str, kwargs) -> dict:
         raise ValueError(f"config key '{key}.peft_type': unknown peft type {kwargs['peft_type']!r} (peft's: {sorted(by_name)})")
     cls = PEFT_TYPE_TO_CONFIG_MAPPING[by_name[peft_type]]
     if issubclass(cls, PromptLearningConfig):
-        raise ValueError(f"config key '{key}.peft_type': {peft_type} is a prompt-learning method; ftdrift wraps the task "
+        raise ValueError(  # noqa: TRY004 -- a config value, reported as a ValueError like the others
+            f"config key '{key}.peft_type': {peft_type} is a prompt-learning method; ftdrift wraps the task "
                          f"model in the plain PeftModel, which does not add virtual tokens")
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     for name in kwargs:
@@ -235,6 +266,13 @@ def check_peft(key: str, kwargs) -> dict:
         if name in RESERVED and kwargs[name] is not None:
             raise ValueError(f"config key '{key}.{name}': set by ftdrift (the plain PeftModel: no task type), remove it")
     checked = {**kwargs, "peft_type": peft_type}
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    for name, value in kwargs.items():  # one number, one form: 8 and 8.0 must plan the same jobs
+        kind = types.get(name)
+        if kind in (int, "int") and isinstance(value, float) and value.is_integer():
+            checked[name] = int(value)
+        elif kind in (float, "float") and isinstance(value, int) and not isinstance(value, bool):
+            checked[name] = float(value)
     try:  # the class's own checks of the values (targets as given: a preset passes as a regex string)
         cls(**{k: v for k, v in checked.items() if k != "peft_type"})
     except (TypeError, ValueError) as err:

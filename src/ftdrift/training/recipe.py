@@ -38,13 +38,14 @@ from ftdrift.core import io, metrics
 from ftdrift.core.precision import resolve_precision
 from ftdrift.core.store import SnapshotStore
 from ftdrift.data.features import encode_classification, encode_probe, encode_qa_train
-from ftdrift.modeling import lora, models
+from ftdrift.modeling import methods, models
 from ftdrift.modeling.checkpoint import check_max_length
 from ftdrift.representations.base_check import BaseModelGuard
 from ftdrift.representations.extract import make_batches
 from ftdrift.representations.snapshots import SnapshotCallback
 from ftdrift.study import families
 from ftdrift.study.config import task_kind
+from ftdrift.study.methods import Method
 from ftdrift.training import oom, tracking, workdir
 from ftdrift.training.live_drift import LiveDrift
 from ftdrift.training.monitor import BestModelCallback, Divergence, TrainingMonitor
@@ -73,7 +74,7 @@ class Job:
     task_def: dict
     settings: dict  # data, training, representations (task overrides applied)
     model_cfg: dict
-    lora_cfg: dict | None
+    method_spec: dict  # the run's entry of config `methods`: {} (full fine-tuning) or {"peft": {...}}
     wandb_cfg: dict
     data_dir: Path  # the prepared splits
     work_dir: Path
@@ -93,6 +94,15 @@ class Job:
     @property
     def kind(self) -> str:
         return task_kind(self.task_def)
+
+    @property
+    def method(self) -> Method:
+        return Method(self.run["method"], self.method_spec.get("peft"))
+
+    @property
+    def initial_adapter(self) -> Path:
+        # methods whose initialisation rewrites the base weights save their adapter as initialised here
+        return self.work_dir / "initial_adapter"
 
     @property
     def precision(self) -> str:
@@ -120,6 +130,7 @@ class Trained:
     train_seconds: float
     trainable_params: int
     total_params: int
+    method_info: dict = field(default_factory=dict)  # ftdrift.modeling.methods.adapt's info
     attempts: int = 1
     plan: dict = field(default_factory=dict)
     best_info: dict | None = None  # {step, eval_loss} of the restored best dev-loss weights
@@ -127,7 +138,7 @@ class Trained:
     eval_split_limit: int | None = None  # rows per piece of the final predictions after an out-of-memory error
 
 
-def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora_cfg: dict | None, wandb_cfg: dict,
+def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, method_spec: dict, wandb_cfg: dict,
              data_dir: Path, work_dir: Path, outputs: RunOutputs, threads: int | None = None,
              resolved_config: dict | None = None, code_version: int | None = None,
              callbacks: tuple[TrainerCallback, ...] = (), base_store: Path | None = None) -> dict:
@@ -135,9 +146,10 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, lora
 
     `base_store`: the task's base representations (rule base_representations); when given, the job
     fails before its first update unless its step-0 snapshot equals them
-    (ftdrift.representations.base_check).
+    (ftdrift.representations.base_check). `method_spec`: the run's entry of the resolved config's
+    `methods` (ftdrift.study.methods).
     """
-    job = Job(run, task_def, settings, model_cfg, lora_cfg, wandb_cfg, Path(data_dir), Path(work_dir), outputs,
+    job = Job(run, task_def, settings, model_cfg, method_spec, wandb_cfg, Path(data_dir), Path(work_dir), outputs,
               resolved_config, code_version, tuple(callbacks), base_store=Path(base_store) if base_store else None)
     clock = job.clock
     clock.add_start_up()
@@ -164,8 +176,8 @@ def claim_work_dir(job: Job):
     # the micro-batch plan is not part of the definition (it does not change the objective), so
     # an out-of-memory retry resumes the same state
     fingerprint = workdir.fingerprint({"run": job.run, "task": job.task_def, "settings": job.settings,
-                                       "model": job.model_cfg, "lora": job.lora_cfg if job.run["method"] == "lora"
-                                       else None, "code_version": job.code_version}, list(job.split_files.values()))
+                                       "model": job.model_cfg, "method": job.method_spec,
+                                       "code_version": job.code_version}, list(job.split_files.values()))
     workdir.claim(job.work_dir, fingerprint)
     mirror = workdir.WorkDirMirror.from_env(job.name, job.work_dir, fingerprint)
     if mirror and last_complete_checkpoint(job.work_dir / "checkpoints") is None:
@@ -221,31 +233,24 @@ def load_data(split_files: dict[str, Path], task_def: dict, model_cfg: dict, dat
     return TaskData(splits, tokenizer, train_ds, dev_ds, make_batches(probe, tokenizer, rep_settings["batch_size"]))
 
 
-def build_model(model_cfg: dict, task_def: dict, method: str, lora_cfg: dict | None, seed: int,
-                deterministic: bool = False, tokenizer=None):
-    """Stage 2: the task model (new head drawn under `seed`), LoRA-wrapped for method 'lora'.
+def build_model(model_cfg: dict, task_def: dict, method: Method, seed: int, deterministic: bool = False,
+                tokenizer=None, initial_adapter: Path | None = None):
+    """Stage 2: the task model (new head drawn under `seed`) adapted by `method`
+    (ftdrift.modeling.methods.adapt; full fine-tuning: the model itself).
 
-    `tokenizer`: the job's (for the pad token), else loaded. Returns (model, lora target modules or
-    None, total parameters of the task model).
+    `tokenizer`: the job's (for the pad token), else loaded. `initial_adapter`: where a method whose
+    initialisation rewrites the base weights (PiSSA) saves its adapter as initialised (the saved
+    adapter is converted against it, so that it applies to the original weights). Returns
+    (model, info): info is adapt's (method, adapted modules, trainable and total parameters, ...).
     """
     kind = task_kind(task_def)
     num_labels = len(task_def["labels"]) if kind == "classification" else None
     set_seed(seed, deterministic=deterministic)
     model = models.load_model(model_cfg, kind, num_labels, tokenizer or models.load_tokenizer(model_cfg))
-    total_params = sum(p.numel() for p in model.parameters())
-    if method != "lora":
-        return model, None, total_params
-    targets = list(lora_cfg["target_modules"] or families.family(model_cfg["family"]).lora_target_modules)
-    _check_targets(model, model_cfg, targets)
-    return lora.wrap(model, lora_cfg, targets), targets, total_params
-
-
-def _check_targets(model, model_cfg: dict, targets: list[str]) -> None:
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in targets if t not in names]
-    if missing:
-        raise ValueError(f"config key 'lora.target_modules': {missing} not found in {model_cfg['name_or_path']} "
-                         f"(module names include {sorted(names)[:20]})")
+    model, info = methods.adapt(model, method)
+    if initial_adapter is not None:
+        methods.save_initial(model, method, initial_adapter)
+    return model, info
 
 
 def check_feasible(model, max_length: int, num_labels: int | None, records: list[dict]) -> None:
@@ -274,12 +279,12 @@ def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
     rep_settings, kind, precision = job.settings["representations"], job.kind, job.precision
     num_labels = len(job.task_def["labels"]) if kind == "classification" else None
     with job.clock.stage("model load"):
-        model, lora_targets, total_params = build_model(job.model_cfg, job.task_def, run["method"], job.lora_cfg,
-                                                        int(run["seed"]), training["full_determinism"], data.tokenizer)
+        model, method_info = build_model(job.model_cfg, job.task_def, job.method, int(run["seed"]),
+                                         training["full_determinism"], data.tokenizer, job.initial_adapter)
     check_feasible(model, data_settings["max_length"][kind], num_labels,
                    data.splits["train"] + data.splits["dev"] if kind == "classification" else [])
-    if lora_targets is not None:
-        lora.check_passes_inputs(model, data.probe_batches[0][0])
+    if not job.method.is_full:
+        methods.check_passes_inputs(model, data.probe_batches[0][0])
 
     family = families.family(job.model_cfg["family"])
     store = SnapshotStore(job.work_dir / "representations.zarr", attrs={
@@ -333,7 +338,8 @@ def train_attempt(job: Job, data: TaskData, plan: dict, mirror=None) -> Trained:
                     monitor.divergence.last_good_checkpoint)
         keep_finite_snapshots(store, before=monitor.divergence.step)
     return Trained(model, trainer, best, store, last, time.time() - started,
-                   sum(p.numel() for p in model.parameters() if p.requires_grad), total_params,
+                   sum(p.numel() for p in model.parameters() if p.requires_grad), method_info["total_params"],
+                   method_info,
                    divergence=monitor.divergence)
 
 
@@ -418,6 +424,7 @@ def save(job: Job, data: TaskData, trained: Trained, dev: SplitPrediction, valid
         "best_dev_loss": best_info["eval_loss"] if best_info else None,
         "trainable_params": trained.trainable_params, "total_params": trained.total_params,
         "trainable_fraction": trained.trainable_params / trained.total_params,
+        "method": job.method_spec, "method_info": trained.method_info,
         "train_seconds": trained.train_seconds, "resumed_from": trained.resumed_from,
         "snapshot_steps": trained.store.steps(),
         "stage_seconds": job.clock.rounded(),  # so far: the outputs are written after metrics.json's content
@@ -425,7 +432,9 @@ def save(job: Job, data: TaskData, trained: Trained, dev: SplitPrediction, valid
     with io.atomic_path(outputs.representations) as tmp:
         shutil.copytree(trained.store.path, tmp, ignore=shutil.ignore_patterns("*.partial"))
     with io.atomic_path(outputs.model) as tmp:
-        trained.model.save_pretrained(tmp)  # peft saves the adapter plus the trained head
+        # an adapter is saved with its trained head, for the original base weights (PiSSA converted)
+        methods.save_adapter(trained.model, job.method, tmp,
+                             initial=job.initial_adapter if job.method.mutates_base else None)
         data.tokenizer.save_pretrained(tmp)
         sort_target_modules(Path(tmp) / "adapter_config.json")
     io.write_json(outputs.predictions, validation.predictions)
