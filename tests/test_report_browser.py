@@ -241,4 +241,9 @@ def test_report_opens_in_headless_chromium(tiny_report):
     assert {"Layer × step heatmaps", "Final-step drift by layer", "Drift over training",
             "Validation metric vs drift"} <= set(drift)
     assert "Per-run diagnostics" in seen["categories"]["Training"]
+    # the method axis: ranking, Pareto view and each pair; the intruder intervention beside the
+    # other intruder figures (its figure decoded above, as every image)
+    assert {"Closeness to the reference", "Pareto view", "Same layer over training"} <= set(seen["categories"]["Methods"])
+    weights = seen["subcategoryText"].get("Weight space / Intruder dimensions", "")
+    assert "intervention: accuracy and forgetting vs λ" in weights, weights[:500]
     assert landing.exists()
