@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from helpers import make_tiny_workdir, run_snakemake
+from helpers import TINY_CONFIG, make_tiny_workdir, run_snakemake
 
 METHODS = {
     "full": {},
@@ -25,8 +25,11 @@ RUN = "lr{lr}_bs4_seed1"
 
 @pytest.fixture(scope="module")
 def axis(tmp_path_factory):
+    # 2 steps: the test is about every method passing through every stage, not about learning
     workdir = make_tiny_workdir(tmp_path_factory.mktemp("axis"), tasks=["sst2"], methods=METHODS,
-                                grid={"seeds": [1], "batch_sizes": [4], "learning_rates": RATES})
+                                grid={"seeds": [1], "batch_sizes": [4], "learning_rates": RATES},
+                                training={**TINY_CONFIG["training"], "max_steps": 2, "eval_steps": 2, "save_steps": 2},
+                                representations={**TINY_CONFIG["representations"], "snapshot_steps": 1})
     targets = ["results/tables/methods.csv", "results/tables/intruder_intervention.csv",
                *(f"results/checks/sst2/{m}/{RUN.format(lr='1e-3' if m == 'full' else '5e-3')}.json" for m in METHODS)]
     run_snakemake(workdir, *targets)
