@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -151,12 +152,24 @@ def make_tiny_workdir(tmp_path: Path, **overrides) -> Path:
     return workdir
 
 
+def _no_slurm_conf() -> Path:
+    path = Path(tempfile.gettempdir()) / "ftdrift-tests-no-slurm.conf"
+    if not path.exists():
+        path.write_text("ClusterName=none\nSlurmctldHost=localhost\nSlurmctldPort=1\nMessageTimeout=1\n")
+    return path
+
+
 def run_snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None,
                   configfile: Path | None = None, snakefile: Path | None = None) -> subprocess.CompletedProcess:
     """Run the real workflow on `workdir` with its tiny config (or `configfile`)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile or REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile or workdir / "tiny.yaml"), "--cores", "2", *args]
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    if not any("slurm" in str(a) for a in args) and "SLURM_CONF" not in full_env:
+        # snakemake-executor-plugin-slurm 2.8.0 runs `scontrol show config` when Snakemake imports it
+        # (for every workflow, any executor); with SLURM installed (tests/test_slurm.py) but no
+        # controller up, scontrol waits ~9 s. A config naming an unreachable controller fails at once.
+        full_env["SLURM_CONF"] = str(_no_slurm_conf())
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
