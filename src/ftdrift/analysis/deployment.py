@@ -150,7 +150,7 @@ def served_methods(methods: Mapping[str, dict], reference: str, requested: str |
     """The two methods the benchmark serves (module doc) from the config's `methods` ({name: spec}),
     `analysis.reference_method` and `deployment.method`. ValueError naming the config key when no
     method trains every weight, none is an adapter, or `requested` is not a configured adapter method."""
-    found = {name: Method(name, (spec or {}).get("peft")) for name, spec in methods.items()}
+    found = {name: Method.from_spec(name, spec) for name, spec in methods.items()}
     full = [n for n, m in found.items() if m.is_full]
     adapters = [n for n, m in found.items() if not m.is_full]
     if not full or not adapters:

@@ -22,7 +22,7 @@ from ftdrift.study.methods import Method
 def method_of(name: str, spec: dict | None) -> Method:
     """The Method of a run from its name (the `{method}` wildcard) and its config entry
     (`CONFIG['methods'][name]`: {} or {'peft': {...}}; None counts as {})."""
-    return Method(name, (spec or {}).get("peft"))
+    return Method.from_spec(name, spec)
 
 
 def num_labels(task_def: dict) -> int | None:

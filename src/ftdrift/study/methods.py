@@ -54,6 +54,11 @@ class Method:
     name: str
     peft: dict | None = None
 
+    @classmethod
+    def from_spec(cls, name: str, spec: dict | None) -> Method:
+        """The method `name` of its config entry ({} or None: full fine-tuning; {'peft': {...}})."""
+        return cls(name, (spec or {}).get("peft"))
+
     @property
     def is_full(self) -> bool:
         return self.peft is None
@@ -97,7 +102,7 @@ class Method:
 
 def from_config(config: dict) -> dict[str, Method]:
     """{name: Method} of a resolved config (see `resolve`), in the config's order."""
-    return {name: Method(name, entry.get("peft")) for name, entry in config["methods"].items()}
+    return {name: Method.from_spec(name, entry) for name, entry in config["methods"].items()}
 
 
 def method(config: dict, name: str) -> Method:
@@ -189,7 +194,7 @@ def parse_methods(raw: dict) -> dict[str, Method]:
     checked = _check_stdin(check_entries(raw))
     if "error" in checked:
         raise ConfigError(checked["error"])
-    return {name: Method(name, entry.get("peft")) for name, entry in checked["methods"].items()}
+    return {name: Method.from_spec(name, entry) for name, entry in checked["methods"].items()}
 
 
 def checked_with_peft(raw: dict) -> dict:

@@ -97,7 +97,7 @@ class Job:
 
     @property
     def method(self) -> Method:
-        return Method(self.run["method"], self.method_spec.get("peft"))
+        return Method.from_spec(self.run["method"], self.method_spec)
 
     @property
     def initial_adapter(self) -> Path:
