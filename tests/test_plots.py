@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ftdrift.report import drift, html, overview, performance, training, weights
+from ftdrift.report import drift, html, overview, performance, style, training, weights
 from ftdrift.report import frames as report_frames
 from ftdrift.report import labels as report_labels
 from ftdrift.study.grid import RUN_KEYS, SETTING_KEYS
@@ -361,9 +361,9 @@ def test_heatmaps_share_one_colour_scale(frames, tmp_path, monkeypatch):
 
 
 def test_shared_limits_flat_and_empty():
-    lo, hi = drift.shared_limits([pd.DataFrame([[1.0, 1.0]]), pd.DataFrame([[1.0]])])
+    lo, hi = style.shared_limits([pd.DataFrame([[1.0, 1.0]]), pd.DataFrame([[1.0]])])
     assert lo < 1.0 < hi
-    assert drift.shared_limits([]) == (0.0, 1.0)
+    assert style.shared_limits([]) == (0.0, 1.0)
 
 
 def test_drift_figures(frames, tmp_path):

@@ -98,10 +98,22 @@ def final_drift(drift: pd.DataFrame, metric: str, pooling: str) -> pd.DataFrame:
     return sub[sub.step == last]
 
 
-def chosen_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The usable (not diverged) runs of each task x method's chosen setting (best_settings on them)."""
-    usable = runs[runs.status.isin(USABLE_STATUSES)]
-    return usable.merge(best_settings(usable), on=SETTING_KEYS)
+def usable(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose numbers enter means (not diverged, not missing); all rows of a table without statuses."""
+    return runs[runs.status.isin(USABLE_STATUSES)] if "status" in runs else runs
+
+
+def chosen_runs(runs: pd.DataFrame | None, best: pd.DataFrame | None = None, usable_only: bool = True) -> pd.DataFrame:
+    """The runs (seeds) of each task x method's chosen setting: the one in `best` (best.csv's rows) or,
+    without it, the one `best_settings` picks over the usable runs. `usable_only`: the runs entering
+    the means; False: every seed of the setting (diverged and missing ones too, to be shown as such)."""
+    if runs is None or runs.empty:
+        return runs.iloc[0:0] if runs is not None else pd.DataFrame(columns=RUN_KEYS)
+    if best is None:
+        best = best_settings(usable(runs))
+    if best.empty:
+        return runs.iloc[0:0]
+    return (usable(runs) if usable_only else runs).merge(best[SETTING_KEYS].drop_duplicates(), on=SETTING_KEYS)
 
 
 def write_chosen(metrics_paths, path) -> None:

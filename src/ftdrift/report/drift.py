@@ -12,7 +12,7 @@ variation. It needs at least two usable seeds of the chosen setting.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,11 +21,11 @@ import pandas as pd
 from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 
+from ftdrift.analysis.tables import chosen_runs
 from ftdrift.core import io
 from ftdrift.core.drift_metrics import metric_info, to_drift
 from ftdrift.report.frames import (
     best_row,
-    chosen_runs,
     method_name,
     method_order,
     read_table,
@@ -47,6 +47,7 @@ from ftdrift.report.style import (
     method_handles,
     panel_grid,
     save,
+    shared_limits,
     short_layer_name,
     status_legend_handles,
 )
@@ -172,18 +173,6 @@ def heatmap_matrices(drift: pd.DataFrame, best: pd.DataFrame | None, task: str, 
         if not msub.empty:
             out[method] = msub.pivot_table(index="layer", columns="step", values="value", aggfunc="mean").sort_index()
     return out
-
-
-def shared_limits(matrices: Iterable[pd.DataFrame]) -> tuple[float, float]:
-    """One (vmin, vmax) for all panels; widened when flat so the colour bar stays readable."""
-    values = np.concatenate([np.asarray(m, dtype=float).ravel() for m in matrices] or [np.array([])])
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return 0.0, 1.0
-    lo, hi = float(values.min()), float(values.max())
-    if hi - lo < 1e-6:
-        lo, hi = lo - 0.005, hi + 0.005
-    return lo, hi
 
 
 def _seed_note(runs: pd.DataFrame | None, best: pd.DataFrame | None, task: str, method: str) -> str:

@@ -17,16 +17,15 @@ from collections.abc import Mapping
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from ftdrift.analysis.tables import chosen_runs, usable
 from ftdrift.core import io
 from ftdrift.core.drift_metrics import metric_info, to_drift
 from ftdrift.report.frames import (
-    chosen_runs,
     method_name,
     method_order,
     read_table,
     sort_key,
     status_of,
-    usable,
 )
 from ftdrift.report.html import escape, fmt, html_page, html_table
 from ftdrift.report.style import (

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ftdrift.core.drift_metrics import metric_info
-from ftdrift.study.grid import RUN_KEYS, SETTING_KEYS, USABLE_STATUSES, format_float
+from ftdrift.study.grid import RUN_KEYS, format_float
 
 STATUS_NAME = {"completed": "completed", "stopped_early": "stopped early", "diverged": "diverged", "failed": "failed",
                "missing": "missing (failed or not run)"}
@@ -116,20 +116,6 @@ def read_table(path, required: bool = True) -> pd.DataFrame | None:
     if frame.empty and not required:
         return None
     return normalise(frame)
-
-
-def usable(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs whose numbers enter means (not diverged, not missing); all rows of a table without statuses."""
-    return runs[runs.status.isin(USABLE_STATUSES)] if "status" in runs else runs
-
-
-def chosen_runs(runs: pd.DataFrame, best: pd.DataFrame, usable_only: bool = True) -> pd.DataFrame:
-    """The runs (seeds) of each task x method's chosen setting: those entering its means, or with
-    `usable_only=False` every seed (diverged and missing ones too, to be shown as such)."""
-    if runs is None or runs.empty or best is None or best.empty:
-        return runs.iloc[0:0] if runs is not None else pd.DataFrame(columns=RUN_KEYS)
-    chosen = runs.merge(best[SETTING_KEYS].drop_duplicates(), on=SETTING_KEYS)
-    return usable(chosen) if usable_only else chosen
 
 
 def best_row(best: pd.DataFrame | None, task: str, method: str):

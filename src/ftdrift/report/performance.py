@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from ftdrift.analysis.tables import chosen_runs, usable
 from ftdrift.core import io
 from ftdrift.report.frames import (
     best_row,
-    chosen_runs,
     drift_formula,
     method_name,
     method_order,
@@ -22,7 +22,6 @@ from ftdrift.report.frames import (
     setting_text,
     sort_key,
     status_of,
-    usable,
 )
 from ftdrift.report.html import html_page, html_table
 from ftdrift.report.style import (

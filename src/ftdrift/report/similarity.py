@@ -21,7 +21,6 @@ from matplotlib.colors import Normalize
 
 from ftdrift.core import io
 from ftdrift.core.drift_metrics import metric_info
-from ftdrift.report.drift import shared_limits
 from ftdrift.report.frames import (
     best_row,
     lr_text,
@@ -36,6 +35,7 @@ from ftdrift.report.style import (
     layer_ticks,
     panel_grid,
     save,
+    shared_limits,
     short_layer_name,
 )
 from ftdrift.study.grid import USABLE_STATUSES

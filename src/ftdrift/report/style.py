@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # no display on cluster nodes; must precede pyplot
 
@@ -155,3 +156,15 @@ def short_layer_name(name: str, layer: int) -> str:
     if match and not text.lower().startswith("emb"):
         return f"block {match.group(1)}" if len(text) > 10 or "layer" in text.lower() else text
     return text if len(text) <= 14 else text[-14:]
+
+
+def shared_limits(matrices: Iterable) -> tuple[float, float]:
+    """One (vmin, vmax) for all panels (`matrices`: array-likes, e.g. DataFrames); widened when flat so the colour bar stays readable."""
+    values = np.concatenate([np.asarray(m, dtype=float).ravel() for m in matrices] or [np.array([])])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.005, hi + 0.005
+    return lo, hi

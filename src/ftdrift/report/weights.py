@@ -11,8 +11,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from ftdrift.analysis.tables import usable
 from ftdrift.core import io
-from ftdrift.report.frames import method_order, read_table, usable
+from ftdrift.report.frames import method_order, read_table
 from ftdrift.report.style import (
     CYCLE,
     empty_figure,
