@@ -12,8 +12,13 @@
 # never while the workflow is parsed: every job parses this file.
 import importlib
 
+# the front page: the study question, hypotheses and methods, written from the config (ftdrift.report.intro)
+FRONT_PAGE = importlib.import_module("ftdrift.report.intro").write_workflow_rst(
+    CONFIG, str(Path(".snakemake/ftdrift/workflow.rst").resolve())
+)
 
-report: "../report/workflow.rst"
+
+report: FRONT_PAGE
 
 
 REPORT_DIR = "results/report"

@@ -229,7 +229,7 @@ def test_report_opens_in_headless_chromium(tiny_report):
         assert category in seen["categories"], sorted(seen["categories"])
         assert category in seen["menu"], seen["menu"]  # listed in the left-hand menu
     # the landing page is the study description, with the headline numbers filled in
-    assert "finished (" in seen["landing"] and "H1 (LoRA within tolerance)" in seen["landing"]
+    assert "finished (" in seen["landing"] and "H1 (within tolerance of full)" in seen["landing"]
     assert "No overview computed yet" not in seen["landing"]
     total = sum(n for subs in seen["categories"].values() for n in subs.values())
     assert seen["visited"] == total > 0

@@ -33,8 +33,13 @@ class MetricInfo:
     compute: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     @property
+    def drift_formula(self) -> str:
+        """What a drift value is: '1 − linear CKA' for a similarity, the distance's name otherwise."""
+        return f"1 − {self.name}" if self.similarity else self.name
+
+    @property
     def drift_label(self) -> str:
-        return f"drift = 1 − {self.name}" if self.similarity else f"drift = {self.name}"
+        return f"drift = {self.drift_formula}"
 
     @property
     def value_label(self) -> str:

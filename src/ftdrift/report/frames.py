@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from ftdrift.core.drift_metrics import metric_info
 from ftdrift.study.grid import RUN_KEYS, format_float
 
 STATUS_NAME = {"completed": "completed", "stopped_early": "stopped early", "diverged": "diverged", "failed": "failed",
@@ -77,12 +76,6 @@ def lr_text(value) -> str:
         return format_float(value)
     except (TypeError, ValueError):
         return str(value)
-
-
-def drift_formula(metric: str) -> str:
-    """What a drift value of `metric` is: '1 − linear CKA' for a similarity, the distance's name otherwise."""
-    info = metric_info(metric)
-    return f"1 − {info.name}" if info.similarity else info.name
 
 
 def setting_text(lr, batch_size) -> str:

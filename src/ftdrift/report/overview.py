@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from ftdrift.core import io
+from ftdrift.report import intro
 from ftdrift.report.frames import (
     NOT_COMPLETED,
     adapter_methods,
-    drift_formula,
     lr_text,
     method_label,
     method_name,
@@ -252,25 +252,13 @@ def overview_page(runs: pd.DataFrame | None, best: pd.DataFrame | None, summary_
     stable, unstable = stability_text(runs, stability)
     baselines, below = baseline_text(runs)
     analysis = study.get("analysis", {}) or {}
-    h1 = analysis.get("h1_max_relative_drop")
-    h2 = analysis.get("h2_min_drift_reduction")
-    alpha = analysis.get("h2_alpha", 0.05)
-    conf = analysis.get("confidence", 0.95)
-    drift = drift_formula(analysis.get("h2_metric", "linear_cka"))
     reference = reference_method() or "the reference method"
+    h1, h2 = intro.hypotheses(analysis)
+    conf = analysis.get("confidence", 0.95)
     body = ["<h1>ftdrift — how fine-tuning methods change a model's representations</h1>",
             "<h2>Study question</h2>",
-            "<p>When a pretrained language model is fine-tuned on a task, how far do its layer representations move "
-            f"away from the base model's, and does each method move them less than the reference method "
-            f"(<b>{escape(reference)}</b>) while reaching comparable task performance? Drift of a layer = {drift} "
-            "between the base and the fine-tuned model's representations of a fixed probe set (0 = unchanged). "
-            "Every other method is compared with the reference, task by task.</p><ul>"
-            f"<li><b>H1</b>: a method's validation main metric is at most "
-            f"{fmt(100 * h1 if h1 is not None else None, 3)} % (relative) below the reference's.</li>"
-            f"<li><b>H2</b>: a method's drift (mean over layers at the final snapshot) is at least "
-            f"{fmt(100 * h2 if h2 is not None else None, 3)} % lower than the reference's; supported only when "
-            f"the permutation test over seeds rejects at α = {fmt(alpha)} (Holm-adjusted across every method × task "
-            "comparison) and the difference exceeds the seed floor.</li></ul>",
+            f"<p>{escape(intro.question(analysis, reference))} Every other method is compared with the reference, "
+            f"task by task.</p><ul><li><b>H1</b>: {escape(h1)}.</li><li><b>H2</b>: {escape(h2)}.</li></ul>",
             "<h2>Headline</h2>",
             f'<div class="kpi">Runs<b>{escape(head["runs"])}</b></div>',
             f'<div class="kpi{" alarm" if alarm else ""}">Checkpoint validation<b>{escape(checks)}</b></div>',

@@ -12,9 +12,9 @@ from matplotlib.lines import Line2D
 
 from ftdrift.analysis.tables import chosen_runs, usable
 from ftdrift.core import io
+from ftdrift.core.drift_metrics import metric_info
 from ftdrift.report.frames import (
     best_row,
-    drift_formula,
     method_name,
     method_order,
     read_table,
@@ -49,7 +49,7 @@ def write_performance(*, runs, best, tasks: Sequence[str], qa_tasks: Sequence[st
     io.write_text(outputs["table_html"], html_page(
         "Chosen settings", "<h1>Validation performance of the chosen settings</h1>"
         f"<p class=\"muted\">Mean, standard deviation and {int(round(100 * confidence))} % CI "
-        f"over seeds; drift = mean over layers of {drift_formula(drift_metric)} at the final snapshot.</p>"
+        f"over seeds; drift = mean over layers of {metric_info(drift_metric).drift_formula} at the final snapshot.</p>"
         + html_table(table)))
     io.write_csv(outputs["grid_csv"], grid_table(runs, best))
     grid_dir = fresh_dir(outputs["grid"])
