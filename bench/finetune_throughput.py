@@ -332,23 +332,7 @@ def time_snapshot(job, data, trained, path: Path, repeats: int) -> tuple[list[fl
 
 
 ABLATIONS = ("baseline", "nan_filter_off", "tokens_non_padding", "group_by_length", "eval_save_steps",
-             "study_trainer", "study_trainer_monitor", "ftdrift_args", "ftdrift_all", "ftdrift_all_cached_flops")
-
-
-def _cached_flops_trainer(base):
-    """`base` with the proposed change to StudyTrainer: Trainer.floating_point_ops (total_flos, per
-    micro-batch) with the non-embedding parameter count computed once instead of per call."""
-
-    class Cached(base):
-        def floating_point_ops(self, inputs):
-            main = getattr(self.model, "main_input_name", "input_ids")
-            if main not in inputs or not hasattr(self.model, "num_parameters"):
-                return 0
-            if getattr(self, "_non_embedding_params", None) is None:
-                self._non_embedding_params = self.model.num_parameters(exclude_embeddings=True)
-            return 6 * inputs[main].numel() * self._non_embedding_params
-
-    return Cached
+             "study_trainer", "study_trainer_monitor", "ftdrift_args", "ftdrift_all")
 
 
 def ablate(data: str | None = None, steps: int = 20, batch: int = 16, lr: float = 1e-4, seed: int = 42,
@@ -373,9 +357,7 @@ def ablate(data: str | None = None, steps: int = 20, batch: int = 16, lr: float 
     * ftdrift_args        -- the plain Trainer with `training_arguments(...)` exactly as the job builds
       them (eval/save beyond the run);
     * ftdrift_all         -- StudyTrainer + monitor + `training_arguments(...)`: the job's Trainer
-      without snapshots, the best-model callback and the final evaluation;
-    * ftdrift_all_cached_flops -- the same with the proposed StudyTrainer.floating_point_ops (the
-      parameter count for total_flos computed once, not per micro-batch).
+      without snapshots, the best-model callback and the final evaluation.
 
     Every run starts from the same initial weights (a state_dict copy), sees the same batches, and
     runs `steps` optimizer steps; the figure is the median interval between consecutive step
@@ -440,17 +422,16 @@ def ablate(data: str | None = None, steps: int = 20, batch: int = 16, lr: float 
                                              save_steps=10 * steps, metric_for_best_model="eval_loss",
                                              greater_is_better=False, restore_callback_states_from_checkpoint=True),
                      }.get(variant, {})
-            if variant in ("ftdrift_args", "ftdrift_all", "ftdrift_all_cached_flops"):
+            if variant in ("ftdrift_args", "ftdrift_all"):
                 args = training_arguments(run={"seed": seed, "lr": lr}, name=variant, training=training,
                                           plan={"micro_batch": batch, "accumulation": 1,
                                                 "gradient_checkpointing": False},
                                           precision="fp32", eval_batch_size=batch, checkpoint_dir=out, report_to=[])
             else:
                 args = baseline_args(out, **extra)
-            if variant in ("study_trainer", "study_trainer_monitor", "ftdrift_all", "ftdrift_all_cached_flops"):
+            if variant in ("study_trainer", "study_trainer_monitor", "ftdrift_all"):
                 monitor = (TrainingMonitor(batch, out) if variant != "study_trainer" else None)
-                cls = _cached_flops_trainer(StudyTrainer) if variant == "ftdrift_all_cached_flops" else StudyTrainer
-                trainer = cls(args=args, eval_dataset=dev, train_lengths=lengths, monitor=monitor,
+                trainer = StudyTrainer(args=args, eval_dataset=dev, train_lengths=lengths, monitor=monitor,
                                        callbacks=[c for c in (monitor, _callback(timer)) if c is not None], **common)
             else:
                 cls = SameBatches if variant != "ftdrift_args" else type(
