@@ -125,33 +125,33 @@ def test_relative_change_ci_coverage_simulation():
 
 def test_verdict_h1_cases():
     full = [0.90, 0.91, 0.905]
-    close = verdict_h1(full, [0.899, 0.902, 0.901])
+    close = verdict_h1(full, [0.899, 0.902, 0.901], tolerance=0.03)
     assert close["verdict"] == "supported"
     assert close["relative_drop"] == pytest.approx((0.905 - 0.9006666667) / 0.905, rel=1e-6)
     assert close["ci_high"] <= 0.03
-    far = verdict_h1(full, [0.80, 0.81, 0.805])
+    far = verdict_h1(full, [0.80, 0.81, 0.805], tolerance=0.03)
     assert far["verdict"] == "not supported" and far["ci_low"] > 0.03
-    noisy = verdict_h1(full, [0.70, 0.95, 0.85])
+    noisy = verdict_h1(full, [0.70, 0.95, 0.85], tolerance=0.03)
     assert noisy["verdict"] == "inconclusive"
     assert noisy["ci_low"] < 0.03 < noisy["ci_high"]
-    single = verdict_h1([0.9], [0.9])
+    single = verdict_h1([0.9], [0.9], tolerance=0.03)
     assert single["verdict"] == "inconclusive" and single["relative_drop"] == 0.0
-    better = verdict_h1(full, [0.95, 0.951, 0.949])  # LoRA better: drop < 0
+    better = verdict_h1(full, [0.95, 0.951, 0.949], tolerance=0.03)  # LoRA better: drop < 0
     assert better["verdict"] == "supported" and better["relative_drop"] < 0
 
 
 def test_verdict_h2_cases():
     full = [0.30, 0.31, 0.29]
-    much_less = verdict_h2(full, [0.15, 0.16, 0.14])
+    much_less = verdict_h2(full, [0.15, 0.16, 0.14], reduction=0.20)
     assert much_less["verdict"] == "supported"
     assert much_less["relative_reduction"] == pytest.approx(0.5)
     assert much_less["ci_low"] >= 0.20
-    similar = verdict_h2(full, [0.29, 0.30, 0.28])
+    similar = verdict_h2(full, [0.29, 0.30, 0.28], reduction=0.20)
     assert similar["verdict"] == "not supported" and similar["ci_high"] < 0.20
-    noisy = verdict_h2(full, [0.10, 0.35, 0.25])
+    noisy = verdict_h2(full, [0.10, 0.35, 0.25], reduction=0.20)
     assert noisy["verdict"] == "inconclusive"
-    assert verdict_h2([0.3], [0.1, 0.2])["verdict"] == "inconclusive"
-    zero = verdict_h2([0.0, 0.0], [0.0, 0.0])
+    assert verdict_h2([0.3], [0.1, 0.2], reduction=0.20)["verdict"] == "inconclusive"
+    zero = verdict_h2([0.0, 0.0], [0.0, 0.0], reduction=0.20)
     assert zero["verdict"] == "inconclusive" and math.isnan(zero["relative_reduction"])
 
 
@@ -221,24 +221,24 @@ def test_holm_hand_example():
 
 def test_verdict_h1_absolute_mode_paired_and_welch():
     full, lora = [0.000, 0.002, -0.002], [0.001, 0.001, -0.001]  # Matthews correlations around 0
-    out = verdict_h1(full, lora, paired=True, absolute_tolerance=0.02)
+    out = verdict_h1(full, lora, paired=True, tolerance=0.03, absolute_tolerance=0.02)
     ci = st.ttest_rel(full, lora).confidence_interval(0.95)
     assert out["mode"] == "absolute" and out["threshold"] == 0.02
     assert out["difference"] == pytest.approx(np.mean(full) - np.mean(lora))
     assert (out["ci_low"], out["ci_high"]) == pytest.approx((ci.low, ci.high))
     assert out["verdict"] == "supported" and math.isnan(out["relative_drop"])
-    far = verdict_h1([0.30, 0.31, 0.29], [0.10, 0.12, 0.08, 0.11], absolute_tolerance=0.02)
+    far = verdict_h1([0.30, 0.31, 0.29], [0.10, 0.12, 0.08, 0.11], tolerance=0.03, absolute_tolerance=0.02)
     ci = st.ttest_ind([0.30, 0.31, 0.29], [0.10, 0.12, 0.08, 0.11], equal_var=False).confidence_interval(0.95)
     assert (far["ci_low"], far["ci_high"]) == pytest.approx((ci.low, ci.high)) and far["verdict"] == "not supported"
-    wide = verdict_h1([0.1, 0.3, 0.2], [0.15, 0.1, 0.3], paired=True, absolute_tolerance=0.02)
+    wide = verdict_h1([0.1, 0.3, 0.2], [0.15, 0.1, 0.3], paired=True, tolerance=0.03, absolute_tolerance=0.02)
     assert wide["verdict"] == "inconclusive" and "straddles" in wide["reason"]
-    assert verdict_h1([0.1], [0.1, 0.2], absolute_tolerance=0.02)["verdict"] == "inconclusive"
+    assert verdict_h1([0.1], [0.1, 0.2], tolerance=0.03, absolute_tolerance=0.02)["verdict"] == "inconclusive"
     with pytest.raises(ValueError, match="absolute_tolerance"):
-        verdict_h1(full, lora, absolute_tolerance=0.0)
+        verdict_h1(full, lora, tolerance=0.03, absolute_tolerance=0.0)
 
 
 def test_verdict_h1_relative_undefined_says_to_declare_an_absolute_tolerance():
-    out = verdict_h1([-0.01, 0.0, 0.01], [0.0, 0.005, -0.005])
+    out = verdict_h1([-0.01, 0.0, 0.01], [0.0, 0.005, -0.005], tolerance=0.03)
     assert out["mode"] == "relative" and out["verdict"] == "inconclusive"
     assert "declare h1_absolute_tolerance" in out["reason"] and "task catalog" in out["reason"]
 

@@ -199,7 +199,7 @@ def _verdict(
 def verdict_h1(
     full_scores: Any,
     lora_scores: Any,
-    tolerance: float = 0.03,
+    tolerance: float,  # analysis.h1_max_relative_drop: the thresholds' one default is config/schema.yaml
     confidence: float = 0.95,
     paired: bool = False,
     absolute_tolerance: float | None = None,
@@ -263,7 +263,7 @@ def verdict_h1(
 def verdict_h2(
     full_drift: Any,
     lora_drift: Any,
-    reduction: float = 0.20,
+    reduction: float,  # analysis.h2_min_drift_reduction
     confidence: float = 0.95,
     paired: bool = False,
 ) -> dict[str, Any]:
