@@ -394,7 +394,7 @@ def linear_probe(splits: dict[str, list[dict]], *, model_cfg: dict, task_def: di
     else:
         pooling = None
         entry = _qa_linear_probe(model, tokenizer, splits, task_def, data_settings, baselines_cfg, layer, precision,
-                                 batch_size, families.qa_null_at_end(model_cfg["family"]))
+                                 batch_size, families.qa_null_at_end(model_cfg))
     fitted = entry.pop("probe", None)
     return _probe_entry(layer=layer, pooling=pooling, n_train=len(train), seconds=time.perf_counter() - began,
                         **entry), fitted

@@ -110,7 +110,7 @@ def validate_run(*, model_dir, metrics_path, predictions_path, validation_path, 
         trainer = predictor(model.to(device).eval(), tokenizer, batch_size, in_precision,
                             split_limit=meta.get("eval_split_limit"))
         return predict_split(trainer, records, task_def, tokenizer, data_settings,
-                             families.qa_null_at_end(model_cfg["family"]))
+                             families.qa_null_at_end(model_cfg))
 
     def load_saved():
         """A fresh copy of the saved model (accelerate patches a model's forward with the autocast of

@@ -167,7 +167,7 @@ def lm_forgetting(*, model_cfg: dict, backbone, text_file, forgetting_cfg: dict,
     from ftdrift.modeling import models
     from ftdrift.study import families
 
-    family = families.family(model_cfg["family"])
+    family = families.family(model_cfg)
     if not family.causal_lm:  # forgetting_cfg may be None here: the rule passes it to LM families only
         return _lm_entry(status="skipped", reason=f"family {family.name} has no language-modelling head",
                          precision=precision)

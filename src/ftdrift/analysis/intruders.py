@@ -116,7 +116,7 @@ def validation_metric(model, tokenizer, records: list[dict], task_def: dict, dat
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     trainer = predictor(model.to(device).eval(), tokenizer, batch_size, precision)
-    result = predict_split(trainer, records, task_def, tokenizer, data, families.qa_null_at_end(model_cfg["family"]))
+    result = predict_split(trainer, records, task_def, tokenizer, data, families.qa_null_at_end(model_cfg))
     return float(result.metrics[task_def["main_metric"]])
 
 
@@ -130,7 +130,7 @@ class Forgetting:
         from ftdrift.study import families
 
         self.tokenizer, self.others, self.precision, self.lm, self.reason = tokenizer, others, precision, None, ""
-        if families.family(model_cfg["family"]).causal_lm and text_file:
+        if families.family(model_cfg).causal_lm and text_file:
             self.lm, self.reason = lm_loss.load_base_lm(model_cfg)
         if self.lm is not None:
             self.score = dict(ids=lm_loss.read_text_tokens(text_file, tokenizer, forgetting_cfg["max_tokens"]),

@@ -17,7 +17,9 @@ singular values to a low-rank update and inflate its effective rank).
 The analysed matrices are the linear layers of the transformer blocks (nn.Linear; transformers'
 Conv1D transposed to [out, in]) that the method changed: for an adapter, those peft replaced by a
 tuner layer (modules outside the blocks, e.g. a pooler, are listed in the summary as not
-analysed); for full fine-tuning, every block linear whose weight differs from the pre-trained one.
+analysed); for full fine-tuning, every block linear whose weight differs from the pre-trained one
+(the blocks' other weight tensors of two or more dimensions, e.g. a mixture of experts' fused
+[experts, out, in] weights, are listed in the summary as not analysed).
 A matrix is named by its path inside the block ('self_attn.q_proj', 'attention.self.query').
 
 Each row records ΔW's spectrum (effective rank, stable rank, Frobenius norm, top singular value),
@@ -86,6 +88,17 @@ def block_matrices(model) -> dict[str, tuple[int, str, torch.nn.Module]]:
     return found
 
 
+def other_block_weights(model) -> list[str]:
+    """Block-relative names of the blocks' parameters of two or more dimensions that belong to no
+    linear layer (Qwen3-MoE's `mlp.experts.gate_up_proj`): full fine-tuning changes them, the
+    analysis does not read them."""
+    prefix, layers = targets.blocks(model)
+    linear = set(targets.block_linears(model))
+    return targets.relative(model, [f"{prefix}.{i}.{name}" for i, block in enumerate(layers)
+                                    for name, parameter in block.named_parameters()
+                                    if parameter.ndim >= 2 and f"{prefix}.{i}.{name.rsplit('.', 1)[0]}" not in linear])
+
+
 def matrix_row(w_base: np.ndarray, delta: np.ndarray, top_k: int, epsilon: float, *, ks=DEFAULT_KS,
                epsilons=DEFAULT_EPSILONS, energy: float = DEFAULT_ENERGY) -> tuple[dict, np.ndarray]:
     """Spectrum of ΔW, its `rank_energy`, and intruder dimensions of W_base + ΔW (float64 [out, in] arrays).
@@ -125,7 +138,8 @@ def updates(model_dir, method: Method, model_cfg: dict, task_def: dict) -> dict:
 
     Returns {'matrices': [(name, layer, matrix, W_pre, ΔW)] (float64 numpy [out, in], model order),
     'trainable_params', 'total_params' (the base task model's parameters, as training counts them),
-    'not_analysed' (adapted modules outside the blocks), 'adapter_config' (the saved adapter's peft
+    'not_analysed' (adapted modules outside the blocks; for full fine-tuning `other_block_weights`),
+    'adapter_config' (the saved adapter's peft
     config as a dict; None for full fine-tuning)}. ValueError when the method changed no block matrix.
     """
     base = tuned.base_task_model(model_cfg, task_def)
@@ -135,6 +149,7 @@ def updates(model_dir, method: Method, model_cfg: dict, task_def: dict) -> dict:
     adapter_config, not_analysed = None, []
     with torch.no_grad():
         if method.is_full:
+            not_analysed = other_block_weights(base)
             del base  # one model in memory at a time
             model = tuned.load_tuned(model_dir, method, model_cfg, task_def)
             trainable_params = sum(p.numel() for p in model.parameters())  # full fine-tuning trains them all
@@ -173,7 +188,8 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: Method, r
 
     Summary: trainable_params and total_params as train.py counts them (total = the base task
     model's parameters), the intruder and energy settings, the method (name, peft spec, the saved
-    adapter's peft config), the analysed matrix paths and the adapted modules not analysed.
+    adapter's peft config), the analysed matrix paths and what the method changed but the analysis
+    does not read (`updates`' not_analysed).
     """
     started = time.time()
     found = updates(model_dir, method, model_cfg, task_def)

@@ -77,7 +77,7 @@ def model_shape(config: dict) -> ModelShape:
         params = total - model.get_input_embeddings().weight.numel()
         heads = model_config.num_attention_heads
         head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
-        dims = resources.ModelDims(config["model"]["family"], model_config.hidden_size,
+        dims = resources.ModelDims(resources.layout_of(config), model_config.hidden_size,
                                    model_config.intermediate_size, model_config.num_hidden_layers,
                                    head_dim * (getattr(model_config, "num_key_value_heads", None) or heads))
         return ModelShape(float(params), model_config.hidden_size, model_config.num_hidden_layers,

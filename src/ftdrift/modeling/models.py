@@ -1,5 +1,6 @@
 """Loading tokenizers and task models the way every stage of the study does, by family
-(the registry of what differs between architectures is ftdrift.study.families)."""
+(the registry of what differs between architectures is ftdrift.study.families; the blocks and
+adapter targets are found in the model, ftdrift.modeling.targets)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,40 @@ from transformers import (
 from ftdrift.modeling.checkpoint import EMBEDDED_PREFIX, resolve_model_path  # noqa: F401
 from ftdrift.study.families import family
 
+
 def load_tokenizer(model_cfg: dict) -> PreTrainedTokenizerBase:
+    """The model's fast tokenizer, with a pad token; decoders pad on the right. ValueError naming
+    what is missing when a SentencePiece-only checkpoint (DeBERTa-v3's spm.model, no tokenizer.json)
+    cannot be converted: transformers 5.24 then falls back to reading the file as tiktoken and says
+    "tiktoken is required", which names the wrong package."""
     path = resolve_model_path(model_cfg["name_or_path"])
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_cfg.get("revision"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=model_cfg.get("revision"))
+    except ValueError as err:
+        problem = sentencepiece_problem() if "tiktoken" in str(err) else None
+        if problem:
+            raise ValueError(f"model {path}: its tokenizer is a SentencePiece model without tokenizer.json; reading it "
+                             f"needs the packages sentencepiece and a protobuf it was built for (pinned in "
+                             f"pyproject.toml): {problem}") from None
+        raise
     if not tokenizer.is_fast:
         raise ValueError(f"model {path}: a fast tokenizer is needed (offset mappings for QA)")
     if tokenizer.pad_token is None:
         # Llama ships without a pad token; padding positions are masked, so eos (or unk) serves
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    if family(model_cfg["family"]).decoder:
+    if family(model_cfg).decoder:
         tokenizer.padding_side = "right"  # last-token pooling reads the last unmasked position
     return tokenizer
+
+
+def sentencepiece_problem() -> str | None:
+    """Why SentencePiece models cannot be converted here (sentencepiece missing, or its protobuf
+    module failing against the installed protobuf), None when they can."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2  # noqa: F401 - what transformers' converter imports
+    except Exception as err:  # noqa: BLE001 - ImportError, or protobuf's VersionError
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def task_model_class(kind: str):
@@ -110,17 +134,6 @@ def load_fine_tuned(model_dir, kind: str) -> PreTrainedModel:
     naming any weight the folder lacks (see `load_checkpoint`)."""
     return load_checkpoint(task_model_class(kind), str(model_dir), str(model_dir), head_may_be_new=False,
                            dtype=torch.float32)
-
-
-def blocks(model: PreTrainedModel, family_name: str):
-    """The list of transformer blocks of a (possibly peft-wrapped) task model."""
-    base = model
-    if hasattr(base, "get_base_model"):
-        base = base.get_base_model()
-    base = getattr(base, base.base_model_prefix)
-    for part in family(family_name).blocks_path.split("."):
-        base = getattr(base, part)
-    return base
 
 
 def layer_names(num_hidden_layers: int) -> list[str]:

@@ -47,7 +47,7 @@ def base_representations(*, probe_path, store_path, model_cfg: dict, task_def: d
     kind = task_kind(task_def)
     check_max_length(model.config.to_dict(), data_settings["max_length"][kind], model=model_cfg["name_or_path"])
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    family = families.family(model_cfg["family"])
+    family = families.family(model_cfg)
     pooled = probe_representations(model, records, tokenizer, task_def, data_settings, rep_settings,
                                    family.poolings, precision, progress="base representations")
     with io.atomic_path(store_path) as tmp:

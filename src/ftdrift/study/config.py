@@ -17,7 +17,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from ftdrift.study.families import FAMILIES
+from ftdrift.study import families
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the repository: src/ftdrift/study/config.py
 CONFIG_DIR = PACKAGE_ROOT / "config"
@@ -211,6 +211,7 @@ def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
     methods_given = "methods" in config
     validate(config, load_schema("schema.yaml"), "config")
     methods.resolve(config, methods_given)
+    _resolve_family(config["model"])
     base = Path(base_dir) if base_dir else PACKAGE_ROOT
     catalog_path = Path(config["task_catalog"])
     if not catalog_path.is_absolute():
@@ -244,6 +245,16 @@ def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
     return config
 
 
+def _resolve_family(model: dict) -> None:
+    """Replace model.family 'auto' by the family the checkpoint's config.json declares
+    (ftdrift.study.families.resolved_name: a local folder, the embedded model, the Hugging Face
+    cache, else the file fetched from the hub), so that every job reads one fixed family."""
+    try:
+        model["family"] = families.resolved_name(model, download=True)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def _check_doc_stride(data: dict, task: str, overridden: dict) -> None:
     """ConfigError naming data.doc_stride unless each QA window leaves room for the stride."""
     length, query = data["max_length"]["extractive_qa"], data["max_query_length"]
@@ -267,7 +278,7 @@ def _check_h2(config: dict) -> None:
         raise ConfigError(f"config key 'analysis.h2_metric': '{analysis['h2_metric']}' is not one of "
                           f"drift.metrics {metrics}")
     name = config["model"]["family"]
-    poolings = list(FAMILIES[name].poolings)
+    poolings = list(families.family(name).poolings)
     if analysis["h2_pooling"] not in poolings:
         raise ConfigError(f"config key 'analysis.h2_pooling': '{analysis['h2_pooling']}' is not a pooling of "
                           f"model family '{name}' (its poolings: {poolings})")
@@ -276,9 +287,9 @@ def _check_h2(config: dict) -> None:
 def _check_probe_pooling(config: dict) -> None:
     """ConfigError naming baselines.probe_pooling unless it is a pooling of the model family."""
     pooling, name = config["baselines"]["probe_pooling"], config["model"]["family"]
-    if pooling is not None and pooling not in FAMILIES[name].poolings:
+    if pooling is not None and pooling not in families.family(name).poolings:
         raise ConfigError(f"config key 'baselines.probe_pooling': '{pooling}' is not a pooling of model family "
-                          f"'{name}' (its poolings: {list(FAMILIES[name].poolings)})")
+                          f"'{name}' (its poolings: {list(families.family(name).poolings)})")
 
 
 def probe_pooling(config: dict, task: str) -> str | None:

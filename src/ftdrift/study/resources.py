@@ -34,6 +34,7 @@ of their `r` (8 if none) on their targets (q/v if none): an approximation, said 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -52,21 +53,28 @@ FROZEN_PASS_BYTES = 10
 DORA_NORM_BYTES = 8  # DoRA reads each adapted weight again per pass for its norm (4 B) + the bf16 W + sΔW (2 x 2 B)
 DEFAULT_RANK = 8  # peft's LoraConfig default r
 
-# The linear layers of one transformer block per family: (block-relative path, role, input width,
-# output width); widths name ModelDims fields. Roles as ftdrift.modeling.targets.role: q, k, v, o
-# (attention) and mlp. Only these families' task models are counted (ftdrift.study.families).
+# The linear layers of one transformer block per layout (the module naming a family of model types
+# shares): (block-relative path, role, input width, output width); widths name ModelDims fields.
+# Roles as ftdrift.modeling.targets.role: q, k, v, o (attention) and mlp.
+LLAMA_BLOCK = (("self_attn.q_proj", "q", "hidden", "hidden"), ("self_attn.k_proj", "k", "hidden", "kv"),
+               ("self_attn.v_proj", "v", "hidden", "kv"), ("self_attn.o_proj", "o", "hidden", "hidden"),
+               ("mlp.gate_proj", "mlp", "hidden", "intermediate"), ("mlp.up_proj", "mlp", "hidden", "intermediate"),
+               ("mlp.down_proj", "mlp", "intermediate", "hidden"))
 BLOCK_LINEARS = {
-    "llama": (("self_attn.q_proj", "q", "hidden", "hidden"), ("self_attn.k_proj", "k", "hidden", "kv"),
-              ("self_attn.v_proj", "v", "hidden", "kv"), ("self_attn.o_proj", "o", "hidden", "hidden"),
-              ("mlp.gate_proj", "mlp", "hidden", "intermediate"), ("mlp.up_proj", "mlp", "hidden", "intermediate"),
-              ("mlp.down_proj", "mlp", "intermediate", "hidden")),
+    "llama": LLAMA_BLOCK,
     "bert": (("attention.self.query", "q", "hidden", "hidden"), ("attention.self.key", "k", "hidden", "hidden"),
              ("attention.self.value", "v", "hidden", "hidden"), ("attention.output.dense", "o", "hidden", "hidden"),
              ("intermediate.dense", "mlp", "hidden", "intermediate"),
              ("output.dense", "mlp", "intermediate", "hidden")),
+    # any other model type: counted as a Llama block (separate q/k/v/o, a gated MLP: three matrices,
+    # generous for two-matrix MLPs; a fused q/k/v as its parts); said in the method's notes
+    "generic": LLAMA_BLOCK,
 }
+# the model types whose blocks are named and shaped as a layout's (model.family auto reads the type)
+LAYOUT_TYPES = {**dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"), "llama"),
+                **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra"), "bert")}
 # where the blocks sit in the sequence-classification task model (a regex target is matched against these names)
-BLOCK_PREFIX = {"llama": "model.layers", "bert": "bert.encoder.layer"}
+BLOCK_PREFIX = {"llama": "model.layers", "bert": "bert.encoder.layer", "generic": "model.layers"}
 # linear layers outside the blocks, per task kind (BertForSequenceClassification's pooler; the QA
 # model has none): peft's `all-linear` adapts them (ftdrift.modeling.targets.all_linear)
 OUTER_LINEARS = {("bert", "classification"): (("bert.pooler.dense", "outer", "hidden", "hidden"),)}
@@ -74,14 +82,15 @@ OUTER_LINEARS = {("bert", "classification"): (("bert.pooler.dense", "outer", "hi
 PRESET_ROLES = {"qv": {"q", "v"}, "attention": {"q", "k", "v", "o"}, "mlp": {"mlp"}, "all-linear": None}
 # peft 0.21.2's IA3 defaults (peft.utils.constants ..._TO_IA3_TARGET_MODULES / _FEEDFORWARD_MODULES_MAPPING)
 IA3_DEFAULTS = {"llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
-                "bert": (["key", "value", "output.dense"], ["output.dense"])}
+                "bert": (["key", "value", "output.dense"], ["output.dense"]),
+                "generic": (["k_proj", "v_proj", "down_proj"], ["down_proj"])}
 
 
 @dataclass(frozen=True)
 class ModelDims:
     """The shape of a model, as far as the cost of a method needs it."""
 
-    family: str
+    layout: str  # the key of BLOCK_LINEARS (`layout_of`)
     hidden: int
     intermediate: int
     layers: int  # transformer blocks
@@ -119,8 +128,25 @@ class MethodCost:
         return self.flops_per_token / params
 
 
+def layout_of(config: dict) -> str:
+    """The linear-layer table of a resolved config's model: model.family bert or llama name theirs
+    (as before model.family auto); else the checkpoint's model type (its config.json at hand: a local
+    folder, the embedded model, the Hugging Face cache) in LAYOUT_TYPES, else 'generic'."""
+    if config["model"]["family"] in BLOCK_LINEARS:
+        return config["model"]["family"]
+    return LAYOUT_TYPES.get(_model_type(config["model"]["name_or_path"], config["model"].get("revision")), "generic")
+
+
+@functools.lru_cache(maxsize=None)
+def _model_type(name_or_path: str, revision: str | None) -> str | None:
+    from ftdrift.study.families import read_config
+
+    checkpoint = read_config({"name_or_path": name_or_path, "revision": revision})
+    return checkpoint.get("model_type") if checkpoint else None
+
+
 def dims_of(config: dict) -> ModelDims:
-    """The model's shape from a resolved config's resources.model_shape and model.family.
+    """The model's shape from a resolved config's resources.model_shape and its layout (`layout_of`).
     Without intermediate_size: 4 x hidden (BERT's, GPT-2's); without head counts: k/v as wide as
     the hidden size (multi-head attention)."""
     shape = config["resources"]["model_shape"]
@@ -128,21 +154,21 @@ def dims_of(config: dict) -> ModelDims:
     heads = shape.get("num_attention_heads")
     kv_heads = shape.get("num_key_value_heads") or heads
     kv = hidden * kv_heads // heads if heads else hidden
-    return ModelDims(config["model"]["family"], hidden, int(shape.get("intermediate_size") or 4 * hidden),
+    return ModelDims(layout_of(config), hidden, int(shape.get("intermediate_size") or 4 * hidden),
                      int(shape["num_layers"]), int(kv))
 
 
 def linears(dims: ModelDims, kind: str) -> list[Linear]:
     """Every linear layer of the task model but its head: the blocks', then those outside them.
-    ValueError for a family without a table here."""
-    if dims.family not in BLOCK_LINEARS:
-        raise ValueError(f"model.family '{dims.family}': no linear-layer table in ftdrift.study.resources "
+    ValueError for a layout without a table here."""
+    if dims.layout not in BLOCK_LINEARS:
+        raise ValueError(f"layout '{dims.layout}': no linear-layer table in ftdrift.study.resources "
                          f"(known: {sorted(BLOCK_LINEARS)})")
     width = {"hidden": dims.hidden, "intermediate": dims.intermediate, "kv": dims.kv}
-    out = [Linear(f"{BLOCK_PREFIX[dims.family]}.{i}.{path}", role, width[a], width[b], i)
-           for i in range(dims.layers) for path, role, a, b in BLOCK_LINEARS[dims.family]]
+    out = [Linear(f"{BLOCK_PREFIX[dims.layout]}.{i}.{path}", role, width[a], width[b], i)
+           for i in range(dims.layers) for path, role, a, b in BLOCK_LINEARS[dims.layout]]
     out += [Linear(path, role, width[a], width[b], None)
-            for path, role, a, b in OUTER_LINEARS.get((dims.family, kind), ())]
+            for path, role, a, b in OUTER_LINEARS.get((dims.layout, kind), ())]
     return out
 
 
@@ -191,7 +217,7 @@ def adapted_matrices(method: ftmethods.Method, dims: ModelDims, kind: str) -> li
         return []
     spec, everything = method.peft, linears(dims, kind)
     if method.peft_type == "IA3" and spec.get("target_modules") is None:
-        chosen = select(everything, IA3_DEFAULTS[dims.family][0], set())
+        chosen = select(everything, IA3_DEFAULTS[dims.layout][0], set())
     else:
         chosen = select(everything, spec.get("target_modules"), PRESET_ROLES["qv"])
     return _layers_kept(chosen, spec.get("layers_to_transform"))
@@ -205,7 +231,7 @@ def _feedforward(method: ftmethods.Method, dims: ModelDims, kind: str, adapted: 
     if chosen is None and isinstance(targets, str) and targets in PRESET_ROLES:
         return {m.name for m in adapted if m.role == "mlp"}
     if chosen is None:
-        chosen = IA3_DEFAULTS[dims.family][1]
+        chosen = IA3_DEFAULTS[dims.layout][1]
     return {m.name for m in select(adapted, chosen, set())}
 
 
@@ -241,6 +267,9 @@ def method_cost(method: ftmethods.Method, dims: ModelDims, params: float, stored
     adapter = adapter_params(method, dims, kind)
     trainable = adapter + head
     spec, notes = method.peft, []
+    if dims.layout == "generic":
+        notes.append("the model type has no linear-layer table in ftdrift.study.resources: its blocks are counted "
+                     "as Llama blocks (q, k, v, o, a gated MLP); presets select by role, other targets by those names")
     flops = 4 * params + 6 * trainable
     per_pass, pass_bytes = 0.0, FROZEN_PASS_BYTES * params + FULL_PASS_BYTES * trainable
     kept = 0.0
