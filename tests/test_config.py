@@ -168,6 +168,54 @@ def test_methods_are_named_by_the_config_and_checked_against_peft():
                                                                                   "LoRA": RATES["full"]}}))
 
 
+def test_what_peft_would_take_but_ftdrift_cannot_use_is_refused_naming_the_key():
+    """Slips a new user made (the method-axis trial): each refused at load, not in a job."""
+    def methods_error(spec) -> str:
+        return error_of(config_with(methods={"full": {}, "lora": spec}))
+
+    # null is not full fine-tuning under an adapter's name
+    assert "config key 'methods.lora.peft': null; full fine-tuning is a method without the key" in methods_error(
+        {"peft": None})
+    # a value of the wrong type, which peft's dataclass would keep as it is
+    assert "config key 'methods.lora.peft.r': an integer is needed, got 'eight'" in methods_error(
+        {"peft": {"peft_type": "LORA", "r": "eight"}})
+    assert "config key 'methods.lora.peft.use_dora': true or false is needed, got 'yes please'" in methods_error(
+        {"peft": {"peft_type": "LORA", "use_dora": "yes please"}})
+    # a tuner that cannot train the task head beside its adapter
+    assert "config key 'methods.lora.peft.peft_type': ADAPTION_PROMPT (AdaptionPromptConfig) has no modules_to_save" \
+        in methods_error({"peft": {"peft_type": "ADAPTION_PROMPT"}})
+
+
+def _reversed(value):
+    """Every mapping's keys in reverse order, lists kept."""
+    if isinstance(value, dict):
+        return {key: _reversed(value[key]) for key in reversed(list(value))}
+    return [_reversed(item) for item in value] if isinstance(value, list) else value
+
+
+def test_key_order_does_not_change_what_the_jobs_see():
+    """Snakemake compares params by repr: the same config with its keys in another order (by hand,
+    by a YAML tool, or a method check remembered from another config) resolves to the same repr,
+    methods and tasks keeping the config's order (the report's)."""
+    config = config_with(methods=METHODS, grid={**BASE["grid"], "learning_rates": RATES},
+                         training={"max_steps": 10, "eval_steps": 5, "save_steps": 10},
+                         task_overrides={"sst2": {"training": {"max_steps": 4, "eval_steps": 2, "save_steps": 4}}})
+    flipped = _reversed(config)
+    flipped["methods"] = {name: _reversed(spec) for name, spec in config["methods"].items()}  # the order kept
+    flipped["tasks"] = config["tasks"]
+    assert repr(resolve(flipped)) == repr(resolve(config))
+    assert list(resolve(config)["methods"]) == list(METHODS) and list(resolve(config)["task_defs"]) == BASE["tasks"]
+    assert repr(task_settings(resolve(flipped), "sst2")) == repr(task_settings(resolve(config), "sst2"))
+
+
+def test_learning_rates_are_needed_only_for_the_task_kinds_studied():
+    rates = {"full": {"classification": [1e-3]}, "lora": {"classification": [3e-3]}}
+    resolve(config_with(tasks=["sst2"], grid={**BASE["grid"], "learning_rates": rates}))
+    assert ("config key 'grid.learning_rates.full.extractive_qa': needed for squad_v2 (extractive_qa); "
+            "method 'full' has rates for ['classification']") in error_of(
+        config_with(grid={**BASE["grid"], "learning_rates": rates}))
+
+
 def test_the_legacy_lora_key_configures_method_lora():
     """Configs written before `methods` keep working: `lora: {r, alpha, dropout, target_modules}`
     sets methods.lora's peft keywords; together with `methods` it is refused."""

@@ -242,7 +242,37 @@ def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
             _check_doc_stride(settings["data"], task, config["task_overrides"].get(task, {}).get("data", {}))
     _check_h2(config)
     _check_probe_pooling(config)
-    return config
+    _check_rates(config)
+    return canonical(config, keep_order=ORDERED_KEYS)
+
+
+def _check_rates(config: dict) -> None:
+    """Every method needs a learning-rate list for each task kind it is run on (and only those)."""
+    kinds = {}
+    for task in config["tasks"]:
+        kinds.setdefault(task_kind(config["task_defs"][task]), []).append(task)
+    for method, rates in config["grid"]["learning_rates"].items():
+        for kind, tasks in kinds.items():
+            if kind not in rates:
+                raise ConfigError(f"config key 'grid.learning_rates.{method}.{kind}': needed for {', '.join(tasks)} "
+                                  f"({kind}); method '{method}' has rates for {sorted(rates) or 'no task kind'}")
+
+
+# top-level mappings whose order means something: the methods' (the report's order) and the tasks'
+ORDERED_KEYS = ("methods", "task_defs")
+
+
+def canonical(value: Any, keep_order: tuple[str, ...] = ()) -> Any:
+    """`value` with every mapping's keys sorted, but the mappings at the top-level keys `keep_order`
+    keep their order (their values are sorted inside). Snakemake compares a job's params by their
+    repr, so two configs that differ only in key order (YAML written by hand or by a tool, a cached
+    method check) must give the same params, or every job they reach would run again."""
+    if isinstance(value, dict):
+        return {key: ({k: canonical(v) for k, v in value[key].items()} if key in keep_order
+                      else canonical(value[key])) for key in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
 
 
 def _resolve_family(model: dict) -> None:
@@ -333,7 +363,7 @@ def task_settings(config: dict, task: str) -> dict:
         sub = dict(schema["definitions"][definition])
         sub["definitions"] = schema["definitions"]
         where = f"task_overrides.{task}.{section}" if section in override else section
-        merged[section] = validate(values, sub, f"config (task {task})", prefix=where)
+        merged[section] = canonical(validate(values, sub, f"config (task {task})", prefix=where))
     return merged
 
 

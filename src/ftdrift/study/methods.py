@@ -184,6 +184,9 @@ def check_entries(raw: dict) -> dict:
         unknown = sorted(set(entry) - set(METHOD_KEYS))
         if unknown:
             raise ConfigError(f"{where}: unknown keys {unknown} (valid: {list(METHOD_KEYS)})")
+        if "peft" in entry and entry["peft"] is None:  # a templating slip must not train every weight
+            raise ConfigError(f"config key 'methods.{name}.peft': null; full fine-tuning is a method without the "
+                              f"key ({name}: {{}}), an adapter needs peft's config ({{peft_type: LORA, r: 8, ...}})")
         checked[name] = entry
     return checked
 
@@ -264,6 +267,9 @@ def check_peft(key: str, kwargs) -> dict:
             f"config key '{key}.peft_type': {peft_type} is a prompt-learning method; ftdrift wraps the task "
                          f"model in the plain PeftModel, which does not add virtual tokens")
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    if "modules_to_save" not in fields:
+        raise ValueError(f"config key '{key}.peft_type': {peft_type} ({cls.__name__}) has no modules_to_save, which "
+                         f"ftdrift needs to train the task head beside the adapter")
     for name in kwargs:
         if name != "peft_type" and name not in fields:
             raise ValueError(f"{where}: unknown key '{name}' for peft_type {peft_type} ({cls.__name__}; valid keys: "
@@ -274,12 +280,21 @@ def check_peft(key: str, kwargs) -> dict:
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     for name, value in kwargs.items():  # one number, one form: 8 and 8.0 must plan the same jobs
         kind = types.get(name)
-        if kind in (int, "int") and isinstance(value, float) and value.is_integer():
-            checked[name] = int(value)
-        elif kind in (float, "float") and isinstance(value, int) and not isinstance(value, bool):
+        if value is None:
+            continue
+        if kind in (int, "int"):
+            if isinstance(value, float) and value.is_integer():
+                checked[name] = int(value)
+            elif not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"config key '{key}.{name}': an integer is needed, got {value!r}")
+        elif kind in (float, "float"):
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValueError(f"config key '{key}.{name}': a number is needed, got {value!r}")
             checked[name] = float(value)
+        elif kind in (bool, "bool") and not isinstance(value, bool):
+            raise ValueError(f"config key '{key}.{name}': true or false is needed, got {value!r}")
     try:  # the class's own checks of the values (targets as given: a preset passes as a regex string)
         cls(**{k: v for k, v in checked.items() if k != "peft_type"})
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: {cls.__name__} rejects these arguments: {err}") from err
-    return checked
+    return dict(sorted(checked.items()))  # one order: a job's params are compared by their repr
