@@ -184,6 +184,11 @@ def test_what_peft_would_take_but_ftdrift_cannot_use_is_refused_naming_the_key()
     # a tuner that cannot train the task head beside its adapter
     assert "config key 'methods.lora.peft.peft_type': ADAPTION_PROMPT (AdaptionPromptConfig) has no modules_to_save" \
         in methods_error({"peft": {"peft_type": "ADAPTION_PROMPT"}})
+    # peft refuses layers_to_transform with a string target: say so in the terms of the config
+    assert "config key 'methods.lora.peft.layers_to_transform': a preset (qv) selects modules in every block" \
+        in methods_error({"peft": {"peft_type": "LORA", "target_modules": "qv", "layers_to_transform": [0]}})
+    resolve(config_with(methods={"full": {}, "lora": {"peft": {"peft_type": "LORA", "target_modules": ["query"],
+                                                               "layers_to_transform": [0]}}}))
 
 
 def _reversed(value):

@@ -33,7 +33,7 @@ import re
 
 import torch
 
-PRESETS = ("qv", "attention", "mlp", "all-linear")
+from ftdrift.study.methods import PRESETS
 
 # leaf names of separate q / k / v projections across transformers' families
 QUERY = {"q_proj", "query", "q", "query_proj", "q_lin", "wq"}

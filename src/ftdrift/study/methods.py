@@ -34,6 +34,8 @@ from pathlib import Path
 
 from ftdrift.study.config import ConfigError
 
+# target_modules presets, resolved per model in a job (ftdrift.modeling.targets)
+PRESETS = ("qv", "attention", "mlp", "all-linear")
 NAME = re.compile(r"[a-z0-9_]+")
 METHOD_KEYS = ("peft",)  # keys of one method's entry
 # set by ftdrift itself: a task_type makes get_peft_model return a task wrapper, which drops inputs
@@ -276,6 +278,11 @@ def check_peft(key: str, kwargs) -> dict:
                              f"{sorted(fields - {'peft_type'})})")
         if name in RESERVED and kwargs[name] is not None:
             raise ValueError(f"config key '{key}.{name}': set by ftdrift (the plain PeftModel: no task type), remove it")
+    presets = [name for name in ("target_modules", "feedforward_modules") if kwargs.get(name) in PRESETS]
+    if presets and kwargs.get("layers_to_transform") is not None:
+        raise ValueError(f"config key '{key}.layers_to_transform': a preset ({kwargs[presets[0]]}) selects modules "
+                         f"in every block; to adapt some blocks only, list the module names in {presets[0]} "
+                         f"(e.g. [q_proj, v_proj])")
     checked = {**kwargs, "peft_type": peft_type}
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     for name, value in kwargs.items():  # one number, one form: 8 and 8.0 must plan the same jobs
