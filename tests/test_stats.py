@@ -397,3 +397,9 @@ def test_summary_and_latex_show_holm_p_seed_floor_and_h1_mode():
     latex = summary_mod.latex_tables(best, verdicts, ANALYSIS)
     assert "H2 p (Holm)" in latex and "seed floor" in latex and "0.02 abs." in latex and "0.03 rel." in latex
     assert "Holm correction across the 2 comparisons" in latex and "reference method full" in latex
+
+
+def test_summary_says_when_no_comparison_has_a_p_value():
+    one_seed = pd.DataFrame({"h2_p_value": [np.nan, np.nan], "h2_alpha": [0.05, 0.05]})
+    rule = summary_mod._h2_rule(one_seed, ANALYSIS)
+    assert "no comparison has a p-value yet" in rule and "across the 0 comparisons" not in rule

@@ -78,9 +78,10 @@ def _h2_rule(verdicts: pd.DataFrame, analysis: dict) -> str:
         return "delta-method interval only"
     k = int(np.isfinite(verdicts.h2_p_value.to_numpy(float)).sum())
     alpha = verdicts.h2_alpha.iloc[0] if "h2_alpha" in verdicts else analysis.get("h2_alpha", np.nan)
+    family = (f"after Holm correction across the {k} comparison{'' if k == 1 else 's'} (method × task) with a "
+              "p-value" if k else "(no comparison has a p-value yet: each needs ≥ 2 seeds per method)")
     return (f"supported only when, in addition, the exact one-sided permutation test over seeds rejects at "
-            f"{alpha:g} after Holm correction across the {k} comparison{'' if k == 1 else 's'} (method × task) "
-            "with a p-value, and "
+            f"{alpha:g} {family}, and "
             "the drift difference exceeds the seed floor (how far seeds of one setting drift apart)")
 
 
