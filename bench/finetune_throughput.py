@@ -292,7 +292,7 @@ def time_snapshot(job, data, trained, path: Path, repeats: int) -> tuple[list[fl
     from ftdrift.representations.extract import extract
     from ftdrift.study import families
 
-    poolings = families.family(job.model_cfg["family"]).poolings  # as train_attempt gives SnapshotCallback
+    poolings = families.family(job.model_cfg).poolings  # as train_attempt gives SnapshotCallback
     rep = job.settings["representations"]
     store = SnapshotStore(path, attrs=trained.store.attrs)
     model = trained.model

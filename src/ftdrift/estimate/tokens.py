@@ -44,7 +44,7 @@ def load_tokenizer(model_cfg: dict, override: str | None = None):
     from ftdrift.modeling import models
 
     if override:
-        cfg = {"name_or_path": override, "family": "bert" if override.startswith("embedded:") else model_cfg["family"]}
+        cfg = {"name_or_path": override, "family": "encoder" if override.startswith("embedded:") else model_cfg["family"]}
         note = None if override == model_cfg["name_or_path"] else (
             f"token counts come from the stand-in tokenizer {override} (--tokenizer), not "
             f"{model_cfg['name_or_path']}'s")
@@ -55,7 +55,7 @@ def load_tokenizer(model_cfg: dict, override: str | None = None):
         note = (f"the tokenizer of {model_cfg['name_or_path']} could not be loaded ({type(err).__name__}); token "
                 f"counts come from the stand-in tokenizer {STAND_IN} (Llama's SentencePiece gives ~10-30 % more "
                 "tokens on English text); pass --tokenizer to choose another")
-        return _with_eos(models.load_tokenizer({"name_or_path": STAND_IN, "family": "bert"})), STAND_IN, note
+        return _with_eos(models.load_tokenizer({"name_or_path": STAND_IN, "family": "encoder"})), STAND_IN, note
 
 
 def _with_eos(tokenizer):
