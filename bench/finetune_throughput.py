@@ -228,7 +228,7 @@ def run_ftdrift(folder: Path, settings: dict, work: Path, steps: int, batch: int
     through a callback; then one snapshot timed on the trained model (see the module doc)."""
     import torch
 
-    from ftdrift.training import recipe
+    from ftdrift.training import recipe, workdir
 
     settings = json.loads(json.dumps(settings))
     settings["training"].update(max_steps=steps, epochs=1, eval_steps=steps, save_steps=steps,
@@ -264,8 +264,9 @@ def run_ftdrift(folder: Path, settings: dict, work: Path, steps: int, batch: int
                                                   snapshot_repeats)
     dev, validation = stage("evaluate", recipe.evaluate, job, data, trained)
     result = stage("save", recipe.save, job, data, trained, dev, validation)
+    workdir.drop(job.work_dir)  # as finetune does; no later job reads these outputs, so the mirror goes too
     if mirror:
-        mirror.discard()
+        workdir.release(job.run)
 
     meta = result["meta"]
     out = timer.summary(int(trained.trainer.state.num_input_tokens_seen), batch)

@@ -1,5 +1,7 @@
 # Checkpoint validation of one run: its saved model/, reloaded in a fresh process (full model;
 # base + adapter; merged adapter; any method), must reproduce predictions.json and metrics.json.
+# It reads the run's outputs from storage, which proves them stored, and so also releases the
+# fine-tuning job's checkpoint mirror (kept until then: ftdrift.training.workdir).
 rule validate_checkpoint:
     input:
         model=f"results/runs/{RUN_PATTERN}/model",

@@ -94,7 +94,9 @@ class Emulator:
 @contextlib.contextmanager
 def running(external_url: str | None = None):
     """An in-memory emulator on a free loopback port for the duration of the block.
-    `external_url`: the address the emulator writes into resumable-upload locations (a proxy's)."""
+    `external_url`: the emulator's -external-url (a proxy's). The bundled fake-gcs-server ignores
+    it in a resumable upload's Location, which names the address the request came to (a Proxy
+    forwards to the emulator's): the chunks bypass the proxy unless it is Proxy(route_uploads=True)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen([str(binary()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
@@ -124,10 +126,15 @@ class _Rule:
 class Proxy:
     """Forwards every request to `target` except those a rule catches: `fail` answers the next
     `times` matching requests with `status`; `hold` delays them. `requests` lists (method, path)
-    of everything seen, in order."""
+    of everything seen, in order.
 
-    def __init__(self, target: str, port: int | None = None):
+    `route_uploads`: point the `Location` of resumable uploads at the proxy, so that their chunks
+    (PUT) pass through it too. fake-gcs-server writes its own address there whatever
+    `-external-url` says."""
+
+    def __init__(self, target: str, port: int | None = None, route_uploads: bool = False):
         self.target = urlsplit(target)
+        self.route_uploads = route_uploads
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.rules: list[_Rule] = []
@@ -161,6 +168,8 @@ class Proxy:
                 data = response.read()
                 self.send_response(response.status)
                 for key, value in response.getheaders():
+                    if key.lower() == "location" and proxy.route_uploads:
+                        value = value.replace(f"{proxy.target.scheme}://{proxy.target.netloc}", proxy.url, 1)
                     if key.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))

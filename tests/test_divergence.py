@@ -23,6 +23,7 @@ from ftdrift.analysis.checkpoints import validate_run
 from ftdrift.study.methods import Method
 from ftdrift.training.monitor import TrainingMonitor, first_logged_loss, loss_divergence
 from ftdrift.training.recipe import finetune
+from ftdrift.training.workdir import MIRROR_ENV
 
 
 class WeightsAtEachStep(TrainerCallback):
@@ -95,17 +96,21 @@ def test_non_finite_gradient_stops_with_the_update_skipped(tiny, tmp_path):  # n
     assert snapshot_steps(tmp_path) and max(snapshot_steps(tmp_path)) < 3
 
 
-def test_exploding_loss_stops_and_a_resumed_job_diverges_the_same_way(tiny, tmp_path):  # noqa: F811
+def test_exploding_loss_stops_and_a_resumed_job_diverges_the_same_way(tiny, tmp_path, monkeypatch):  # noqa: F811
     """lr 1: logged (window-mean) losses 0.767 at step 2, 16.0 at step 4 > 10 x 0.767; step 4 is a
-    checkpoint step, and no checkpoint is written there. The rerun resumes from checkpoint-2, after
-    which the first logged loss is only in the restored log history."""
+    checkpoint step, and no checkpoint is written there. The rerun (say, the upload of the outputs
+    was cut: the work folder's state went with the finished job, the mirror's is kept) resumes
+    from checkpoint-2, after which the first logged loss is only in the restored log history."""
+    mirror = tmp_path / "bucket"
+    monkeypatch.setenv(MIRROR_ENV, mirror.as_uri())
     kwargs = run_kwargs(tiny, tmp_path, lr="1e0", save_steps=2)
     first = finetune(**kwargs)
     meta = assert_outputs_complete(tmp_path)["meta"]
     assert meta["status"] == "diverged" and meta["diverged_at_step"] == 4 and meta["steps"] == 4
     assert meta["divergence_reason"] == "training loss 16 > 10 × first logged loss 0.7667 at step 4"
     assert meta["last_good_checkpoint"] == str(tmp_path / "work" / "checkpoints" / "checkpoint-2")
-    assert sorted(p.name for p in (tmp_path / "work" / "checkpoints").iterdir()) == ["checkpoint-2"]
+    mirrored = mirror / "sst2" / "full" / "lr1e0_bs4_seed1" / "checkpoints"
+    assert sorted(p.parent.name for p in mirrored.glob("*/trainer_state.json")) == ["checkpoint-2"]
     assert meta["best_step"] == 3  # evaluate restored the step-3 weights, the only evaluation
     assert snapshot_steps(tmp_path) == [0, 2]
     assert all(torch.isfinite(v).all() for v in saved_weights(tmp_path).values())

@@ -136,7 +136,7 @@ class RunCost:
     overhead_s: float
     checkpoint_bytes: int  # peak: save_total_limit + 1 checkpoints + best weights (work folder)
     model_bytes: int
-    store_bytes: int  # work-folder store + the output copy
+    store_bytes: int  # one snapshot store (the output's; the work folder holds another while the job runs)
 
     @property
     def seconds(self) -> float:
@@ -145,7 +145,14 @@ class RunCost:
 
     @property
     def disk_bytes(self) -> int:
-        return self.checkpoint_bytes + self.model_bytes + self.store_bytes
+        """What the finished run keeps: its model and snapshot store (the work folder's state is
+        removed once the outputs are written, ftdrift.training.workdir)."""
+        return self.model_bytes + self.store_bytes
+
+    @property
+    def work_bytes(self) -> int:
+        """The work folder at its peak, while the job runs: checkpoints, best weights, its own store."""
+        return self.checkpoint_bytes + self.store_bytes
 
 
 def finetune_run(*, run, train, dev: tuple[int, int], dev_alt: tuple[int, int], final: tuple[int, int],
@@ -162,7 +169,8 @@ def finetune_run(*, run, train, dev: tuple[int, int], dev_alt: tuple[int, int], 
     best dev-loss weights (4 B per trainable parameter, rewritten at each improving evaluation).
     The model written at the end holds the method's saved parameters in fp32 (a PiSSA-style
     adapter converted to rank 2r). A snapshot holds probe x (layers + 1) x hidden
-    x poolings values in representations.dtype, kept twice (work folder and output).
+    x poolings values in representations.dtype, written twice (work folder and output); the work
+    folder's copy and checkpoints are removed once the outputs are written.
     """
     training, reps = settings["training"], settings["representations"]
     steps = train.steps
@@ -193,7 +201,7 @@ def finetune_run(*, run, train, dev: tuple[int, int], dev_alt: tuple[int, int], 
         # the Trainer writes checkpoint N+1 before it deletes the oldest: the peak holds one more
         checkpoint_bytes=int(ckpt * (training["save_total_limit"] + 1) + best),
         model_bytes=int(model),
-        store_bytes=int(n_snap * snapshot * 2),
+        store_bytes=int(n_snap * snapshot),
     )
 
 

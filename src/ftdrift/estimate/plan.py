@@ -157,7 +157,9 @@ def estimate(config: dict, profile: hardware.Profile, prices: dict, *, config_na
     overhead_min = prices["job_overhead_minutes"]
     overhead = (overhead_min["gpu"] if profile.machines else overhead_min["local"]) * 60
 
-    def cost(rule: str, seconds: list[float], disk: int = 0, formula: str = "", fp32_extra: float = 0.0) -> RuleCost:
+    def cost(rule: str, seconds: list[float], disk: int = 0, formula: str = "", fp32_extra: float = 0.0,
+             work: list[int] = ()) -> RuleCost:
+        """`disk`: what the jobs leave; `work`: each job's disk while it runs (freed at its end)."""
         dev, gpus, machine = rule_device(rule)
         count = job_counts.get(rule, 0)
         if seconds and count != len(seconds):  # planned count differs (finished jobs): scale the mean
@@ -165,9 +167,11 @@ def estimate(config: dict, profile: hardware.Profile, prices: dict, *, config_na
             seconds = [sum(seconds) / len(seconds)] * count
         spec = prices["machines"].get(machine) if profile.machines else None
         uses_gpu = gpus > 0
+        slots = profile.gpu_slots if uses_gpu else profile.jobs
+        disk += sum(sorted(work, reverse=True)[:min(slots, count)])  # at the peak: the largest jobs at once
         return RuleCost(rule, count, machine, gpus, seconds, disk, rule in profile.spot_rules,
                         spec["on_demand"] if spec else None, spec["spot"] if spec else None,
-                        profile.gpu_slots if uses_gpu else profile.jobs, formula, fp32_extra)
+                        slots, formula, fp32_extra)
 
     # ---- finetune: per run, upper bound (no early stop)
     dev, _, _ = rule_device("finetune")
@@ -215,7 +219,7 @@ def estimate(config: dict, profile: hardware.Profile, prices: dict, *, config_na
                   "the method's FLOPs per token (6N full fine-tuning, 4N + 6P an adapter of P trainable "
                   "parameters, + DoRA's weight norm per pass) x padded train tokens + 2N x (dev evals + final "
                   "dev/validation + snapshots) + checkpoint writes + per-job overhead",
-                  fp32_extra=sum(r.snapshot_fp32_s - r.snapshot_s for r in runs))]
+                  fp32_extra=sum(r.snapshot_fp32_s - r.snapshot_s for r in runs), work=[r.work_bytes for r in runs])]
 
     # ---- the other GPU rules: forward passes (2N per padded token) + per-job overhead
     def forward_s(rule: str, work: tuple[int, int], precision_: str | None = None) -> float:

@@ -103,9 +103,11 @@ def render(est: Estimate) -> str:
             rows.append([task, method, bs, n, round(mean("steps")), mean("padded_tokens") / 1e6,
                          100 * (1 - mean("real_tokens") / mean("padded_tokens")), round(mean("evaluations")),
                          round(mean("snapshots")), mean("train_s") / 3600, sum(r.seconds for r in rs) / n / 3600,
-                         mean("disk_bytes") / GIB])
+                         mean("disk_bytes") / GIB, mean("work_bytes") / GIB])
         out.append(table(["task", "method", "batch", "runs", "steps", "padded Mtok", "padding %", "evals", "snapshots",
-                          "train h/run", "job h/run", "disk GiB/run"], rows))
+                          "train h/run", "job h/run", "disk GiB/run", "work GiB/job"], rows))
+        out.append("  disk: what a finished run keeps (model, snapshot store); work: its work folder at the peak while "
+                   "the job runs (checkpoints, best weights, a second store), removed once the outputs are written")
 
         out += ["", "Split of fine-tuning time, relative to the training it interleaves (x training)"]
         configured, alt = next(iter(est.eval_subsets.values()), (None, None))
@@ -163,13 +165,14 @@ def render(est: Estimate) -> str:
     out.append(table(["rule", "jobs", "machine", "GPU-h", "VM-h", "wall h", "spot USD", "on-demand USD", "disk GiB"],
                      rows, total))
     out.append("  wall h: the rule's jobs alone at the profile's concurrency (longest first); the total adds the "
-               "rules up (they overlap in practice, so it is an upper bound). Disk: finetune = checkpoints "
-               "(save_total_limit x 12 B per trainable parameter) + best weights + model + snapshot stores (work "
-               "copy and output); base_representations = base stores.")
+               "rules up (they overlap in practice, so it is an upper bound). Disk: finetune = each run's model and "
+               "snapshot store + the work folders of the jobs running at once (checkpoints: (save_total_limit + 1) "
+               "x 12 B per trainable parameter, best weights, a second store; each removed once its job's outputs "
+               "are written); base_representations = base stores.")
     storage = prices.get("storage_usd_per_gib_month")
     if storage and priced:
-        # the bucket keeps the outputs (models, one copy of each store); work folders stay on the VMs' disks
-        kept = (sum(r.model_bytes + r.store_bytes / 2 for r in est.runs)
+        # the bucket keeps the outputs (models, stores); work folders live on the VMs' disks while jobs run
+        kept = (sum(r.disk_bytes for r in est.runs)
                 + sum(r.disk_bytes for r in est.rules if r.rule == "base_representations")) / GIB
         out.append(f"  the outputs kept in the bucket ({kept:,.0f} GiB: models and one copy of each store) cost about "
                    f"{kept * storage:,.0f} USD per month (at {storage} USD/GiB-month)")

@@ -16,7 +16,9 @@ if any were kept) and metrics.json's meta says status "diverged", where and why.
 error fails the job.
 
 Work files (checkpoints, best weights, snapshots so far, W&B) live in the job's work folder,
-outside the rule's declared outputs, so a killed job resumes instead of starting over.
+outside the rule's declared outputs, so a killed job resumes instead of starting over; once the
+outputs are written its resumable state is removed (its mirror stays until the outputs are
+stored: the lifecycle is in ftdrift.training.workdir).
 Benchmarks and tests drive the same stages, and observe training through `callbacks`.
 """
 
@@ -102,7 +104,7 @@ class Job:
     @property
     def initial_adapter(self) -> Path:
         # methods whose initialisation rewrites the base weights save their adapter as initialised here
-        return self.work_dir / "initial_adapter"
+        return self.work_dir / workdir.INITIAL_ADAPTER
 
     @property
     def precision(self) -> str:
@@ -164,24 +166,24 @@ def finetune(*, run: dict, task_def: dict, settings: dict, model_cfg: dict, meth
         dev, validation = evaluate(job, data, trained)
     with clock.stage("outputs"):
         result = save(job, data, trained, dev, validation)
-    if mirror:
-        mirror.discard()
+    # the folder's copy of the state goes now; the mirror stays until the outputs are stored (workdir)
+    workdir.drop(job.work_dir)
     clock.log_summary(job.name)
     return result
 
 
 def claim_work_dir(job: Job):
     """Stage 0: keep the work folder's state only if it is this job definition's (else empty it),
-    fill it from the checkpoint mirror when there is one; returns the mirror (or None)."""
+    fill it from the checkpoint mirror when that holds a newer checkpoint; returns the mirror (or None)."""
     # the micro-batch plan is not part of the definition (it does not change the objective), so
     # an out-of-memory retry resumes the same state
     fingerprint = workdir.fingerprint({"run": job.run, "task": job.task_def, "settings": job.settings,
                                        "model": job.model_cfg, "method": job.method_spec,
                                        "code_version": job.code_version}, list(job.split_files.values()))
     workdir.claim(job.work_dir, fingerprint)
-    mirror = workdir.WorkDirMirror.from_env(job.name, job.work_dir, fingerprint)
-    if mirror and last_complete_checkpoint(job.work_dir / "checkpoints") is None:
-        mirror.restore()
+    mirror = workdir.WorkDirMirror.from_env(job.run, job.work_dir, fingerprint)
+    if mirror:
+        mirror.restore(last_complete_checkpoint(job.work_dir / "checkpoints"))
     job.cpu_threads = record_threads(job.work_dir, job.name)
     return mirror
 

@@ -93,6 +93,7 @@ class StudyTrainer(SplittingEvalTrainer):
     # compute_loss below divides by the effective batch's example count itself: the Trainer
     # must not divide by the accumulation steps again (documented Trainer attribute)
     loss_is_scaled_for_ga = True
+    _resumed_at_stop = False  # set by train()
 
     def __init__(self, *args, train_lengths: list[int], eval_lengths: list[int] | None = None,
                  monitor: TrainingMonitor | None = None, clock: StageClock | None = None, **kwargs):
@@ -103,6 +104,21 @@ class StudyTrainer(SplittingEvalTrainer):
     def evaluate(self, *args, **kwargs):
         with self.clock.stage("dev evaluation"):
             return super().evaluate(*args, **kwargs)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        self._resumed_at_stop = isinstance(resume_from_checkpoint, str) and stopped_at(Path(resume_from_checkpoint))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _run_epoch(self, *args, **kwargs):
+        # Private hook: resumed from the checkpoint where the run stopped (a finished job's final
+        # state, restored from the mirror when the upload of its outputs was cut), transformers 5.24
+        # trains on: its epoch loop takes a step before it checks for the end (max_steps inside an
+        # epoch: one step past it), and on_train_begin clears the restored stop (early stopping: on
+        # to the next evaluation). Nothing is left to train; tests/test_workdir_mirror_gcs.py guards it.
+        if self._resumed_at_stop:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
         # private hook (like _get_grad_norm below), for timing only: no public event brackets a save
@@ -168,6 +184,14 @@ def by_length(lengths) -> list[int]:
     """Indices ordered by length, longest first (an out-of-memory error shows at the first batch),
     ties in dataset order: a fixed order that pads little at any batch size."""
     return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+
+
+def stopped_at(checkpoint: Path) -> bool:
+    """Whether training stopped at `checkpoint` (max_steps or early stopping): the Trainer saves its
+    control flags in the checkpoint's state, the stop already set at the last step's save."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    control = state.get("stateful_callbacks", {}).get("TrainerControl", {})
+    return bool(control.get("args", {}).get("should_training_stop"))
 
 
 def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:

@@ -1,14 +1,32 @@
 """A fine-tuning job's work folder: the resumable state (checkpoints, best weights, snapshots
 taken so far) of exactly one job definition, optionally mirrored to durable storage.
 
-* `claim` empties the folder when it holds state of another definition (changed config,
-  data or code version): resuming a checkpoint of an older definition would silently finish
-  the old run instead of the new one. A new definition thereby also gets a new W&B run
-  (`TRACKING_FILE`); the same definition keeps its run across processes and retries.
-* `WorkDirMirror` copies the state to `$FTDRIFT_CHECKPOINT_MIRROR` (`gs://bucket/folder`, or
-  any fsspec URL such as `file:///scratch/mirror`) at every checkpoint, and fills an empty
-  folder from it at start. A spot VM's disk goes with the VM;
-  without the mirror a preempted job on a fresh VM starts again from step 0.
+The life of one job's state (ftdrift.training.recipe.finetune). The folder is results/work/<run>
+and the mirror $FTDRIFT_CHECKPOINT_MIRROR/<run> (`gs://bucket/folder`, or any fsspec URL such as
+`file:///scratch/mirror`), <run> being the run's path (ftdrift.study.grid.RUN_PATTERN):
+
+1. `claim` empties the folder when it holds state of another definition (changed config, data or
+   code version), or no definition file: resuming a checkpoint of an older definition would
+   silently finish the old run instead of the new one. A new definition thereby also gets a new
+   W&B run (`TRACKING_FILE`); the same definition keeps its run across processes and retries.
+2. `WorkDirMirror.restore` fills the folder from the mirror when that holds a newer complete
+   checkpoint (a spot VM's disk goes with the VM; without the mirror a preempted job on a fresh VM
+   starts again from step 0). It fetches what resuming needs: the newest complete checkpoint, the
+   best dev-loss weights, the snapshot store and the small files, not the older checkpoints.
+3. `WorkDirMirror.push`, at every checkpoint, uploads what changed (a checkpoint's
+   trainer_state.json, which marks it complete, after everything it describes) and only then
+   removes what the folder no longer holds. Whenever the job dies, the mirror holds a complete
+   checkpoint of this definition, or what it held before; only another definition's state is
+   removed before ours goes up.
+4. `drop`, once the outputs are written, removes the folder's resumable state (checkpoints, best
+   weights and a second copy of the snapshot store: tens of GB per run at 1.3B), its definition
+   file first: a job killed halfway leaves nothing to resume from, and `claim` empties the rest.
+5. The mirror outlives the job. Snakemake uploads the outputs to the bucket after the job's script
+   returns; a job preempted during that upload (gigabytes) runs again and resumes from the mirror,
+   its final checkpoint, instead of training from step 0 (and trains no further:
+   ftdrift.training.trainer.StudyTrainer). `release` removes the mirror once a later job has read
+   the run's outputs, which proves them stored: rule validate_checkpoint, which runs for every run
+   (workflow/scripts/validate_checkpoint.py). A run whose check never runs keeps its mirror.
 """
 
 from __future__ import annotations
@@ -23,6 +41,7 @@ from pathlib import Path, PurePosixPath
 from transformers import TrainerCallback
 
 from ftdrift.core import io
+from ftdrift.study.grid import RUN_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +53,8 @@ MIRROR_ENV = "FTDRIFT_CHECKPOINT_MIRROR"
 # what a resumed job needs; W&B's local files (wandb/) are not part of it
 THREADS_FILE = "cpu_threads.json"  # the CPU thread counts of the sessions that trained (training.recipe)
 RESUMABLE = (DEFINITION_FILE, TRACKING_FILE, THREADS_FILE, "checkpoints", "best", "representations.zarr")
+# written by each training attempt (ftdrift.training.recipe.Job.initial_adapter), read when the outputs are saved
+INITIAL_ADAPTER = "initial_adapter"
 
 
 def fingerprint(definition: dict, files: list[Path]) -> str:
@@ -57,11 +78,21 @@ def claim(work_dir: Path, job_fingerprint: str) -> None:
     """Make `work_dir` this job's: keep it if it holds the same definition's state, else empty it."""
     work_dir = Path(work_dir)
     if work_dir.is_dir() and any(work_dir.iterdir()) and _recorded((work_dir / DEFINITION_FILE).read_text) != job_fingerprint:
-        log.warning("%s holds the state of an earlier definition of this job (config, data or code "
-                    "changed): starting from scratch", work_dir)
+        log.warning("%s holds no state of this job definition (an earlier definition's: config, data or code "
+                    "changed; or a finished job's leftovers): starting from scratch", work_dir)
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     io.write_json(work_dir / DEFINITION_FILE, {"fingerprint": job_fingerprint})
+
+
+def drop(work_dir: Path) -> None:
+    """Remove a finished job's resumable state (step 4 of the module docstring); the small records
+    (W&B's local files and run id, the thread counts) stay with the run's logs."""
+    work_dir = Path(work_dir)
+    (work_dir / DEFINITION_FILE).unlink(missing_ok=True)  # first: from here on the folder is no one's state
+    for name in ("checkpoints", "best", "representations.zarr", INITIAL_ADAPTER):
+        if (work_dir / name).exists():
+            shutil.rmtree(work_dir / name)
 
 
 def _is_trainer_state(rel: str) -> bool:
@@ -74,15 +105,37 @@ def _upload_order(rel: str) -> tuple[int, str]:
     return (1 if _is_trainer_state(rel) else 0, rel)
 
 
+def _checkpoint_of(rel: str) -> str | None:
+    """'checkpoints/checkpoint-12' for a file under it, else None."""
+    parts = PurePosixPath(rel).parts
+    return "/".join(parts[:2]) if len(parts) > 2 and parts[0] == "checkpoints" else None
+
+
+def _newest_complete_checkpoint(files: list[str]) -> str | None:
+    complete = [_checkpoint_of(rel) for rel in files if _is_trainer_state(rel) and _checkpoint_of(rel)]
+    numbered = [c for c in complete if c.rsplit("-", 1)[-1].isdigit()]
+    return max(numbered, key=lambda c: int(c.rsplit("-", 1)[-1]), default=None)
+
+
 class _GcsFileSystem:
     """The few fsspec calls the mirror makes, on google-cloud-storage (installed with the GCS
     storage plugin). gcsfs would be the fsspec way, but every current gcsfs needs
-    google-cloud-storage >= 3, which the Google Batch executor plugin (0.5.1: < 3) excludes."""
+    google-cloud-storage >= 3, which the Google Batch executor plugin (0.5.1: < 3) excludes: this
+    class stands in only while that pin conflict stands; once both allow one version, use gcsfs
+    through `fsspec.core.url_to_fs` (the `_filesystem` fallback) and delete it.
+
+    Writes are retried (`DEFAULT_RETRY`: 429, 5xx, connection errors, with backoff for up to 120 s).
+    The client retries an upload or delete only under a generation precondition by default
+    (DEFAULT_RETRY_IF_GENERATION_SPECIFIED), so one transient 503 would end the job; the mirror's
+    writes are idempotent (a name gets the same bytes again, a deleted object stays deleted), so
+    they are retried without one."""
 
     def __init__(self):
         from google.cloud import storage
+        from google.cloud.storage.retry import DEFAULT_RETRY
 
         self.client = storage.Client()
+        self.retry = DEFAULT_RETRY
 
     def _blob(self, path: str):
         bucket, _, name = path.partition("/")
@@ -108,10 +161,15 @@ class _GcsFileSystem:
         self._blob(rpath).download_to_filename(lpath)
 
     def put_file(self, lpath: str, rpath: str) -> None:
-        self._blob(rpath).upload_from_filename(lpath)
+        self._blob(rpath).upload_from_filename(lpath, retry=self.retry)
 
     def rm_file(self, path: str) -> None:
-        self._blob(path).delete()
+        from google.api_core.exceptions import NotFound
+
+        try:
+            self._blob(path).delete(retry=self.retry)
+        except NotFound:
+            pass  # gone already: a retried delete whose first attempt went through
 
     def rm(self, root: str, recursive: bool = True) -> None:
         for path in self.find(root):
@@ -130,6 +188,43 @@ def _filesystem(url: str):
     return fsspec.core.url_to_fs(url)
 
 
+def _mirror_url(run: dict) -> str | None:
+    """The mirror of `run` (its grid keys: task, method, lr, batch_size, seed), named by the run's
+    path as every rule names it; None without $FTDRIFT_CHECKPOINT_MIRROR."""
+    base = os.environ.get(MIRROR_ENV, "").strip()
+    return f"{base.rstrip('/')}/{RUN_PATTERN.format(**run)}" if base else None
+
+
+def _listing(fs, root: str) -> list[str]:
+    """The files under `root`, relative to it."""
+    if not fs.exists(root):
+        return []
+    return sorted(PurePosixPath(p).relative_to(PurePosixPath(root)).as_posix() for p in fs.find(root))
+
+
+def _removal_order(rel: str) -> tuple[int, str]:
+    # the definition file first (what is left is then no one's state), then the markers of
+    # complete checkpoints, then what they describe
+    return (0 if rel == DEFINITION_FILE else 1 if _is_trainer_state(rel) else 2, rel)
+
+
+def _remove(fs, root: str, files) -> None:
+    for rel in sorted(files, key=_removal_order):
+        fs.rm_file(f"{root}/{rel}")
+
+
+def release(run: dict) -> None:
+    """Remove `run`'s mirror (step 5 of the module docstring): call it only once the run's
+    outputs are stored. `run`: its grid keys (task, method, lr, batch_size, seed), e.g. a rule's wildcards."""
+    if url := _mirror_url(run):
+        fs, root = _filesystem(url)
+        root = root.rstrip("/")
+        if files := _listing(fs, root):
+            log.info("the outputs of %s are stored: removing its checkpoint mirror %s",
+                     RUN_PATTERN.format(**run), url)
+            _remove(fs, root, files)
+
+
 class WorkDirMirror(TrainerCallback):
     """Keeps a copy of a work folder's resumable state at `url` (pushed at every checkpoint)."""
 
@@ -139,15 +234,16 @@ class WorkDirMirror(TrainerCallback):
         self.url = url
         self.work_dir = Path(work_dir)
         self.job_fingerprint = job_fingerprint
-        self._pushed: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) at upload
-        self._remote_is_ours = False
+        # relative path -> (size, mtime_ns) of the local file when uploaded; None: in the mirror,
+        # not known to equal the local file
+        self._pushed: dict[str, tuple[int, int] | None] = {}
+        self._known = False  # whether _pushed describes the mirror (after restore or the first push)
 
     @classmethod
-    def from_env(cls, name: str, work_dir: Path, job_fingerprint: str) -> WorkDirMirror | None:
-        base = os.environ.get(MIRROR_ENV, "").strip()
-        return cls(f"{base.rstrip('/')}/{name}", work_dir, job_fingerprint) if base else None
+    def from_env(cls, run: dict, work_dir: Path, job_fingerprint: str) -> WorkDirMirror | None:
+        url = _mirror_url(run)
+        return cls(url, work_dir, job_fingerprint) if url else None
 
-    # -- listing
     def _local_files(self) -> dict[str, tuple[int, int]]:
         files = {}
         for top in RESUMABLE:
@@ -159,59 +255,64 @@ class WorkDirMirror(TrainerCallback):
                 files[p.relative_to(self.work_dir).as_posix()] = (st.st_size, st.st_mtime_ns)
         return files
 
-    def _remote_files(self) -> list[str]:
-        if not self.fs.exists(self.root):
-            return []
-        return sorted(PurePosixPath(p).relative_to(PurePosixPath(self.root)).as_posix()
-                      for p in self.fs.find(self.root))
-
     def _remote_fingerprint(self) -> str | None:
         return _recorded(lambda: self.fs.cat_file(f"{self.root}/{DEFINITION_FILE}"))
 
     # -- pull
-    def restore(self) -> bool:
+    def restore(self, local_checkpoint: str | None = None) -> bool:
         """Fill the work folder from the mirror if it holds this job's state with a complete
-        checkpoint; True if it did."""
+        checkpoint newer than `local_checkpoint` (the folder's newest complete one, a path);
+        True if it did. Fetches only what resuming needs (step 2 of the module docstring)."""
         if self._remote_fingerprint() != self.job_fingerprint:
             return False
-        remote = self._remote_files()
-        if not any(rel.startswith("checkpoints/") and _is_trainer_state(rel) for rel in remote):
+        remote = _listing(self.fs, self.root)
+        newest = _newest_complete_checkpoint(remote)
+        local_step = int(local_checkpoint.rsplit("-", 1)[1]) if local_checkpoint else -1
+        if newest is None or int(newest.rsplit("-", 1)[1]) <= local_step:
             return False
-        log.info("restoring %s from %s (%d files)", self.work_dir, self.url, len(remote))
-        for rel in sorted(remote, key=_upload_order):
+        wanted = {rel for rel in remote if _checkpoint_of(rel) in (None, newest)}
+        log.info("restoring %s from %s: %s and the rest of the state (%d files; %d files of older checkpoints "
+                 "left there)", self.work_dir, self.url, newest, len(wanted), len(remote) - len(wanted))
+        for rel in sorted(wanted, key=_upload_order):  # the checkpoint's marker last, as in push
             target = self.work_dir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + ".partial")
             self.fs.get_file(f"{self.root}/{rel}", str(partial))
             os.replace(partial, target)
-        self._pushed = self._local_files()
-        self._remote_is_ours = True
+        local = self._local_files()
+        self._pushed = {rel: local.get(rel) if rel in wanted else None for rel in remote}
+        self._known = True
         return True
 
     # -- push
-    def push(self) -> None:
-        if not self._remote_is_ours:
-            # another definition's (or a half-written) state must not mix with ours
-            if self.fs.exists(self.root):
-                self.fs.rm(self.root, recursive=True)
+    def _take_over(self) -> None:
+        """Learn what the mirror holds before the first push of this process."""
+        remote = _listing(self.fs, self.root)
+        if remote and self._remote_fingerprint() == self.job_fingerprint:
+            # this definition's state (a retry on the same disk): replaced file by file, never emptied
+            # first; which of its files equal ours is not known, so all of ours go up again
+            self._pushed = dict.fromkeys(remote)
+        else:
+            _remove(self.fs, self.root, remote)  # another definition's, or half-written: ours must not mix with it
             self._pushed = {}
-            self._remote_is_ours = True
+        self._known = True
+
+    def push(self) -> None:
+        if not self._known:
+            self._take_over()
         local = self._local_files()
         changed = sorted((rel for rel, sig in local.items() if self._pushed.get(rel) != sig), key=_upload_order)
         for rel in changed:
             self.fs.makedirs(f"{self.root}/{PurePosixPath(rel).parent}", exist_ok=True)
             self.fs.put_file(str(self.work_dir / rel), f"{self.root}/{rel}")
             self._pushed[rel] = local[rel]
-        gone = sorted((rel for rel in self._pushed if rel not in local), key=_upload_order, reverse=True)
-        for rel in gone:  # checkpoints pruned by save_total_limit: their trainer_state.json first
-            self.fs.rm_file(f"{self.root}/{rel}")
+        # then what the folder no longer holds (checkpoints pruned by save_total_limit, older ones
+        # left in the mirror by restore), their trainer_state.json first
+        gone = [rel for rel in self._pushed if rel not in local]
+        _remove(self.fs, self.root, gone)
+        for rel in gone:
             del self._pushed[rel]
         log.info("mirrored %d changed and %d removed files to %s", len(changed), len(gone), self.url)
-
-    def discard(self) -> None:
-        """Drop the mirrored state once the job's outputs are written."""
-        if self.fs.exists(self.root):
-            self.fs.rm(self.root, recursive=True)
 
     def on_save(self, args, state, control, **kwargs):
         self.push()
