@@ -66,7 +66,7 @@ rule aggregate:
     params:
         tasks=CONFIG["tasks"],
         task_defs=CONFIG["task_defs"],
-        analysis=CONFIG["analysis"],
+        analysis=ANALYSIS_PARAMS,
         planned=PLANNED_RUNS,
         # names only (the verdicts' order): a method's spec reaches its own jobs, not this one
         methods=list(CONFIG["methods"]),

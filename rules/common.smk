@@ -13,6 +13,7 @@ from ftdrift.study import families as ftfamilies
 from ftdrift.study import grid as ftgrid
 from ftdrift.study import methods as ftmethods
 from ftdrift.study import resources as ftresources
+from ftdrift.study import storage as ftstorage
 from ftdrift.study.versions import CODE_VERSIONS
 
 try:
@@ -24,9 +25,15 @@ config.update(CONFIG)  # scripts see the validated values, defaults filled in
 RUNS = ftgrid.grid(CONFIG)
 PLANNED_RUNS = [run.wildcards for run in RUNS]
 # the runs the tables and report cover: all of them, or with analysis.allow_missing_runs those
-# finished when the workflow starts (the rest are listed as missing and not run)
-ANALYSED_RUNS = ftgrid.finished(RUNS) if CONFIG["analysis"]["allow_missing_runs"] else RUNS
+# finished when the workflow starts (the rest are listed as missing and not run), looked up where
+# the results live: in the bucket with a default storage provider (profiles/gcp-gpu)
+ANALYSED_RUNS = ftstorage.finished_runs(workflow, RUNS) if CONFIG["analysis"]["allow_missing_runs"] else RUNS
+# the analysis settings the tables and report depend on: allow_missing_runs shows in their inputs
+# (which runs), so turning it on for a complete study re-runs nothing
+ANALYSIS_PARAMS = {key: value for key, value in CONFIG["analysis"].items() if key != "allow_missing_runs"}
 DATA_DIR = ftconfig.resolve_data_dir(CONFIG["data_dir"])
+# with a bucket as default storage, the task files are staged into it first (rule stage_data)
+STAGE_DATA = ftstorage.is_remote(workflow)
 RUN_PATTERN = ftgrid.RUN_PATTERN
 
 
@@ -48,10 +55,15 @@ def settings(wildcards, section):
 
 
 def task_files(wildcards):
-    """The task's original files when read from a folder (so edits re-run prep); none for the hub."""
-    if DATA_DIR is None:
-        return []
-    return [str(DATA_DIR / path) for path in CONFIG["task_defs"][wildcards.task]["files"].values()]
+    """The task's original files when read from a folder (so edits re-run prep), or on remote
+    storage their staged copies in the bucket; none for the hub."""
+    return ftstorage.task_inputs(DATA_DIR, CONFIG["task_defs"][wildcards.task], staged=STAGE_DATA)
+
+
+def stage_source(wildcards):
+    """rule stage_data's input: the local file, kept local (`local()`: not a storage query)."""
+    source = ftstorage.stage_source(DATA_DIR, wildcards.path)
+    return [local(source)] if source else []
 
 
 def run_params(wildcards):

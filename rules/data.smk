@@ -1,3 +1,22 @@
+# On remote storage (profiles/gcp-gpu: a bucket is the default storage), the task files in
+# data_dir are on this machine only: this local rule copies each one into the bucket
+# (results/staged/<path below data_dir>), and prepare_data, which may run on a VM, reads that copy.
+# Without remote storage nothing asks for results/staged/ and prepare_data reads data_dir itself.
+localrules:
+    stage_data,
+
+
+rule stage_data:
+    input:
+        stage_source,
+    output:
+        f"{ftstorage.STAGED_DIR}/{{path}}",
+    log:
+        f"results/logs/stage_data/{{path}}.log",
+    script:
+        "../workflow/scripts/stage_data.py"
+
+
 rule prepare_data:
     input:
         task_files,

@@ -55,7 +55,8 @@ rule report_overview:
         runtime=10,
     params:
         study={
-            **{key: CONFIG[key] for key in ("model", "tasks", "task_defs", "grid", "methods", "analysis")},
+            **{key: CONFIG[key] for key in ("model", "tasks", "task_defs", "grid", "methods")},
+            "analysis": ANALYSIS_PARAMS,
             "task_seeds": {task: ftgrid.task_seeds(CONFIG, task) for task in CONFIG["tasks"]},
         },
         planned=PLANNED_RUNS,

@@ -239,6 +239,40 @@ def test_the_bucket_check_probes_the_storage_emulator_when_one_is_set(tmp_path, 
     assert any(f"cannot reach 127.0.0.1:{port}" in s and "gs://b" in s for s in report.skipped), report.message()
 
 
+def test_gcp_data_dir_is_checked_where_the_jobs_read_it(tmp_path, env, make_config, monkeypatch):
+    """On gcp-gpu the jobs read the task files staged in the bucket (rule stage_data uploads them from
+    data_dir): a file missing here but staged passes; one in neither place is named with both places.
+    (It checked only this machine's data_dir, which the Batch VMs never see.)"""
+    import urllib.parse
+    import urllib.request
+
+    gcs_emulator = pytest.importorskip("gcs_emulator")
+    try:
+        gcs_emulator.binary()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    config = make_config(GOOD, tasks=("sst2", "mrpc"), data=False)
+    data_dir = tmp_path / "mydata"
+    paths = write_data(data_dir, ("sst2", "mrpc"), skip={("sst2", "train"), ("mrpc", "train"), ("mrpc", "validation")})
+    config["data_dir"] = str(data_dir)
+    with gcs_emulator.running() as gcs:
+        gcs.create_bucket("ftdrift-pf")
+        name = urllib.parse.quote("ftdrift/results/staged/glue/SST-2/train.tsv", safe="")
+        request = urllib.request.Request(f"{gcs.url}/upload/storage/v1/b/ftdrift-pf/o?uploadType=media&name={name}",
+                                         data=b"x\n", headers={"Content-Type": "text/plain"}, method="POST")
+        urllib.request.urlopen(request, timeout=10).close()
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url)  # google-cloud-storage reads the process env
+        env = {**env, **gcs.env, "GOOGLE_CLOUD_REGION": "us-central1", "FTDRIFT_GCS_BUCKET": "ftdrift-pf",
+               "FTDRIFT_IMAGE": "registry.invalid/ftdrift:test"}
+        report = preflight.check(config, "gcp-gpu", env=env)
+    staged = "gs://ftdrift-pf/ftdrift/results/staged/"
+    assert not [p for p in report.problems if "task sst2" in p], report.message()
+    assert [p for p in report.passed if "task sst2" in p and staged in p], report.message()
+    [line] = [p for p in report.problems if "task mrpc" in p]
+    assert str(paths["mrpc", "train"]) in line and str(paths["mrpc", "validation"]) in line and staged in line
+    assert "bucket gs://ftdrift-pf readable" in report.passed
+
+
 def fake_sinfo(tmp_path: Path, env: dict) -> dict:
     """A `sinfo` on PATH that knows a CPU partition (the default) and a GPU partition, as
     `sinfo --format='%P %G'` prints them (one line per node group)."""

@@ -10,6 +10,8 @@ Checks (each lands in exactly one of `passed`, `problems`, `skipped`):
   the Hub's X-Error-Code header). Local folders and `embedded:` models are checked on disk.
 * data: with a data folder (config `data_dir` or $FTDRIFT_DATA_DIR), every file the task catalog
   (config/tasks.yaml `files`) names exists and is readable; otherwise the task's hub dataset resolves.
+  On gcp-gpu the jobs read the copies staged in the bucket (rule stage_data, ftdrift.study.storage): a
+  file missing here passes when its staged copy is already in the bucket.
 * profile: gcp-gpu needs its project, region and bucket variables (all missing ones are named at
   once), the bucket must be listable (google-cloud-storage), and the container image tag must exist
   (`docker manifest inspect`, else `gcloud artifacts docker images describe`); slurm needs a GPU
@@ -230,27 +232,80 @@ def _check_model(report, net, config, env, profile_kind):
 
 
 # ----------------------------------------------------------------------------- data
+def _gcs_location(env: Mapping) -> tuple[str, str, str | None] | None:
+    """(bucket, prefix, project) as profiles/gcp-gpu computes them, or None without a bucket."""
+    bucket = env.get("FTDRIFT_GCS_BUCKET")
+    if not bucket:
+        return None
+    return (bucket.removeprefix("gs://").strip("/"), (env.get("FTDRIFT_GCS_PREFIX") or "ftdrift").strip("/"),
+            _env_first(env, "SNAKEMAKE_GOOGLEBATCH_PROJECT", "GOOGLE_CLOUD_PROJECT"))
+
+
+def _staged_in_bucket(net, env, location, names: list[str]) -> dict[str, bool] | str:
+    """Which of the object `names` exist in the bucket (google-cloud-storage), or why it could not say."""
+    bucket, _, project = location
+    try:
+        from google.cloud import storage
+    except ImportError:
+        return "google-cloud-storage not installed"
+    down = net.down(net.env.get("STORAGE_EMULATOR_HOST") or GCS_HOST)
+    if down:
+        return f"no network ({down})"
+    try:
+        handle = storage.Client(project=project).bucket(bucket)
+        return {name: handle.blob(name).exists() for name in names}
+    except Exception as err:  # credentials, permissions, transport: the bucket check names those
+        return f"bucket gs://{bucket} not readable ({type(err).__name__})"
+
+
+def _read_problem(path: Path) -> str | None:
+    if not path.is_file():
+        return "not found"
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as err:
+        return f"not readable ({err.strerror or type(err).__name__})"
+    return None
+
+
 def _check_data(report, net, config, env, profile_kind):
+    """With a data folder: every catalog file is readable here. On Google Batch (profile gcp-gpu) the
+    jobs read the copies rule stage_data puts into the bucket (ftdrift.study.storage), uploaded from this
+    machine: a file is fine when it is here to be staged, or already staged in the bucket."""
+    from ftdrift.study import storage as ftstorage
+
     value = config.get("data_dir") or env.get("FTDRIFT_DATA_DIR")
     data_dir = Path(value).expanduser().resolve() if value else None
+    location = _gcs_location(env) if profile_kind == "googlebatch" else None
     hub_seen = {}
     for task in config["tasks"]:
         task_def = config["task_defs"][task]
         if data_dir is not None:
-            bad = []
-            for split, rel in task_def["files"].items():
-                path = data_dir / rel
-                if not path.is_file():
-                    bad.append(f"{split} file {path} not found")
+            bad = {split: (rel, why) for split, rel in task_def["files"].items()
+                   if (why := _read_problem(data_dir / rel))}
+            staged_at = ""
+            if location is not None:
+                bucket, prefix, _ = location
+                staged_at = f"gs://{bucket}/{ftstorage.storage_query(prefix, ftstorage.STAGED_DIR)}/"
+                names = {split: ftstorage.storage_query(prefix, ftstorage.staged_path(rel))
+                         for split, (rel, _) in bad.items()}
+                found = _staged_in_bucket(net, env, location, list(names.values())) if names else {}
+                if isinstance(found, str):
+                    report.skipped.append(f"task {task}: whether {', '.join(sorted(bad))} file(s) are staged in "
+                                          f"{staged_at} not checked ({found})")
                 else:
-                    try:
-                        with open(path, "rb") as handle:
-                            handle.read(1)
-                    except OSError as err:
-                        bad.append(f"{split} file {path} not readable ({err.strerror or type(err).__name__})")
+                    bad = {split: item for split, item in bad.items() if not found.get(names[split])}
             if bad:
-                report.problems.append(f"task {task}: " + "; ".join(bad)
-                                       + f" (data_dir {data_dir}; layout: config/tasks.yaml `files`)")
+                where = (f" on this machine, nor staged in {staged_at} (the jobs on Google Batch read the copies "
+                         "that rule stage_data uploads from data_dir)") if location is not None else ""
+                report.problems.append(
+                    f"task {task}: " + "; ".join(f"{split} file {data_dir / rel} {why}" for split, (rel, why)
+                                                 in bad.items())
+                    + f"{where} (data_dir {data_dir}; layout: config/tasks.yaml `files`)")
+            elif location is not None:
+                report.passed.append(f"task {task}: data files in {data_dir} or already in the bucket; the jobs "
+                                     f"read their copies staged in {staged_at}")
             else:
                 report.passed.append(f"task {task}: data files readable in {data_dir}")
             continue

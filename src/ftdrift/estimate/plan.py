@@ -11,6 +11,7 @@ from ftdrift.estimate.costs import ModelShape, RuleCost, Throughput
 from ftdrift.study import families, resources
 from ftdrift.study import grid as ftgrid
 from ftdrift.study import methods as ftmethods
+from ftdrift.study import storage
 from ftdrift.study.config import task_kind, task_settings
 
 log = logging.getLogger("ftdrift.estimate")
@@ -188,7 +189,7 @@ def estimate(config: dict, profile: hardware.Profile, prices: dict, *, config_na
                       for mode, m in (measured or {}).get("methods", {}).items()}
     throughput = Throughput(dev, shape.params, precision, measured_flops)
     all_runs = ftgrid.grid(config)
-    done = set(r.path for r in ftgrid.finished(all_runs, str(Path(workdir) / "results")))
+    done = set(r.path for r in storage.finished(all_runs, lambda path: (Path(workdir) / path).exists()))
     pending = [r for r in all_runs if r.path not in done] if job_counts.get("finetune", 0) < len(all_runs) else all_runs
     family = families.family(config["model"]["family"])
     runs, train_cache = [], {}

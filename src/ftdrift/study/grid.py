@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from ftdrift.study.config import INTEGER_LITERAL, NUMBER_LITERAL, ConfigError, task_kind
 
@@ -84,12 +83,6 @@ def grid(config: dict) -> list[Run]:
                     for seed in task_seeds(config, task):
                         runs.append(Run(task, method, format_float(lr), int(batch_size), int(seed)))
     return runs
-
-
-def finished(runs: list[Run], results_dir: str = "results") -> list[Run]:
-    """The runs whose fine-tuning job has finished (its metrics.json, written last, exists):
-    what the tables cover with analysis.allow_missing_runs."""
-    return [run for run in runs if Path(results_dir, "runs", run.path, "metrics.json").exists()]
 
 
 def _canonical_int(text: str) -> str | None:
