@@ -227,7 +227,7 @@ def test_adapt_makes_the_embedding_output_require_grad(llama, name):
 @pytest.mark.parametrize("which, kind, name", CASES)
 def test_only_the_adapter_and_the_head_train(llama, which, kind, name):
     model, info = adapted(model_cfg(which, llama), kind, name)
-    head = methods.head_modules(model.get_base_model())
+    head = targets.head_modules(model.get_base_model())
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     adapter = re.compile(r"\.(lora_A|lora_B|lora_magnitude_vector|ia3_l)\.")
     for n in trainable:
@@ -256,7 +256,7 @@ def test_presets_resolve_per_family(llama):
     assert resolved(base, "attention")[0]["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
     for kind in ("classification", "extractive_qa"):
         model = task_model(llama, kind)
-        head = methods.head_modules(model)[0]
+        head = targets.head_modules(model)[0]
         linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         wanted, _ = targets.preset_modules(model, "all-linear")
         assert wanted == {n for n in linear if not n.startswith(head)} and len(wanted) == 14

@@ -37,20 +37,6 @@ from ftdrift.study.methods import Method
 ADAPTER = "default"  # peft's name for the single adapter ftdrift trains
 
 
-def head_modules(model: torch.nn.Module) -> list[str]:
-    """Top-level modules of a transformers task model outside its backbone that hold parameters.
-
-    E.g. ['classifier'] (BERT classification), ['score'] (Llama classification), ['qa_outputs']
-    (extractive QA). Raises ValueError when there is none (not a task model).
-    """
-    backbone = model.base_model_prefix
-    heads = [name for name, child in model.named_children()
-             if name != backbone and any(True for _ in child.parameters())]
-    if not heads:
-        raise ValueError(f"{type(model).__name__}: no task head besides the backbone '{backbone}'")
-    return heads
-
-
 def load(base_model: torch.nn.Module, adapter_dir, trainable: bool = False) -> PeftModel:
     """The base task model with a saved adapter (and its trained head); `trainable` marks the
     parameters training updated as requiring gradients (so they can be counted)."""
@@ -152,7 +138,7 @@ def adapt(model, method: Method):
 
     from ftdrift.modeling import targets
 
-    heads = head_modules(targets.task_model(model))
+    heads = targets.head_modules(targets.task_model(model))
     info = {"method": method.name, "peft_type": method.peft_type, "notes": [], "mutates_base": method.mutates_base,
             "total_params": sum(p.numel() for p in model.parameters())}
     if method.is_full:

@@ -64,8 +64,8 @@ def load_model(model_cfg: dict, kind: str, num_labels: int | None, tokenizer,
                dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A task model (sequence classification or extractive QA) whose backbone is the checkpoint's.
 
-    Every backbone weight must come from the checkpoint; only the task head (ftdrift.modeling.methods
-    .head_modules: `score`, `classifier`, `qa_outputs`) is newly drawn. Some task classes keep their
+    Every backbone weight must come from the checkpoint; only the task head
+    (ftdrift.modeling.targets.head_modules: `score`, `classifier`, `qa_outputs`) is newly drawn. Some task classes keep their
     backbone under another attribute than the checkpoint's (transformers 5.24: Llama/Qwen2/Qwen3
     `*ForQuestionAnswering` under `transformer.`, their `*ForCausalLM` checkpoints under `model.`);
     transformers then loads nothing into the backbone and says so only in its loading report. Such a

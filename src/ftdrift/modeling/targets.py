@@ -90,11 +90,18 @@ def block_linears(model: torch.nn.Module) -> dict[str, str]:
     return found
 
 
-def head_names(model: torch.nn.Module) -> list[str]:
-    """The task head's top-level module names (ftdrift.modeling.methods.head_modules)."""
-    from ftdrift.modeling.methods import head_modules
+def head_modules(model: torch.nn.Module) -> list[str]:
+    """Top-level modules of a transformers task model outside its backbone that hold parameters.
 
-    return head_modules(task_model(model))
+    E.g. ['classifier'] (BERT classification), ['score'] (Llama classification), ['qa_outputs']
+    (extractive QA). Raises ValueError when there is none (not a task model).
+    """
+    backbone = model.base_model_prefix
+    heads = [name for name, child in model.named_children()
+             if name != backbone and any(True for _ in child.parameters())]
+    if not heads:
+        raise ValueError(f"{type(model).__name__}: no task head besides the backbone '{backbone}'")
+    return heads
 
 
 def relative(model: torch.nn.Module, names) -> list[str]:
@@ -188,7 +195,7 @@ def query_value(model: torch.nn.Module, linears: dict[str, str]) -> tuple[set[st
 def all_linear(model: torch.nn.Module) -> tuple[set[str], list[str]]:
     """Every linear layer of the task model but the output embedding and the task head."""
     model = task_model(model)
-    heads = head_names(model)
+    heads = head_modules(task_model(model))
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     wanted = {n for n, m in model.named_modules()
               if is_linear(m) and m is not output and n.split(".")[0] not in heads}
