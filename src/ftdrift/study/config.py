@@ -17,16 +17,13 @@ from typing import Any
 import jsonschema
 import yaml
 
-from ftdrift.study import families
+from ftdrift.study import families, methods
+from ftdrift.study.errors import ConfigError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the repository: src/ftdrift/study/config.py
 CONFIG_DIR = PACKAGE_ROOT / "config"
 QA_TYPES = ("extractive_qa",)
 QA_SPECIAL_TOKENS = 4  # room for the special tokens of a question/context pair
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key."""
 
 
 # literals a string is read as when the schema wants a number (ASCII digits only)
@@ -205,8 +202,6 @@ def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
 
     Raises ConfigError naming the key.
     """
-    from ftdrift.study import methods  # it names ConfigError from here
-
     config = copy.deepcopy(dict(config))
     methods_given = "methods" in config
     validate(config, load_schema("schema.yaml"), "config")

@@ -32,7 +32,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftdrift.study.config import ConfigError
+from ftdrift.study.errors import ConfigError
 
 # target_modules presets, resolved per model in a job (ftdrift.modeling.targets)
 PRESETS = ("qv", "attention", "mlp", "all-linear")
