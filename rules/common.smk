@@ -61,7 +61,7 @@ def task_files(wildcards):
 
 
 def stage_source(wildcards):
-    """rule stage_data's input: the local file, kept local (`local()`: not a storage query)."""
+    """The input of stage_data: the local file, kept local (`local()`, not a storage query)."""
     source = ftstorage.stage_source(DATA_DIR, wildcards.path)
     return [local(source)] if source else []
 

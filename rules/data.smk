@@ -13,6 +13,8 @@ rule stage_data:
         f"{ftstorage.STAGED_DIR}/{{path}}",
     log:
         f"results/logs/stage_data/{{path}}.log",
+    conda:
+        "../envs/ftdrift.yaml"
     script:
         "../workflow/scripts/stage_data.py"
 
