@@ -355,7 +355,7 @@ def test_overview_shows_the_h2_test_floor_and_reasons():
     page, _ = overview.overview_page(None, None, None, verdicts, {"analysis": {"h2_alpha": 0.01}}, None)
     for expected in ("p (Holm)", "<td class=\"num\">0.200</td>", "exceeds floor", "0.034",
                      "exact permutation test over 3 + 3 seeds: p = 0.1 (Holm 0.2)", "one seed of LoRA",
-                     "rejects at α = 0.010", "relative, tolerance 0.030"):
+                     "rejects at α = 0.01", "relative, tolerance 0.030"):
         assert expected in page, expected
     assert re.search(r"n/a</td>", page)  # NaN cells are written, not crashed on
 
