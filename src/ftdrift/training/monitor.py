@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
+from ftdrift.training.workdir import checkpoint_step
+
 
 @dataclass(frozen=True)
 class Divergence:
@@ -100,8 +102,8 @@ class TrainingMonitor(TrainerCallback):
         self._loss = loss if self._loss is None else self._loss + loss
 
     def _last_checkpoint(self) -> str | None:
-        found = [p for p in self.checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-        return str(max(found, key=lambda p: int(p.name.split("-")[-1]))) if found else None
+        found = [p for p in self.checkpoint_dir.glob("checkpoint-*") if checkpoint_step(p) is not None]
+        return str(max(found, key=checkpoint_step)) if found else None
 
     def _diverge(self, step: int, reason: str, control) -> None:
         if self.divergence is None:  # the first reason is the cause; what follows is its echo

@@ -18,6 +18,7 @@ from ftdrift.core import loss
 from ftdrift.core.memory import BatchSplitter, batch_rows, concat_rows
 from ftdrift.training.monitor import TrainingMonitor
 from ftdrift.training.timing import StageClock
+from ftdrift.training.workdir import checkpoint_step
 
 log = logging.getLogger("ftdrift.training.trainer")
 
@@ -202,8 +203,8 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
     """
     if not checkpoint_dir.is_dir():
         return None
-    found = sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    found = sorted((p for p in checkpoint_dir.glob("checkpoint-*") if checkpoint_step(p) is not None),
+                   key=checkpoint_step, reverse=True)
     for path in found:
         try:
             json.loads((path / "trainer_state.json").read_text())

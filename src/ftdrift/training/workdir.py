@@ -105,6 +105,12 @@ def _upload_order(rel: str) -> tuple[int, str]:
     return (1 if _is_trainer_state(rel) else 0, rel)
 
 
+def checkpoint_step(name) -> int | None:
+    """N of a Trainer checkpoint folder `checkpoint-N` (a name or a path); None for any other name."""
+    prefix, _, step = PurePosixPath(str(name)).name.rpartition("-")
+    return int(step) if prefix == "checkpoint" and step.isdigit() else None
+
+
 def _checkpoint_of(rel: str) -> str | None:
     """'checkpoints/checkpoint-12' for a file under it, else None."""
     parts = PurePosixPath(rel).parts
@@ -113,8 +119,8 @@ def _checkpoint_of(rel: str) -> str | None:
 
 def _newest_complete_checkpoint(files: list[str]) -> str | None:
     complete = [_checkpoint_of(rel) for rel in files if _is_trainer_state(rel) and _checkpoint_of(rel)]
-    numbered = [c for c in complete if c.rsplit("-", 1)[-1].isdigit()]
-    return max(numbered, key=lambda c: int(c.rsplit("-", 1)[-1]), default=None)
+    numbered = [c for c in complete if checkpoint_step(c) is not None]
+    return max(numbered, key=checkpoint_step, default=None)
 
 
 class _GcsFileSystem:
@@ -267,8 +273,8 @@ class WorkDirMirror(TrainerCallback):
             return False
         remote = _listing(self.fs, self.root)
         newest = _newest_complete_checkpoint(remote)
-        local_step = int(local_checkpoint.rsplit("-", 1)[1]) if local_checkpoint else -1
-        if newest is None or int(newest.rsplit("-", 1)[1]) <= local_step:
+        local_step = checkpoint_step(local_checkpoint) if local_checkpoint else -1
+        if newest is None or checkpoint_step(newest) <= local_step:
             return False
         wanted = {rel for rel in remote if _checkpoint_of(rel) in (None, newest)}
         log.info("restoring %s from %s: %s and the rest of the state (%d files; %d files of older checkpoints "
