@@ -30,14 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import best_of, load  # noqa: E402
+from _common import best_of, load
 
 
 # ----------------------------------------------------------------------------- naive baseline

@@ -73,9 +73,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import MINILM, data_dir, load, median, prepare  # noqa: E402
+from _common import MINILM, data_dir, load, median, prepare
 from _common import threads as limit_threads
 
 
@@ -484,8 +482,9 @@ def micro_costs(data: str | None = None, batch: int = 16, seed: int = 42, n_thre
     * monitor_logging_step -- on_pre_optimizer_step at a logging step (per-parameter norms), and
       its on_log (psutil, float conversions): per logging step, i.e. / logging_steps per step
     * snapshot_cadence_check -- SnapshotCallback.on_step_end at a non-cadence step
-    * both_floating_point_ops -- NOT an ftdrift addition: what both sides pay per micro-batch for the
-      Trainer's total_flos (model.num_parameters over every module), which StudyTrainer could cache
+    * trainer_floating_point_ops -- NOT an ftdrift addition: what the plain Trainer pays per micro-batch
+      for its total_flos (model.num_parameters, a walk over every module); StudyTrainer.floating_point_ops
+      counts the parameters once, so this is what that override saves ftdrift per micro-batch
     * callback_dispatch  -- the 4 per-step events dispatched to ftdrift's callbacks (beyond the flow
       callback), their per-step bodies excluded where measured above
     """
@@ -520,9 +519,9 @@ def micro_costs(data: str | None = None, batch: int = 16, seed: int = 42, n_thre
                                      use_cpu=True, report_to=[], logging_steps=10, max_grad_norm=1.0)
             trainer = Trainer(model=model, args=args, processing_class=tokenizer)
             t("tokens_non_padding", lambda: trainer._track_num_input_tokens(inputs))
-            # paid by both sides every micro-batch (Trainer.floating_point_ops walks every module and
-            # parameter for model.num_parameters); a cached count would make it ~free
-            t("both_floating_point_ops", lambda: trainer.floating_point_ops(inputs))
+            # paid by the plain Trainer every micro-batch (Trainer.floating_point_ops walks every module
+            # and parameter for model.num_parameters); StudyTrainer counts once, which makes it ~free
+            t("trainer_floating_point_ops", lambda: trainer.floating_point_ops(inputs))
             model.train()
             outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
             logits = outputs.logits.detach().requires_grad_()

@@ -9,7 +9,7 @@
 #            --only numerics,mfu,workflow (a subset, e.g. to rerun one stage on a still-warm machine)
 #
 # Stages (each under its own timeout, clamped to what is left of the budget; each runs even when an
-# earlier one failed):
+# earlier one failed; the checks themselves are tests/system/gpu_checks.py's subcommands):
 #   setup     python with torch; on a machine without the project's packages (the GPU image), the wheels
 #             in .whl/ (made here by `bash bench/gpu_check.sh --fetch-wheels`) go to a --target folder
 #   env       versions and device
@@ -150,7 +150,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 
 CPUFLAG=(); TINY=()
 if [ "$CPU" = 1 ]; then CPUFLAG=(--cpu); TINY=(--tiny); export CUDA_VISIBLE_DEVICES=""; fi
-GC=("$PY" bench/gpu_checks.py --scratch "$SCRATCH" "${CPUFLAG[@]}")
+GC=("$PY" tests/system/gpu_checks.py --scratch "$SCRATCH" "${CPUFLAG[@]}")
 
 stage env 60 "${GC[@]}" env
 want numerics && stage numerics 90 "${GC[@]}" numerics
@@ -179,7 +179,7 @@ elif [ "$CPU" != 1 ] || [ -n "$WITH_WORKFLOW" ]; then
 else
   echo "== workflow: skipped in the CPU smoke test (add --with-workflow to run it on the CPU) =="
 fi
-"$PY" bench/gpu_checks.py --scratch "$SCRATCH" "${CPUFLAG[@]}" summary --out "$RES/gpu_check.json"
+"$PY" tests/system/gpu_checks.py --scratch "$SCRATCH" "${CPUFLAG[@]}" summary --out "$RES/gpu_check.json"
 RC=$?
 echo "gpu_check: $(( $(date +%s) - START )) s in all (budget ${BUDGET} s); results in $RES"
 # the scratch folder (workflow run, stage JSONs) stays only with FTDRIFT_GPU_CHECK_KEEP=1

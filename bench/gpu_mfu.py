@@ -31,13 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import OUT, load, write_json  # noqa: E402
+from _common import OUT, load, write_json
 
 SHAPE = {"num_hidden_layers": 24, "hidden_size": 2048, "num_attention_heads": 16, "num_key_value_heads": 16,
          "intermediate_size": 5504, "vocab_size": 32000, "max_position_embeddings": 4096}

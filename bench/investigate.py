@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import MINILM, load, median  # noqa: E402
+from _common import MINILM, load, median
 from _common import threads as limit_threads
 
 

@@ -20,14 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import MINILM, data_dir, load, prepare  # noqa: E402
+from _common import MINILM, data_dir, load, prepare
 from _common import threads as limit_threads
 
 MAX_LENGTH = 512

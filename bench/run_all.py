@@ -14,11 +14,8 @@ import argparse
 import sys
 import time
 import traceback
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common  # noqa: E402
+import _common
 
 ORDER = ("cka", "workflow", "padding", "finetune", "gpu")
 

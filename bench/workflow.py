@@ -27,9 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import REPO, load  # noqa: E402
+from _common import REPO, load
 
 DIRECTORY_SUFFIXES = (".zarr",)
 DIRECTORY_NAMES = ("model",)

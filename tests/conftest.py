@@ -1,14 +1,11 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from ftdrift.testing import make_tiny_workdir, run_snakemake
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from helpers import make_tiny_workdir, run_snakemake  # noqa: E402
 
 # dummy secrets in the environment of the tiny run: none may appear in any output, log or report
 SECRETS = {"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567",

@@ -8,12 +8,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from helpers import make_tiny_workdir, run_snakemake
 from sklearn.linear_model import LogisticRegression
 
 from ftdrift.analysis import baselines as bl
 from ftdrift.core import io
 from ftdrift.representations.frozen import layer_index
+from ftdrift.testing import make_tiny_workdir, run_snakemake
 
 PROBE_KEYS = {"status", "reason", "layer", "pooling", "C", "dev_by_C", "n_train", "dev", "validation", "seconds"}
 SQUAD_KEYS = {"exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1",

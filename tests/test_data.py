@@ -5,7 +5,6 @@ from pathlib import Path
 
 import datasets
 import pytest
-from helpers import squad_payload, write_glue, write_squad
 
 from ftdrift.data.tasks import (
     DataError,
@@ -17,6 +16,7 @@ from ftdrift.data.tasks import (
     validate_records,
 )
 from ftdrift.study import config as ftconfig
+from ftdrift.testing import squad_payload, write_glue, write_squad
 
 CATALOG = ftconfig.load_catalog(ftconfig.CONFIG_DIR / "tasks.yaml")
 SHARED_GLUE = Path("/work/shared/data/glue")

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import REPO, make_tiny_workdir, run_snakemake
 from safetensors import safe_open
 
 from ftdrift.analysis.deployment import chosen_runs
@@ -24,6 +23,7 @@ from ftdrift.modeling import methods, models
 from ftdrift.representations.extract import make_batches
 from ftdrift.study import config as ftconfig
 from ftdrift.study import grid
+from ftdrift.testing import REPO, make_tiny_workdir, run_snakemake
 
 BATCH_SIZES = [1, 4]
 MIN_RUN_TIME = 0.01  # short measurements: the test checks the tables, not the numbers

@@ -3,11 +3,11 @@
 from pathlib import Path
 
 import pytest
-from helpers import write_tiny_llama
 
 from ftdrift.data.features import encode_probe, encode_qa_eval, encode_qa_train
 from ftdrift.data.tasks import read_squad_json
 from ftdrift.modeling import models
+from ftdrift.testing import write_tiny_llama
 
 LONG_QUESTION_CASE = Path("/work/shared/cases/squad_v2_long_question.json")
 CONTEXT = "The bridge was designed by an engineer from the town and faces the north. "

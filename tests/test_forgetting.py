@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_tiny_workdir
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -25,6 +24,7 @@ from ftdrift.representations.base import base_representations
 from ftdrift.study import config as ftconfig
 from ftdrift.study.grid import RUN_KEYS
 from ftdrift.study.methods import Method
+from ftdrift.testing import make_tiny_workdir
 
 TASKS = ("sst2", "rte", "squad_v2")  # runs fine-tune sst2; rte (classification) and squad_v2 (QA) are the others
 RUN = {"task": "sst2", "method": "full", "lr": "1e-3", "batch_size": 4, "seed": 1}

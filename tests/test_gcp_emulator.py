@@ -32,10 +32,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import REPO, TINY_CONFIG, _no_slurm_conf, make_tiny_workdir
 
 from ftdrift.study import storage as ftstorage
 from ftdrift.study.grid import Run
+from ftdrift.testing import REPO, TINY_CONFIG, make_tiny_workdir
+from ftdrift.testing import no_slurm_conf as _no_slurm_conf
 
 gcs_emulator = pytest.importorskip("gcs_emulator")
 
@@ -47,7 +48,7 @@ STUDY_TIMEOUT_S = 900  # the whole tiny study (about 5 minutes on 2 busy cores)
 # what a clone of the repository holds that the workflow needs (the rest: tests, docs, venv, git)
 CLONED = ("Snakefile", "rules", "workflow", "src", "config", "profiles", "report", "envs", "pyproject.toml")
 # metrics.json / train_log.csv fields that measure the machine (time, memory) or record the resumption
-# itself, not what the run computed: those bench/chaos_slurm.py drops as well
+# itself, not what the run computed: those tests/system/chaos_slurm.py drops as well
 VOLATILE_FIELD = re.compile(r"runtime|per_second|(^|_)seconds$|cpu_rss|^resumed_from$")
 
 

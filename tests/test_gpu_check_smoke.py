@@ -1,14 +1,23 @@
-"""bench/gpu_checks.py's plumbing without a GPU: the out-of-memory hook, the MFU verdict, the summary."""
+"""tests/system/gpu_checks.py's plumbing without a GPU: the out-of-memory hook, the MFU verdict, the summary."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 import textwrap
 
-from helpers import REPO
+from ftdrift.testing import REPO
 
-sys.path.insert(0, str(REPO / "bench"))
-import gpu_checks  # noqa: E402
+
+def _load(path):
+    """A harness script as a module, from its path (tests/system holds scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_checks = _load(REPO / "tests" / "system" / "gpu_checks.py")
 
 
 def test_oom_hook_raises_only_for_big_micro_batches_after_the_start_step(tmp_path):

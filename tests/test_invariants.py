@@ -12,7 +12,6 @@ and both task kinds:
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, write_tiny_llama
 from peft import LoraConfig, TaskType, get_peft_model
 
 from ftdrift.analysis import tuned
@@ -20,6 +19,7 @@ from ftdrift.core import loss
 from ftdrift.modeling import methods, models
 from ftdrift.study.config import load_catalog
 from ftdrift.study.methods import Method
+from ftdrift.testing import REPO, write_tiny_llama
 from ftdrift.training import recipe as train
 
 CATALOG = load_catalog(REPO / "config" / "tasks.yaml")

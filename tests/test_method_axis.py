@@ -6,7 +6,8 @@ import json
 
 import pandas as pd
 import pytest
-from helpers import TINY_CONFIG, make_tiny_workdir, run_snakemake
+
+from ftdrift.testing import TINY_CONFIG, make_tiny_workdir, run_snakemake
 
 METHODS = {
     "full": {},

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from helpers import TINY_CONFIG, make_tiny_workdir
 from safetensors.torch import load_file
 from test_train import hand_linear_cka
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
@@ -30,6 +29,7 @@ from ftdrift.representations.base import base_representations
 from ftdrift.study import config as ftconfig
 from ftdrift.study import families, resources
 from ftdrift.study.methods import Method
+from ftdrift.testing import TINY_CONFIG, make_tiny_workdir
 from ftdrift.training.recipe import RunOutputs, finetune
 
 TASKS = ("sst2", "squad_v2")

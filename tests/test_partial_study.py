@@ -8,7 +8,8 @@ import json
 import pandas as pd
 import pytest
 import yaml
-from helpers import make_tiny_workdir, run_snakemake
+
+from ftdrift.testing import make_tiny_workdir, run_snakemake
 
 DIVERGING_LR = 1.0  # the schema's largest: the tiny Llama's logged loss rises far above its start by step 4
 

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 import yaml
-from helpers import make_tiny_workdir, run_snakemake
 from transformers import AutoConfig, AutoModel
 
 from ftdrift.modeling.checkpoint import check_max_length, check_model, usable_positions
 from ftdrift.study import config as ftconfig
+from ftdrift.testing import make_tiny_workdir, run_snakemake
 
 
 def tiny_roberta(folder, max_position_embeddings=66, pad_token_id=1):

@@ -4,12 +4,12 @@ the whole window, not at token 0, which a causal model computes from the first t
 import numpy as np
 import pytest
 import torch
-from helpers import write_tiny_llama
 
 from ftdrift.data import qa
 from ftdrift.data.features import encode_qa_eval, encode_qa_train
 from ftdrift.modeling import models
 from ftdrift.study.families import qa_null_at_end
+from ftdrift.testing import write_tiny_llama
 
 CONTEXT = "Ada was born in Paris in 1820. Later Ada moved to the coast and wrote books about the sea."
 RECORDS = [

@@ -24,7 +24,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import REPO, run_snakemake
+
+from ftdrift.testing import REPO, run_snakemake
 
 CATEGORIES = ["Overview", "Performance", "Drift", "Training", "Methods", "Forgetting"]  # + "Weight space" once weights.csv exists
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

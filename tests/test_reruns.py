@@ -5,7 +5,8 @@ import shutil
 from pathlib import Path
 
 import yaml
-from helpers import REPO, run_snakemake
+
+from ftdrift.testing import REPO, run_snakemake
 
 
 def changed_config(workdir, **changes) -> Path:

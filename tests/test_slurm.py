@@ -15,15 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import REPO, make_tiny_workdir, run_snakemake
+
+from ftdrift.testing import REPO, make_tiny_workdir, result_files, run_snakemake
 
 pytestmark = pytest.mark.slow
 
 SCRIPT = REPO / ".ci" / "slurm.sh"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-# Produced per run and legitimately different between two executions of the same work.
-VOLATILE_PARTS = {"logs", "work", ".snakemake", "wandb", "benchmarks"}
-VOLATILE_SUFFIXES = {".log", ".html"}
 TASKS = ["sst2"]
 
 
@@ -54,15 +52,6 @@ def test_sbatch_runs_a_job(slurm_cluster, tmp_path):
                           "--wrap", "hostname"], capture_output=True, text=True, timeout=180)
     assert sub.returncode == 0, sub.stderr
     assert out.read_text().strip() == subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
-
-
-def result_files(workdir: Path) -> dict[str, Path]:
-    files = {}
-    for path in (workdir / "results").rglob("*"):
-        rel = path.relative_to(workdir)
-        if path.is_file() and not (set(rel.parts) & VOLATILE_PARTS) and path.suffix not in VOLATILE_SUFFIXES:
-            files[rel.as_posix()] = path
-    return files
 
 
 def task_files(files: dict[str, Path]) -> dict[str, Path]:

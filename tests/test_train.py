@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from helpers import make_tiny_workdir
 from transformers import AutoTokenizer, TrainerCallback
 
 from ftdrift.data.tasks import prepare_task
 from ftdrift.study import config as ftconfig
 from ftdrift.study.resources import micro_batch_plan
+from ftdrift.testing import make_tiny_workdir
 from ftdrift.training.recipe import RunOutputs, finetune
 from ftdrift.training.workdir import MIRROR_ENV
 
@@ -91,10 +91,11 @@ def test_resume_after_sigkill_is_bitwise_identical(tiny, tmp_path, monkeypatch, 
     env = {**os.environ, MIRROR_ENV: mirror.as_uri()} if fresh_machine else dict(os.environ)
     script = tmp_path / "run.py"
     script.write_text(
-        "import sys, json\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import importlib.util\n"
         "from pathlib import Path\n"
-        "import test_train as t\n"
+        f"spec = importlib.util.spec_from_file_location('test_train', {str(Path(__file__).resolve())!r})\n"
+        "t = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(t)\n"
         "from ftdrift.study import config as c\n"
         f"w = Path({str(tiny[0])!r})\n"
         "cfg = c.resolve(c.load_yaml(w / 'tiny.yaml'))\n"
@@ -418,7 +419,7 @@ def test_predictions_come_back_in_dataset_order(tiny, tmp_path):
 
 def test_a_resume_between_snapshot_steps_adds_no_snapshot(tiny, tmp_path):
     """A checkpoint off the snapshot cadence (checkpoints every 2 steps, snapshots every 3): the
-    resumed run snapshots where an uninterrupted one does, no more (bench/chaos_slurm.py found the
+    resumed run snapshots where an uninterrupted one does, no more (tests/system/chaos_slurm.py found the
     extra one), and its train log is the same table."""
     class StopAt(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):

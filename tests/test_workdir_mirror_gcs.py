@@ -24,10 +24,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import REPO
 from test_train import StopAt, comparable, reps, run_kwargs, tiny  # noqa: F401 - tiny: the fixture, used by name
 
 from ftdrift.study.grid import RUN_PATTERN
+from ftdrift.testing import REPO
 from ftdrift.training import workdir
 from ftdrift.training.recipe import finetune
 from ftdrift.training.workdir import MIRROR_ENV, WorkDirMirror

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import zarr
 from conftest import SECRETS
-from helpers import REPO, make_tiny_workdir, run_snakemake
+
+from ftdrift.testing import REPO, make_tiny_workdir, run_snakemake
 
 RUNS = 8  # 4 tasks x (full, lora) x 1 lr x 1 batch size x 1 seed
 

@@ -38,7 +38,7 @@ class SnapshotCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         # a resumed run redoes the steps after its checkpoint: drop the snapshots it will retake.
         # Snapshot only where an uninterrupted run does (step 0, the cadence): a checkpoint between
-        # two cadence steps must not add one (found by bench/chaos_slurm.py)
+        # two cadence steps must not add one (found by tests/system/chaos_slurm.py)
         self.store.truncate_after(state.global_step)
         if state.global_step == 0 or state.global_step % self.every == 0:
             self._snapshot(model, state.global_step)

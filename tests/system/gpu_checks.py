@@ -5,7 +5,7 @@
               GPU CKA path (ftdrift.core.similarity.cka_matrix, backend 'torch' on CUDA) against
               the CPU one (backend 'numpy') to 1e-6
     mfu       bench/gpu_mfu.py at Sheared-LLaMA-1.3B's shape, seq 512: MFU and LoRA/full step time
-    workflow  the tiny workflow (tests/helpers.make_tiny_workdir) end to end on the device, with
+    workflow  the tiny workflow (ftdrift.testing.make_tiny_workdir) end to end on the device, with
               one out-of-memory retry per fine-tuning job provoked on purpose (see OOM_HOOK)
     summary   every stage's JSON into one (figures + pass/fail per check) and a printed table
 
@@ -30,9 +30,9 @@ import tarfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "tests"))
+# ftdrift comes from the environment: bench/gpu_check.sh puts the checkout's src/ on PYTHONPATH (the GPU
+# image has no editable install), a venv has it installed
+REPO = Path(__file__).resolve().parents[2]  # tests/system/gpu_checks.py -> the repository
 
 # Tolerances, stated once (the report prints them beside the figures).
 MERGE_FP32_MAX_ABS = 1e-4  # merged vs unmerged logits in fp32: the workflow's own merge check (runs.csv)
@@ -344,7 +344,8 @@ def stage_workflow(args) -> dict:
     import numpy as np
     import pandas as pd
     import torch
-    from helpers import TINY_CONFIG, make_tiny_workdir
+
+    from ftdrift.testing import TINY_CONFIG, make_tiny_workdir
 
     gpu = torch.cuda.is_available() and not args.cpu
     root = Path(args.scratch) / "workflow"

@@ -1,10 +1,10 @@
 """Preemption for real: the tiny study through the SLURM profile while a seeded chaos loop kills
 fine-tuning jobs, compared bit for bit with an undisturbed run.
 
-    python bench/chaos_slurm.py --seed 0 [--kills 6] [--workdir DIR] [--max-rounds 8] [--snapshot-steps 3]
+    python tests/system/chaos_slurm.py --seed 0 [--kills 6] [--workdir DIR] [--max-rounds 8] [--snapshot-steps 3]
 
 1. Starts the single-node SLURM of `.ci/slurm.sh` (install + start; needs root and apt) and builds
-   the inputs once (tests/helpers.py make_tiny_workdir: task files, tiny Llama, tiny.yaml; SST-2
+   the inputs once (ftdrift.testing.make_tiny_workdir: task files, tiny Llama, tiny.yaml; SST-2
    only, full fine-tuning and LoRA) for two run folders, so that no output differs by a path.
    Fine-tuning is long enough to hit: 48 optimizer steps, a checkpoint and a dev evaluation every
    4 steps, a snapshot every 3 (off the checkpoint cadence on purpose), no early stopping.
@@ -18,19 +18,19 @@ fine-tuning jobs, compared bit for bit with an undisturbed run.
    complete checkpoint, then for the phase -- a random moment between writes, the Trainer filling
    a checkpoint-N folder (frozen at a chosen file of it), or SnapshotStore.append growing the store --
    learns of it by inotify, freezes the process (SIGSTOP), records the files (the evidence) and kills
-   it (bench/chaos_watch.py). A kill the job outran goes back to the plan. `finetune` has
+   it (chaos_watch.py beside this script). A kill the job outran goes back to the plan. `finetune` has
    `retries: 0`, so a killed job fails the invocation; the script re-invokes Snakemake
    (`--rerun-incomplete`) until it succeeds (at most --max-rounds). Once every finetune job of a
    round is dead and no job of ours is left in SLURM, the doomed invocation is ended with SIGINT
    (the slurm plugin's backed-off status checks would take a minute or more to notice).
-4. Every result file outside test_slurm's VOLATILE sets (logs, work folders, W&B, benchmarks, .log,
-   .html) is compared with the reference's: byte for byte; where bytes differ, JSON keys and CSV
-   columns holding wall-clock measurements (`seconds`, `*_seconds`, `*runtime*`, `*per_second*`,
-   `cpu_rss*`, `resumed_from`) are dropped, a CSV's column order is reported, and the rest must be
-   equal. Prints a summary (kills by phase and method with the files seen at each kill, rounds,
-   resumes and removed partial checkpoints seen in the logs, "bitwise equal: N files", wall time)
-   and writes it to DIR/summary.json. Differences are listed with their first differing values;
-   a representation chunk is decoded and named by snapshot step.
+4. Every result file of ftdrift.testing.result_files (the files tests/test_slurm.py compares too: all
+   but logs, work folders, W&B, benchmarks, .log, .html) is compared with the reference's: byte for
+   byte; where bytes differ, JSON keys and CSV columns holding wall-clock measurements (`seconds`,
+   `*_seconds`, `*runtime*`, `*per_second*`, `cpu_rss*`, `resumed_from`) are dropped, a CSV's column
+   order is reported, and the rest must be equal. Prints a summary (kills by phase and method with
+   the files seen at each kill, rounds, resumes and removed partial checkpoints seen in the logs,
+   "bitwise equal: N files", wall time) and writes it to DIR/summary.json. Differences are listed
+   with their first differing values; a representation chunk is decoded and named by snapshot step.
 
 Exit status: 0 all equal and the plan's kills landed; 1 a result differs; 2 the chaos fell short
 (fewer kills than --kills, or a phase never hit) or a run failed.
@@ -53,13 +53,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(REPO / "tests"))
+import chaos_watch as cw  # beside this script (python puts a script's own folder first on sys.path)
+from inotify_simple import flags
 
-import chaos_watch as cw  # noqa: E402
-from helpers import TINY_CONFIG, make_tiny_workdir  # noqa: E402
+from ftdrift.testing import REPO, TINY_CONFIG, make_tiny_workdir, result_files, snakemake_command
 
 PHASES = ("training", "checkpoint", "snapshot")
 METHODS = ("scancel", "sigkill")
@@ -69,9 +66,6 @@ TRAINING = {"max_steps": 48, "eval_steps": 4, "save_steps": 4, "logging_steps": 
 SNAPSHOT_STEPS = 3
 # the checkpoint file whose creation freezes the job ("" = the checkpoint-N folder itself)
 CHECKPOINT_FILES = ("", "model.safetensors", "optimizer.pt", "rng_state.pth", "scheduler.pt")
-# test_slurm's VOLATILE sets: produced per run, legitimately different between two executions
-VOLATILE_PARTS = {"logs", "work", ".snakemake", "wandb", "benchmarks"}
-VOLATILE_SUFFIXES = {".log", ".html"}
 # wall-clock measurements (and where a resumed job resumed from) inside otherwise deterministic files:
 # JSON keys and CSV columns matching this are dropped before comparing, and listed
 VOLATILE_FIELD = re.compile(r"runtime|per_second|(^|_)seconds$|cpu_rss|^resumed_from$")
@@ -103,9 +97,7 @@ def build_inputs(path: Path, snapshot_steps: int) -> Path:
 
 
 def snakemake_cmd(workdir: Path, configfile: Path, *extra: str) -> list[str]:
-    # as tests/helpers.py run_snakemake, plus the target
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-            "--configfile", str(configfile), "--cores", "2", *extra, TARGET]
+    return snakemake_command(workdir, *extra, TARGET, configfile=configfile)
 
 
 SLURM_ARGS = ("--workflow-profile", str(REPO / "profiles" / "slurm"), "--jobs", "4",
@@ -203,7 +195,7 @@ def attack(workdir: Path, jobid: str, kill: Kill, round_no: int, stop: threading
         return rec
     work = workdir / "results" / "work" / rec.run
     start_complete = cw.complete_checkpoints(work)
-    ino = cw.Inotify()
+    ino = cw.FolderWatch()
     store = work / "representations.zarr"
 
     def watch_all():
@@ -222,7 +214,7 @@ def attack(workdir: Path, jobid: str, kill: Kill, round_no: int, stop: threading
         while cw.alive(pid) and time.time() < deadline and not stop.is_set():
             events = ino.events(0.01)
             for folder, name, mask in events:
-                if mask & cw.IN_ISDIR and mask & (cw.IN_CREATE | cw.IN_MOVED_TO):
+                if mask & flags.ISDIR and mask & (flags.CREATE | flags.MOVED_TO):
                     ino.add(folder / name)
                     if folder == store or folder.parent == store:
                         ino.add(folder / name / "c")
@@ -238,7 +230,7 @@ def attack(workdir: Path, jobid: str, kill: Kill, round_no: int, stop: threading
             elif kill.phase == "checkpoint":
                 complete = cw.complete_checkpoints(work)
                 for folder, name, mask in events:
-                    if folder == work / "checkpoints" and name.startswith("checkpoint-") and mask & cw.IN_ISDIR:
+                    if folder == work / "checkpoints" and name.startswith("checkpoint-") and mask & flags.ISDIR:
                         step = name.rsplit("-", 1)[-1]
                         if step.isdigit() and int(step) not in complete:
                             pending_checkpoint = folder / name
@@ -377,15 +369,6 @@ def chaos_rounds(workdir: Path, configfile: Path, plan: list[Kill], max_rounds: 
 
 
 # -- comparison -------------------------------------------------------------------------------
-
-def result_files(workdir: Path) -> dict[str, Path]:
-    files = {}
-    for path in (workdir / "results").rglob("*"):
-        rel = path.relative_to(workdir)
-        if path.is_file() and not (set(rel.parts) & VOLATILE_PARTS) and path.suffix not in VOLATILE_SUFFIXES:
-            files[rel.as_posix()] = path
-    return files
-
 
 def _strip(payload, dropped: set, path: str = ""):
     """`payload` without VOLATILE_FIELD keys (their paths go to `dropped`)."""

@@ -1,4 +1,14 @@
-"""Test fixtures: small task files in the original formats, a tiny random Llama, a tiny config."""
+"""Fixtures of the test suite, the benchmarks and the system harnesses (tests/system): small task
+files in the original formats, a tiny random Llama, the tiny study's config and a working folder
+holding all three, the real workflow run on it, and the result files two runs are compared on.
+
+    from ftdrift.testing import TINY_CONFIG, make_tiny_workdir, run_snakemake
+
+Nothing of the workflow imports this module, and it imports nothing of ftdrift: it builds inputs
+and runs the workflow the way a user does (like numpy.testing or torch.testing, it ships with
+the package so that tests, bench/ and tests/system/ import it without touching sys.path).
+`write_tiny_llama` needs the `tokenizers` package (the `test` extra).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +22,13 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from ftdrift import REPO_ROOT
+
+__all__ = ["REPO", "TINY_CONFIG", "VOLATILE_PARTS", "VOLATILE_SUFFIXES", "make_tiny_workdir", "no_slurm_conf",
+           "result_files", "run_snakemake", "snakemake_command", "squad_payload", "write_glue", "write_squad",
+           "write_tiny_llama"]
+
+REPO = REPO_ROOT  # the repository (Snakefile, config/, profiles/)
 POSITIVE = ["good", "great", "lovely", "fine", "superb", "warm", "bright"]
 NEGATIVE = ["bad", "awful", "dull", "poor", "grim", "cold", "weak"]
 NOUNS = ["film", "story", "cast", "plot", "score", "ending", "scene", "script"]
@@ -57,6 +73,8 @@ def write_glue(data_dir: Path, n_train: int = 48, n_dev: int = 24, seed: int = 0
 
 
 def squad_payload(n_paragraphs: int, seed: int, prefix: str) -> dict:
+    """A SQuAD v2 file's JSON: per paragraph two answerable questions (one with two answers) and an
+    unanswerable one with a plausible answer; question ids start with `prefix`."""
     rng = random.Random(seed)
     paragraphs = []
     for p in range(n_paragraphs):
@@ -78,6 +96,7 @@ def squad_payload(n_paragraphs: int, seed: int, prefix: str) -> dict:
 
 
 def write_squad(data_dir: Path) -> None:
+    """SQuAD v2's train and dev files under `data_dir`/squad_v2, by the names config/tasks.yaml gives."""
     folder = data_dir / "squad_v2"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train-v2.0.first-10-articles.json").write_text(json.dumps(squad_payload(16, 1, "t")))
@@ -111,6 +130,7 @@ def write_tiny_llama(model_dir: Path, texts: list[str]) -> Path:
     return model_dir
 
 
+# The tiny study: four tasks, full fine-tuning and LoRA, one seed, 6 optimizer steps, snapshots every 2.
 TINY_CONFIG = {
     "tasks": ["sst2", "mrpc", "rte", "squad_v2"],
     "grid": {"seeds": [1], "batch_sizes": [4],
@@ -152,25 +172,51 @@ def make_tiny_workdir(tmp_path: Path, **overrides) -> Path:
     return workdir
 
 
-def _no_slurm_conf() -> Path:
+def no_slurm_conf() -> Path:
+    """A SLURM config naming an unreachable controller (see `run_snakemake`)."""
     path = Path(tempfile.gettempdir()) / "ftdrift-tests-no-slurm.conf"
     if not path.exists():
         path.write_text("ClusterName=none\nSlurmctldHost=localhost\nSlurmctldPort=1\nMessageTimeout=1\n")
     return path
 
 
+def snakemake_command(workdir: Path, *args: str, configfile: Path | None = None,
+                      snakefile: Path | None = None) -> list[str]:
+    """The command line of the real workflow on `workdir` with its tiny config (or `configfile`), two
+    cores, then `args` (options, targets)."""
+    return [sys.executable, "-m", "snakemake", "-s", str(snakefile or REPO / "Snakefile"), "--directory",
+            str(workdir), "--configfile", str(configfile or workdir / "tiny.yaml"), "--cores", "2", *args]
+
+
 def run_snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None,
                   configfile: Path | None = None, snakefile: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real workflow on `workdir` with its tiny config (or `configfile`)."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile or REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(configfile or workdir / "tiny.yaml"), "--cores", "2", *args]
+    """Run the real workflow on `workdir` with its tiny config (or `configfile`); AssertionError with
+    the output's tail when it fails and `check` is set."""
+    cmd = snakemake_command(workdir, *args, configfile=configfile, snakefile=snakefile)
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     if not any("slurm" in str(a) for a in args) and "SLURM_CONF" not in full_env:
         # snakemake-executor-plugin-slurm 2.8.0 runs `scontrol show config` when Snakemake imports it
         # (for every workflow, any executor); with SLURM installed (tests/test_slurm.py) but no
         # controller up, scontrol waits ~9 s. A config naming an unreachable controller fails at once.
-        full_env["SLURM_CONF"] = str(_no_slurm_conf())
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env)
+        full_env["SLURM_CONF"] = str(no_slurm_conf())
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+# Produced per run and legitimately different between two executions of the same work: folders
+# anywhere in a result path, and file suffixes.
+VOLATILE_PARTS = {"logs", "work", ".snakemake", "wandb", "benchmarks"}
+VOLATILE_SUFFIXES = {".log", ".html"}
+
+
+def result_files(workdir: Path) -> dict[str, Path]:
+    """{path relative to `workdir`: path} of every file under `workdir`/results that two runs of the
+    same work must both have, with equal contents (all but VOLATILE_PARTS and VOLATILE_SUFFIXES)."""
+    files = {}
+    for path in (workdir / "results").rglob("*"):
+        rel = path.relative_to(workdir)
+        if path.is_file() and not (set(rel.parts) & VOLATILE_PARTS) and path.suffix not in VOLATILE_SUFFIXES:
+            files[rel.as_posix()] = path
+    return files

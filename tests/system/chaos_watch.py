@@ -1,5 +1,6 @@
-"""Helpers of bench/chaos_slurm.py: Linux inotify through ctypes, a fine-tuning job's on-disk state
-(checkpoints, snapshot store) and freezing/killing the job's training process.
+"""Helpers of tests/system/chaos_slurm.py: folder watches through inotify (the inotify_simple
+package), a fine-tuning job's on-disk state (checkpoints, snapshot store) and freezing/killing the
+job's training process.
 
 Why inotify and SIGSTOP: the tiny model's checkpoint and snapshot writes last milliseconds, too
 short to hit by polling. The chaos loop is told by the kernel the moment a write begins (a
@@ -10,31 +11,25 @@ kill at that instant, since a stopped process writes nothing more.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
-import select
 import signal
-import struct
 import subprocess
 import time
 from pathlib import Path
 
-IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x2, 0x8, 0x80, 0x100
-IN_ISDIR, IN_Q_OVERFLOW = 0x40000000, 0x4000
-WATCH_MASK = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
-_EVENT = struct.Struct("iIII")
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+from inotify_simple import INotify, flags
+
+WATCH_MASK = flags.MODIFY | flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE
 
 
-class Inotify:
-    """A minimal non-recursive inotify watcher (Linux). `events(timeout)` -> [(dir, name, mask)]."""
+class FolderWatch:
+    """Non-recursive inotify watches on chosen folders (Linux): `add(folder)` one at a time,
+    `events(timeout)` -> [(folder, name, mask)] (mask: inotify_simple.flags); a queue overflow
+    comes as (Path("/"), "", mask)."""
 
     def __init__(self):
-        self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self._inotify = INotify(nonblocking=True)
         self.paths: dict[int, Path] = {}
 
     def add(self, path: Path) -> bool:
@@ -42,33 +37,25 @@ class Inotify:
         path = Path(path)
         if path in self.paths.values():
             return True
-        wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), WATCH_MASK)
-        if wd < 0:
+        try:
+            wd = self._inotify.add_watch(path, WATCH_MASK)
+        except OSError:
             return False
         self.paths[wd] = path
         return True
 
     def events(self, timeout: float) -> list[tuple[Path, str, int]]:
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        if not ready:
-            return []
-        try:
-            data = os.read(self.fd, 1 << 16)
-        except BlockingIOError:
-            return []
-        out, offset = [], 0
-        while offset + _EVENT.size <= len(data):
-            wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
-            name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0").decode(errors="replace")
-            offset += _EVENT.size + length
-            if wd in self.paths:
-                out.append((self.paths[wd], name, mask))
-            elif mask & IN_Q_OVERFLOW:
-                out.append((Path("/"), "", mask))
+        """The events queued so far, else those of the first `timeout` seconds that bring any."""
+        out = []
+        for event in self._inotify.read(timeout=max(0, round(timeout * 1000))):
+            if event.wd in self.paths:
+                out.append((self.paths[event.wd], event.name, event.mask))
+            elif event.mask & flags.Q_OVERFLOW:
+                out.append((Path("/"), "", event.mask))
         return out
 
     def close(self) -> None:
-        os.close(self.fd)
+        self._inotify.close()
 
 
 # -- the job's state on disk ------------------------------------------------------------------
