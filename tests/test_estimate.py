@@ -14,13 +14,13 @@ import random
 import numpy as np
 import pytest
 import yaml
-from helpers import REPO
 
 from ftdrift.estimate import costs, dag, hardware, plan, tokens
 from ftdrift.estimate.__main__ import main
 from ftdrift.study import resources
 from ftdrift.study.config import resolve
 from ftdrift.study.methods import Method
+from ftdrift.testing import REPO
 
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
 PEAK, FP32_PEAK, MFU = 100.0, 10.0, 0.5  # TFLOP/s of the made-up GPU
@@ -277,6 +277,27 @@ def test_profiles_and_price_table(tmp_path, monkeypatch):
     (tmp_path / "bad.yaml").write_text("as_of: 2026-01-01\nmachines: {}\n")
     with pytest.raises(hardware.EstimateError, match="missing keys"):
         hardware.load_prices(tmp_path / "bad.yaml")
+
+
+def test_a_profile_is_read_by_its_executors_adapter(tmp_path, monkeypatch):
+    """The estimate reads a profile's machines through the adapter of its `executor:`
+    (ftdrift.executors); an executor without one is an error, not a silently local bill."""
+    from ftdrift import executors
+    from ftdrift.executors.base import Executor, HardwareProfile
+
+    config = resolve(yaml.safe_load((REPO / "config" / "study.yaml").read_text()))
+    folder = tmp_path / "k8s"
+    folder.mkdir()
+    (folder / "profile.yaml").write_text("executor: kubernetes\njobs: 7\n")
+    with pytest.raises(hardware.EstimateError, match="executor 'kubernetes' has no adapter"):
+        hardware.read_profile(str(folder), config)
+
+    def read(raw, label, config, cores):
+        return HardwareProfile(label, raw["jobs"], 2, default_machine="g2-standard-8")
+
+    monkeypatch.setitem(executors.ADAPTERS, "kubernetes", Executor("kubernetes", lambda *args: None, read))
+    k8s = hardware.read_profile(str(folder), config)
+    assert (k8s.name, k8s.jobs, k8s.gpu_slots, k8s.machine("finetune")) == ("k8s", 7, 2, "g2-standard-8")
 
 
 def test_stand_in_tokenizer_is_announced():

@@ -309,6 +309,41 @@ def test_slurm_partitions(tmp_path, env, make_config):
     assert no_sinfo.ok and any("sinfo not on PATH" in s for s in no_sinfo.skipped), no_sinfo.message()
 
 
+def test_the_executor_adapter_is_asked(tmp_path, env, make_config, monkeypatch):
+    """A new executor is one adapter (ftdrift.executors): the preflight asks the adapter of the
+    profile's `executor:` for its checks, where its jobs read staged data and whether a saved
+    login reaches them; a profile whose executor has none is reported as not checked."""
+    from ftdrift import executors
+    from ftdrift.executors.base import Executor, Staging
+
+    folder = tmp_path / "k8s"
+    folder.mkdir()
+    (folder / "profile.yaml").write_text("__use_yte__: true\nexecutor: kubernetes\n")
+    config = make_config(GATED, data=False)
+    config["data_dir"] = str(tmp_path / "d")
+    write_data(tmp_path / "d", ("sst2",), skip={("sst2", "train")})
+    bare = preflight.check(config, str(folder), offline=True, env=env)
+    assert bare.profile == "k8s" and [s for s in bare.skipped if "executor kubernetes" in s and "not checked" in s]
+    assert [p for p in bare.problems if "glue/SST-2/train.tsv" in p], bare.message()
+
+    asked = []
+
+    def check(report, net, config, env):
+        asked.append(report.profile)
+        report.problems.append(f"profile {report.profile}: KUBE_NAMESPACE is not set")
+
+    staged = Staging("pvc://ftdrift/staged/", "the pods", lambda net, rels: {rel: "train" in rel for rel in rels})
+    adapter = Executor("kubernetes", check, hardware=lambda *args: None, staging=lambda env: staged,
+                       login_reaches_jobs=False)
+    monkeypatch.setitem(executors.ADAPTERS, "kubernetes", adapter)
+    no_token = {k: v for k, v in env.items() if k != "HF_TOKEN"}
+    report = preflight.check(config, str(folder), env=no_token)
+    assert asked == ["k8s"] and "profile k8s: KUBE_NAMESPACE is not set" in report.problems, report.message()
+    assert [p for p in report.passed if "task sst2" in p and "pvc://ftdrift/staged/" in p], report.message()
+    assert [p for p in report.problems if GATED in p and "the jobs see no other" in p], report.message()
+    assert not [s for s in report.skipped if "kubernetes" in s]
+
+
 def test_run_before_jobs_raises_the_message_and_can_be_switched_off(tmp_path, env, make_config):
     config = make_config(GATED)
     with pytest.raises(preflight.PreflightError) as err:

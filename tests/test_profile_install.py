@@ -81,6 +81,29 @@ def test_install_refuses_to_overwrite_another_profile(tmp_path):
     assert not (dest / "slurm").exists() and other.is_dir()
 
 
+def test_cluster_profiles_are_read_from_the_profile_files(tmp_path, monkeypatch):
+    """What `install` links and what each profile runs on come from each profile's `executor:` key:
+    a new profile folder is picked up without a list to edit."""
+    assert profiles.profile_executors() == {"default": "local", "gcp-gpu": "googlebatch", "slurm": "slurm"}
+    assert profiles.cluster_profiles() == ("gcp-gpu", "slurm")
+    assert profiles.profile_for_executor("googlebatch") == "gcp-gpu" and profiles.profile_for_executor("x") is None
+
+    repo = tmp_path / "profiles"
+    for name, text in (("default", "printshellcmds: true\n"),
+                       ("k8s", "__use_yte__: true\nexecutor: kubernetes\nconfigfile: config/k8s.yaml\n")):
+        (repo / name).mkdir(parents=True)
+        (repo / name / "profile.yaml").write_text(text)
+    monkeypatch.setattr(profiles, "PROFILES_DIR", repo)
+    monkeypatch.chdir(tmp_path)
+    assert profiles.cluster_profiles() == ("k8s",)
+    assert [profiles.profile_kind(p) for p in ("k8s", str(repo / "k8s"), "default", "nowhere", None)] == \
+        ["kubernetes", "kubernetes", "local", None, None]
+    assert profiles.profile_configfile("k8s") == "config/k8s.yaml" and profiles.profile_configfile("default") is None
+    dest = tmp_path / "snakemake"
+    assert profiles.install(dest) == [f"{dest / 'k8s'} -> {repo / 'k8s'}"]
+    assert profiles.status(dest) == [f"{dest / 'k8s'}: installed"]
+
+
 def test_bare_profile_names_resolve_after_install(xdg):
     """Through Snakemake's own parser (profile lookup, YTE, the workflow profile profiles/default)."""
     from snakemake.cli import parse_args

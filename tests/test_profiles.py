@@ -23,8 +23,12 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from ftdrift.executors import ADAPTERS
+from ftdrift.profiles import cluster_profiles, profile_executors
+
 REPO = Path(__file__).resolve().parents[1]
-PROFILES = {name: REPO / "profiles" / name for name in ("slurm", "gcp-gpu")}
+# every profile whose `executor:` is not local (what `python -m ftdrift.profiles install` links)
+PROFILES = {name: REPO / "profiles" / name for name in cluster_profiles()}
 STUDY_CONFIG = REPO / "config" / "study.yaml"
 DOCKERFILE = REPO / "container" / "Dockerfile"
 
@@ -120,6 +124,16 @@ def test_snakemake_loads_profile_yaml(name):
     assert found[1].name == "profile.yaml"
     files = {p.name for p in PROFILES[name].iterdir() if p.suffix == ".yaml"}
     assert files == {"profile.yaml"}, f"extra profile files would shadow or confuse: {files}"
+
+
+def test_every_profile_has_an_executor_adapter():
+    """Each profile's executor (its `executor:` key; none: local) has an adapter in ftdrift.executors,
+    which the preflight and the estimate ask; the cluster profiles are read from the files."""
+    executors = profile_executors()
+    assert {"default", "slurm", "gcp-gpu"} <= set(executors) and {"slurm", "gcp-gpu"} <= set(PROFILES)
+    assert "default" not in PROFILES
+    missing = {name: executor for name, executor in executors.items() if executor not in ADAPTERS}
+    assert not missing, f"profiles whose executor has no adapter in ftdrift.executors: {missing}"
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))

@@ -10,8 +10,14 @@ from pathlib import Path
 
 from ftdrift.data.tasks import DataError
 from ftdrift.estimate import dag, hardware, plan, render
-from ftdrift.preflight import load_config, profile_configfile
-from ftdrift.study.config import CONFIG_DIR, PACKAGE_ROOT, ConfigError, resolve
+from ftdrift.profiles import profile_configfile
+from ftdrift.study.config import (
+    CONFIG_DIR,
+    PACKAGE_ROOT,
+    ConfigError,
+    load_config,
+    resolve,
+)
 
 BENCH_JSON = PACKAGE_ROOT / "bench" / "out" / "gpu.json"
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftdrift.estimate.hardware import Device
-from ftdrift.study.resources import MethodCost, ModelDims
+from ftdrift.study.resources import FORWARD_FLOPS, MethodCost, ModelDims
 
-FORWARD_FLOPS = 2  # x N per token
 BYTES = {"float16": 2, "float32": 4}
 ADAMW_STATE_BYTES = 8  # two fp32 moments per trainable parameter
 FP32_BYTES = 4  # master weights and saved models are float32 (the model is loaded in fp32, autocast for bf16)

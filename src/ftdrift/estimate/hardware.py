@@ -1,22 +1,23 @@
-"""The price/hardware table (config/prices.yaml), the profiles' machines and concurrency, and the
-throughput figure (published peak x assumed MFU, or a bench/gpu_mfu.py measurement)."""
+"""The price/hardware table (config/prices.yaml), the profiles' machines and concurrency (read by
+the adapter of the profile's executor, ftdrift.executors), and the throughput figure (published
+peak x assumed MFU, or a bench/gpu_mfu.py measurement)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from ftdrift.study.config import PACKAGE_ROOT
+from ftdrift import executors, profiles
+from ftdrift.executors.base import HardwareProfile
+from ftdrift.study.resources import ASSUMED_MFU
 
 GPU_RULES = ("finetune", "base_representations", "validate_checkpoint", "baselines", "forgetting", "deployment")
-PROFILES = ("default", "slurm", "gcp-gpu")
-_PRICE_KEYS = ("as_of", "machines", "gpus", "mfu", "cpu", "job_overhead_minutes", "cpu_job_minutes",
-               "write_mib_per_s")
+_PRICE_KEYS = ("as_of", "machines", "gpus", "cpu", "job_overhead_minutes", "cpu_job_minutes", "write_mib_per_s")
 
 
 class EstimateError(ValueError):
@@ -41,77 +42,36 @@ def load_prices(path: str | os.PathLike) -> dict:
                 raise EstimateError(f"price table {path}: key 'machines.{name}.{key}' missing")
         if machine.get("gpu") and machine["gpu"] not in table["gpus"]:
             raise EstimateError(f"price table {path}: machines.{name}.gpu '{machine['gpu']}' not in 'gpus'")
+    table.setdefault("mfu", ASSUMED_MFU)
     table["path"] = str(path)
     return table
 
 
-@dataclass
-class Profile:
-    """What the estimate needs of a Snakemake profile: machines per rule and how many jobs run at once."""
-
-    name: str
-    jobs: int  # jobs at once (the profile's `jobs`, or local cores)
-    gpu_slots: int  # GPU jobs at once
-    machines: dict[str, str] = field(default_factory=dict)  # rule -> machine type (gcp-gpu only)
-    default_machine: str | None = None
-    spot_rules: tuple[str, ...] = ()
-    notes: list[str] = field(default_factory=list)
-
-    def machine(self, rule: str) -> str | None:
-        return self.machines.get(rule, self.default_machine)
-
-
-def _env_int(expression, default: int) -> tuple[int, str]:
-    """A yte expression such as ?int(env("FTDRIFT_GCP_MAX_GPUS", default="8")) read without
-    rendering the profile (which needs the cloud settings in the environment)."""
-    if isinstance(expression, int):
-        return expression, "profile"
-    text = str(expression)
-    name = re.search(r'env\("([A-Z0-9_]+)"', text)
-    if name and os.environ.get(name.group(1), "").strip().isdigit():
-        return int(os.environ[name.group(1)]), f"${name.group(1)}"
-    fallback = re.search(r'default="?(\d+)', text)
-    return (int(fallback.group(1)), f"{name.group(1) if name else 'profile'} default") if fallback else (default, "")
+# What the estimate needs of a profile; defined with the executor adapters, which fill it in.
+Profile = HardwareProfile
 
 
 def read_profile(name: str, config: dict, cores: int | None = None) -> Profile:
-    """Machines and concurrency of profiles/<name>/profile.yaml (or a path to a profile folder).
+    """Machines and concurrency of profiles/<name>/profile.yaml (or a path to a profile folder), as
+    the adapter of its executor reads them (ftdrift.executors; no `executor:` key: local).
 
     The file is parsed as plain YAML: its yte expressions (`?...`) are read as strings and only
     the few needed are interpreted, so no environment variable has to be set. `config` is the
-    resolved study config (resources.gpus_per_finetune decides whether jobs use GPUs).
+    resolved study config (resources.gpus_per_finetune decides whether jobs use GPUs). `cores`:
+    the local executor's cores (default: all). EstimateError for a missing profile or an executor
+    without an adapter.
     """
-    folder = Path(name) if "/" in name else PACKAGE_ROOT / "profiles" / name
+    folder = Path(name) if "/" in name else profiles.PROFILES_DIR / name
     path = folder / "profile.yaml"
     if not path.is_file():
-        raise EstimateError(f"profile '{name}': {path} not found (known: {', '.join(PROFILES)})")
+        raise EstimateError(f"profile '{name}': {path} not found (known: {', '.join(profiles.profile_executors())})")
     raw = yaml.safe_load(path.read_text()) or {}
-    label = folder.name
-    uses_gpu = config["resources"]["gpus_per_finetune"] > 0
-    if label == "gcp-gpu" or raw.get("executor") == "googlebatch":
-        jobs = int(raw.get("jobs", 50))
-        gpus, source = _env_int(raw.get("resources", {}).get("gpu", 8), 8)
-        machines = {rule: spec["googlebatch_machine_type"] for rule, spec in raw.get("set-resources", {}).items()
-                    if isinstance(spec, dict) and "googlebatch_machine_type" in spec}
-        spot_block = next((v for k, v in raw.items() if str(k).startswith("?if spot")), {}) or {}
-        spot_rules = tuple(spot_block.get("preemptible-rules", ()))
-        spot_off = os.environ.get("FTDRIFT_GCP_SPOT", "1") in ("0", "false", "no")
-        notes = [f"GPUs at once: {gpus} ({source}); jobs at once: {jobs}"]
-        if spot_off:
-            notes.append("FTDRIFT_GCP_SPOT=0: the profile would run on-demand; both columns are shown anyway")
-        return Profile(label, jobs, gpus, machines, raw.get("googlebatch-machine-type", "e2-standard-4"),
-                       spot_rules, notes)
-    if label == "slurm" or raw.get("executor") == "slurm":
-        jobs = int(raw.get("jobs", 100))
-        return Profile(label, jobs, jobs, notes=[f"jobs at once: {jobs} (profile `jobs`; GPUs assumed available "
-                                                 "for each GPU job up to that)"])
-    cores = cores or os.cpu_count() or 1
-    threads = config["resources"]["finetune_threads"]
-    slots = max(1, cores // threads)
-    if uses_gpu:
-        return Profile(label, slots, 1, notes=["local: 1 GPU, jobs run one at a time on it"])
-    return Profile(label, slots, slots,
-                   notes=[f"local: {cores} cores / {threads} threads per job = {slots} jobs at once"])
+    executor = str(raw.get("executor") or profiles.LOCAL)
+    adapter = executors.get(executor)
+    if adapter is None:  # priced as some other executor, the bill would be wrong without a word
+        raise EstimateError(f"profile '{name}': executor '{executor}' has no adapter in ftdrift.executors "
+                            f"(known: {', '.join(executors.ADAPTERS)})")
+    return adapter.hardware(raw, folder.name, config, cores)
 
 
 @dataclass

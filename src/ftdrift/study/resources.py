@@ -86,6 +86,13 @@ IA3_DEFAULTS = {"llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
                 "generic": (["k_proj", "v_proj", "down_proj"], ["down_proj"])}
 
 
+FORWARD_FLOPS = 2  # per parameter and token: one multiply-add; the backward pass costs it per gradient
+# model FLOPs utilisation assumed without a measurement: the floor issue 15 sets for full
+# fine-tuning of a 1.3B model at sequence 512 on H100/H200 (1B-class training reaches ~0.43);
+# the estimate's price table may override it (config/prices.yaml `mfu`), bench/gpu_mfu.py measures it
+ASSUMED_MFU = 0.40
+RUNTIME_TFLOPS = 100.0  # peak TFLOP/s a GPU job's runtime limit assumes (an A100-class card, generous)
+
 @dataclass(frozen=True)
 class ModelDims:
     """The shape of a model, as far as the cost of a method needs it."""
@@ -261,7 +268,7 @@ def method_cost(method: ftmethods.Method, dims: ModelDims, params: float, stored
     checkpoints hold); `head`: the task head's parameters."""
     if method.is_full:
         trainable = int(stored_params + head)
-        return MethodCost(method.name, method.training_mode, trainable, 0, (), 6 * params, 0.0,
+        return MethodCost(method.name, method.training_mode, trainable, 0, (), 3 * FORWARD_FLOPS * params, 0.0,
                           FULL_STATE_BYTES * trainable, FULL_PASS_BYTES * params, 0.0, trainable)
     adapted = tuple(adapted_matrices(method, dims, kind))
     adapter = adapter_params(method, dims, kind)
@@ -270,7 +277,7 @@ def method_cost(method: ftmethods.Method, dims: ModelDims, params: float, stored
     if dims.layout == "generic":
         notes.append("the model type has no linear-layer table in ftdrift.study.resources: its blocks are counted "
                      "as Llama blocks (q, k, v, o, a gated MLP); presets select by role, other targets by those names")
-    flops = 4 * params + 6 * trainable
+    flops = 2 * FORWARD_FLOPS * params + 3 * FORWARD_FLOPS * trainable
     per_pass, pass_bytes = 0.0, FROZEN_PASS_BYTES * params + FULL_PASS_BYTES * trainable
     kept = 0.0
     if method.peft_type != "IA3":
@@ -285,7 +292,7 @@ def method_cost(method: ftmethods.Method, dims: ModelDims, params: float, stored
         pass_bytes += DORA_NORM_BYTES * weights
         kept += sum(4 * m.d_out for m in adapted)
         if spec.get("lora_dropout"):
-            flops += 4 * weights  # the base output again, on the dropped-out input: forward + input gradient
+            flops += 2 * FORWARD_FLOPS * weights  # the base output again, on the dropped-out input: forward + input gradient
     saved = trainable
     if method.mutates_base:  # saved as a plain LoRA of rank 2r against the original weights (the head once)
         saved += sum(_rank_of(spec, m) * (m.d_in + m.d_out) for m in adapted)
@@ -304,11 +311,12 @@ def finetune_gpu_mem_gb(cost: MethodCost, micro_batch: int, max_length: int, dim
     return (cost.state_bytes + activations) / 2**30 * 1.2
 
 
-def finetune_runtime_minutes(cost: MethodCost, train_tokens: float, passes: float, tflops: float = 100.0) -> int:
-    """Wall minutes of a fine-tuning job on a GPU: the method's FLOPs at 40 % of `tflops`, x 1.5 and
-    + 20 min for snapshots, evaluation and checkpoint writes; at least 30."""
+def finetune_runtime_minutes(cost: MethodCost, train_tokens: float, passes: float,
+                             tflops: float = RUNTIME_TFLOPS) -> int:
+    """Wall minutes of a fine-tuning job on a GPU: the method's FLOPs at ASSUMED_MFU of `tflops`, x 1.5
+    and + 20 min for snapshots, evaluation and checkpoint writes; at least 30."""
     flops = cost.flops_per_token * train_tokens + cost.flops_per_pass * passes
-    minutes = flops / (tflops * 1e12 * 0.4) / 60
+    minutes = flops / (tflops * 1e12 * ASSUMED_MFU) / 60
     return int(math.ceil(max(30, minutes * 1.5 + 20)))
 
 
