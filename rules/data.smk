@@ -23,7 +23,7 @@ rule prepare_data:
     input:
         task_files,
     output:
-        **{split: f"results/data/{{task}}/{split}.jsonl" for split in ("train", "dev", "validation", "probe")},
+        **{split: f"results/data/{{task}}/{split}.jsonl" for split in ftdata.SPLITS},
         splits="results/data/{task}/splits.json",
     log:
         "results/logs/prepare_data/{task}.log",

@@ -7,7 +7,7 @@ rule seed_floor:
     output:
         table=ftpairs.SEED_FLOOR,
     log:
-        "results/logs/seed_floor/{task}/{method}/lr{lr}_bs{batch_size}.log",
+        f"results/logs/seed_floor/{{task}}/{{method}}/{ftgrid.SETTING_NAME}.log",
     conda:
         "../envs/ftdrift.yaml"
     resources:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ftdrift.analysis.tables import run_drift_table
 from ftdrift.report import drift, html, overview, performance, style, training, weights
 from ftdrift.report import frames as report_frames
 from ftdrift.report import labels as report_labels
@@ -92,6 +93,7 @@ def synthetic_results(root: Path, missing: tuple | None = None) -> dict[str, Pat
     runs_df = pd.DataFrame(runs)
     runs_df.to_csv(tables / "runs.csv", index=False)
     pd.DataFrame(drift_rows).to_csv(tables / "drift.csv", index=False)
+    run_drift_table(pd.DataFrame(drift_rows)).to_csv(tables / "run_drift.csv", index=False)
     pd.DataFrame(weight_rows).to_csv(tables / "weights.csv", index=False)
     dev = runs_df.groupby(SETTING_KEYS, as_index=False)["dev_main"].mean()
     best_keys = dev.loc[dev.groupby(["task", "method"])["dev_main"].idxmax(), SETTING_KEYS]
@@ -120,7 +122,7 @@ def synthetic_results(root: Path, missing: tuple | None = None) -> dict[str, Pat
                "h1_verdict", "h2_drift_reduction", "h2_verdict"]
     pd.DataFrame(verdicts, columns=columns).assign(method="lora", reference="full", analysis="paired by seed (n = 3)") \
         .to_csv(tables / "verdicts.csv", index=False)
-    return {name: tables / f"{name}.csv" for name in ("runs", "drift", "best", "weights", "verdicts")} | \
+    return {name: tables / f"{name}.csv" for name in ("runs", "drift", "run_drift", "best", "weights", "verdicts")} | \
         {"summary": tables / "summary.md", "root": root}
 
 
@@ -159,7 +161,7 @@ def synthetic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def frames(synthetic):
-    return {name: report_frames.read_table(synthetic[name]) for name in ("runs", "drift", "best", "weights")}
+    return {name: report_frames.read_table(synthetic[name]) for name in ("runs", "drift", "run_drift", "best", "weights")}
 
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
@@ -369,7 +371,8 @@ def test_shared_limits_flat_and_empty():
 def test_drift_figures(frames, tmp_path):
     for func in (drift.plot_drift_by_layer, drift.plot_drift_over_training, drift.plot_metric_vs_drift):
         path = tmp_path / f"{func.__name__}.svg"
-        func(frames["drift"], frames["runs"], frames["best"], "mrpc", "linear_cka", "last", path)
+        table = frames["run_drift" if func is drift.plot_metric_vs_drift else "drift"]
+        func(table, frames["runs"], frames["best"], "mrpc", "linear_cka", "last", path)
         svg_root(path)
         assert "drift = 1 − linear CKA" in svg_text(path)
     assert drift.pick_layers([0, 1, 2, 3, 4, 5, 6]) == [1, 4, 6]
@@ -378,7 +381,7 @@ def test_drift_figures(frames, tmp_path):
 
 def test_metric_vs_drift_marks_stopped_early(frames, tmp_path):
     path = tmp_path / "scatter.svg"
-    drift.plot_metric_vs_drift(frames["drift"], frames["runs"], frames["best"], "sst2", "linear_cka", "mean", path)
+    drift.plot_metric_vs_drift(frames["run_drift"], frames["runs"], frames["best"], "sst2", "linear_cka", "mean", path)
     assert "stopped early" in svg_text(path)
 
 
@@ -440,7 +443,7 @@ def test_rule_outputs_write_everything(synthetic, tmp_path, methods):
              "grid": {"learning_rates": {"full": {"classification": [1e-5]}, "lora": {"classification": [1e-4]}},
                       "batch_sizes": BATCH_SIZES, "seeds": SEEDS},
              "methods": METHODS, "analysis": {"h1_max_relative_drop": 0.03, "h2_min_drift_reduction": 0.2}}
-    tables = {k: str(synthetic[k]) for k in ("runs", "best", "drift", "summary", "weights", "verdicts")}
+    tables = {k: str(synthetic[k]) for k in ("runs", "best", "drift", "run_drift", "summary", "weights", "verdicts")}
     out = tmp_path / "report"
     overview.write_overview(runs=tables["runs"], best=tables["best"], verdicts=tables["verdicts"],
                             summary=tables["summary"], study=study, planned=planned_runs(),
@@ -463,7 +466,8 @@ def test_rule_outputs_write_everything(synthetic, tmp_path, methods):
     assert [p.name for p in (out / "p/qa").iterdir()] == ["squad_v2.svg"]
     drift_out = {k: out / "d" / k for k in ("heatmaps", "by_layer", "over_training", "vs_metric")}
     drift_out["table"] = out / "d/table.csv"
-    drift.write_drift(drift=tables["drift"], runs=tables["runs"], best=tables["best"], task="sst2", outputs=drift_out)
+    drift.write_drift(drift=tables["drift"], run_drift=tables["run_drift"], runs=tables["runs"], best=tables["best"],
+                      task="sst2", outputs=drift_out)
     for key in ("heatmaps", "by_layer", "over_training", "vs_metric"):
         assert sorted(str(p.relative_to(drift_out[key])) for p in drift_out[key].rglob("*.svg")) == [
             "cosine/last.svg", "cosine/mean.svg", "linear_cka/last.svg", "linear_cka/mean.svg"]

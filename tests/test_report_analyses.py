@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.axes import Axes
 
+from ftdrift.analysis.tables import run_drift_table
 from ftdrift.report import drift, forgetting, overview, similarity
 from ftdrift.report.frames import read_table
 from ftdrift.study.grid import RUN_KEYS
@@ -142,6 +143,7 @@ def test_drift_table_has_floor_and_probe_interval(tmp_path):
                               "probe_ci_high": 0.9 - 0.01 * layer, "debiased_value_mean": 0.88}
                              for m in SETTING for layer, name in enumerate(LAYERS)])
     paths = {"drift": _write(tmp_path, "drift", _drift()), "runs": _write(tmp_path, "runs", _runs()),
+             "run_drift": _write(tmp_path, "run_drift", run_drift_table(_drift())),
              "best": _write(tmp_path, "best", _best()), "seed_floor": _write(tmp_path, "seed_floor", _floor()),
              "drift_by_layer": _write(tmp_path, "drift_by_layer", by_layer)}
     out = {k: tmp_path / "out" / k for k in drift.FIGURES} | {"table": tmp_path / "out/table.csv"}

@@ -5,12 +5,12 @@ and failed checkpoint checks reaching summary.md."""
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import REPO
 from scipy import stats as st
 
 from ftdrift.analysis import tables, verdicts
 from ftdrift.core import io
 from ftdrift.study.config import load_catalog
+from ftdrift.testing import REPO
 
 CATALOG = load_catalog(REPO / "config" / "tasks.yaml")
 ANALYSIS = {"confidence": 0.9, "bootstrap_resamples": 200, "h1_max_relative_drop": 0.03,
@@ -83,7 +83,7 @@ def test_other_seeds_are_compared_unpaired():
     assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((low, high))
 
 
-OUTPUT_KEYS = ("runs", "drift", "best", "verdicts", "drift_by_layer", "summary", "latex", "weights", "stability",
+OUTPUT_KEYS = ("runs", "drift", "run_drift", "best", "verdicts", "drift_by_layer", "summary", "latex", "weights", "stability",
                "baselines", "seed_floor", "forgetting", "out_of_task", "probe_transfer", "intruders")
 
 
@@ -243,3 +243,35 @@ def test_every_method_is_compared_with_the_reference_in_the_configured_order(tmp
         assert row.method_minus_reference == pytest.approx(val[row.method] - val["dora_r8"])
         assert "across 3 comparisons" in row.h2_test or row.h2_test.startswith("no permutation")
     assert "## Each method vs the reference method (dora_r8)" in outputs["summary"].read_text()
+
+
+def test_aggregate_starts_without_torch():
+    """Rule aggregate reads CSV/JSON only: every module its code path imports loads without torch,
+    transformers or peft (seconds of start-up per re-aggregation)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ftdrift.analysis import tables, uncertainty, verdicts, weight_tables, stability, "
+            "forgetting, summary; heavy = {'torch', 'transformers', 'peft'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_run_drift_is_the_mean_over_layers_at_each_runs_last_snapshot():
+    """run_drift.csv, per run x metric x pooling: mean over layers of 1 − similarity (distances as
+    they are) at the run's own last snapshot, checked against a loop over the rows."""
+    rng = np.random.default_rng(0)
+    rows = [{"task": "sst2", "method": m, "lr": "1e-3", "batch_size": 4, "seed": seed, "step": step, "layer": layer,
+             "layer_name": f"block_{layer}", "pooling": p, "metric": metric, "value": rng.uniform(0.2, 0.9)}
+            for m, last in (("full", 8), ("lora", 6)) for seed in (1, 2) for step in range(0, last + 1, 2)
+            for layer in range(3) for p in ("mean", "last") for metric in ("linear_cka", "procrustes")]
+    drift = pd.DataFrame(rows)
+    table = tables.run_drift_table(drift)
+    assert len(table) == 2 * 2 * 2 * 2
+    for row in table.itertuples():
+        values = [r["value"] for r in rows if (r["method"], r["seed"], r["metric"], r["pooling"]) ==
+                  (row.method, row.seed, row.metric, row.pooling) and r["step"] == (8 if row.method == "full" else 6)]
+        assert row.step == (8 if row.method == "full" else 6) and len(values) == 3
+        expected = np.mean(values) if row.metric == "procrustes" else 1 - np.mean(values)
+        assert row.drift == pytest.approx(expected)
+    assert list(tables.run_drift_table(drift.iloc[:0]).columns) == list(table.columns)

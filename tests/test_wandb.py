@@ -189,7 +189,7 @@ def test_a_resumed_job_continues_its_run_and_sends_each_step_once(world, tmp_pat
     assert len(runs) == 2  # one offline log per process, both of one W&B run
     assert runs[0]["id"] == runs[1]["id"]
     assert runs[0]["id"] == json.loads((out / "work" / "wandb_run.json").read_text())["run_id"]  # the job's
-    assert {run["name"] for run in runs} == {"sst2-full-lr1e-3-bs4-seed1"}
+    assert {run["name"] for run in runs} == {"sst2-full-lr1e-3_bs4_seed1"}
     assert_each_step_once(runs[0]["history"] + runs[1]["history"], out, max_steps=6, eval_steps=3)
 
 

@@ -12,15 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO, write_tiny_llama
 from safetensors.numpy import load_file
 
 from ftdrift.analysis import intruders
-from ftdrift.analysis.weights import aggregate_intruders, aggregate_weights, analyse_run
+from ftdrift.analysis.weight_tables import aggregate_intruders, aggregate_weights
+from ftdrift.analysis.weights import analyse_run
 from ftdrift.core import io
 from ftdrift.modeling import methods, models
 from ftdrift.study.config import load_catalog
 from ftdrift.study.methods import Method
+from ftdrift.testing import REPO, write_tiny_llama
 
 TASK = load_catalog(REPO / "config" / "tasks.yaml")["sst2"]
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}

@@ -6,6 +6,7 @@ smk.start(snakemake)
 configure_methods(snakemake.params.methods)  # method order, labels and colours
 write_drift(
     drift=snakemake.input.drift,
+    run_drift=snakemake.input.run_drift,
     runs=snakemake.input.runs,
     best=snakemake.input.best,
     seed_floor=snakemake.input.seed_floor,

@@ -98,6 +98,20 @@ def final_drift(drift: pd.DataFrame, metric: str, pooling: str) -> pd.DataFrame:
     return sub[sub.step == last]
 
 
+def run_drift_table(drift: pd.DataFrame) -> pd.DataFrame:
+    """run_drift.csv: the drift score of every run x metric x pooling, the mean over layers of the
+    drift value (1 − similarity, or the distance: ftdrift.core.drift_metrics.to_drift) at the run's
+    last snapshot. Columns RUN_KEYS + metric, pooling, step (that snapshot), drift; the report's
+    metric-vs-drift figures read it, the verdicts use its h2_metric x h2_pooling rows."""
+    columns = RUN_KEYS + ["metric", "pooling", "step", "drift"]
+    if drift.empty:
+        return pd.DataFrame(columns=columns)
+    final = drift[drift.step == drift.groupby(RUN_KEYS + ["metric", "pooling"])["step"].transform("max")]
+    scored = pd.concat([part.assign(drift=to_drift(metric, part.value)) for metric, part in final.groupby(
+        "metric", sort=False)])
+    return scored.groupby(columns[:-1], as_index=False, sort=False)["drift"].mean()[columns]
+
+
 def usable(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs whose numbers enter means (not diverged, not missing); all rows of a table without statuses."""
     return runs[runs.status.isin(USABLE_STATUSES)] if "status" in runs else runs
@@ -152,7 +166,7 @@ def aggregate(*, metrics_paths, predictions_paths, train_log_paths, validation_p
     """
     from ftdrift.analysis import uncertainty
     from ftdrift.analysis.verdicts import verdicts_table
-    from ftdrift.analysis.weights import aggregate_intruders, aggregate_weights
+    from ftdrift.analysis.weight_tables import aggregate_intruders, aggregate_weights
 
     confidence = analysis["confidence"]
     runs = runs_frame(metrics_paths)
@@ -171,13 +185,11 @@ def aggregate(*, metrics_paths, predictions_paths, train_log_paths, validation_p
     drift = (pd.concat([pd.read_csv(p, dtype={"lr": str}) for p in drift_paths], ignore_index=True) if drift_paths
              else pd.DataFrame(columns=RUN_KEYS + ["step", "layer", "layer_name", "pooling", "metric", "value"]))
     chosen = chosen_runs(runs)
-    final = final_drift(drift, analysis["h2_metric"], analysis["h2_pooling"]).merge(chosen[RUN_KEYS], on=RUN_KEYS)
-    # a run's drift: mean over layers of its drift value (1 - similarity, or the distance) at its last snapshot
-    run_drift = final.assign(drift=to_drift(analysis["h2_metric"], final.value)).groupby(
-        RUN_KEYS, as_index=False)["drift"].mean()
-    chosen = chosen.merge(run_drift, on=RUN_KEYS, how="left")
-
     metric, pooling = analysis["h2_metric"], analysis["h2_pooling"]
+    final = final_drift(drift, metric, pooling).merge(chosen[RUN_KEYS], on=RUN_KEYS)
+    scores = run_drift_table(drift)
+    chosen = chosen.merge(scores[(scores.metric == metric) & (scores.pooling == pooling)][RUN_KEYS + ["drift"]],
+                          on=RUN_KEYS, how="left")
     floor = uncertainty.seed_floor_table(seed_floor_paths, runs)
     boot = uncertainty.read_bootstrap(bootstrap_paths)
     best = best_table(chosen, runs, baselines, list(task_defs), confidence)
@@ -198,6 +210,7 @@ def aggregate(*, metrics_paths, predictions_paths, train_log_paths, validation_p
     runs = with_missing(runs, planned)
     io.write_csv(outputs["runs"], runs)
     io.write_csv(outputs["drift"], drift)
+    io.write_csv(outputs["run_drift"], scores)
     io.write_csv(outputs["weights"], with_status(aggregate_weights(weights_paths), runs))
     io.write_csv(outputs["best"], best)
     io.write_csv(outputs["verdicts"], verdicts)

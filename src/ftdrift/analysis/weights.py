@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 
 from ftdrift.analysis import tuned
+from ftdrift.analysis.weight_tables import ROW_KEYS, SWEEP_KEYS
 from ftdrift.core.spectra import (
     energy_rank,
     intruder_cosines,
@@ -58,10 +59,6 @@ from ftdrift.study.methods import Method
 
 log = logging.getLogger("ftdrift.analysis.weights")
 
-ROW_KEYS = ["module", "layer", "matrix", "effective_rank", "stable_rank", "frobenius_norm",
-            "top_singular_value", "intruder_dims", "rank_energy"]
-# results/weights/<run>.intruders.csv: one row per matrix x top-k x ε (after the RUN_KEYS)
-SWEEP_KEYS = ["module", "layer", "matrix", "k", "epsilon", "intruders"]
 # schema defaults of weights.intruder_ks / intruder_epsilons / delta_energy
 DEFAULT_KS = (5, 10, 20)
 DEFAULT_EPSILONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -224,27 +221,3 @@ def analyse_run(*, model_dir, model_cfg: dict, task_def: dict, method: Method, r
         "seconds": time.time() - started,
     }
     return table, summary, sweep_table
-
-
-def _read_run_tables(paths, columns: list[str]) -> pd.DataFrame:
-    frames = [pd.read_csv(p, dtype={"lr": str}) for p in paths]
-    if not frames:
-        return pd.DataFrame(columns=columns)
-    for path, frame in zip(paths, frames):
-        missing = [c for c in columns if c not in frame]
-        if missing:
-            raise ValueError(f"{path}: columns {missing} missing (written by an older weight_analysis? re-run it)")
-    return pd.concat(frames, ignore_index=True)
-
-
-def aggregate_weights(paths) -> pd.DataFrame:
-    """All runs' per-matrix rows (RUN_KEYS + ROW_KEYS, rank_energy included) in one table (lr kept as
-    its path string, e.g. '5e-3'). Raises ValueError naming a file that lacks a column."""
-    return _read_run_tables(paths, RUN_KEYS + ROW_KEYS)
-
-
-def aggregate_intruders(paths) -> pd.DataFrame:
-    """All runs' intruder sweeps (results/weights/<run>.intruders.csv) in one table: RUN_KEYS + SWEEP_KEYS
-    = task, method, lr, batch_size, seed, module, layer, matrix, k, epsilon, intruders; one row per run x
-    matrix x k x ε (lr kept as its path string). Raises ValueError naming a file that lacks a column."""
-    return _read_run_tables(paths, RUN_KEYS + SWEEP_KEYS)

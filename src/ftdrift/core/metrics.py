@@ -78,6 +78,7 @@ def _metric_fns() -> dict[str, Callable[[Any, Any], float]]:
 CLASSIFICATION_METRICS = (
     "accuracy", "f1", "f1_macro", "f1_micro", "precision", "recall", "matthews_corr",
 )
+QA_METRICS = ("exact", "f1")  # SQuAD v2's, in percent (squad_v2)
 
 
 def classification_metrics(

@@ -26,6 +26,9 @@ class DataError(ValueError):
     """Input data that cannot be used; the message names the file, row and reason."""
 
 
+# the prepared splits of a task, each results/data/<task>/<split>.jsonl (rule prepare_data)
+SPLITS = ("train", "dev", "validation", "probe")
+
 HOW_TO_PROVIDE = (
     "Provide the task files in their original formats in a folder and pass it with "
     "`--config data_dir=/path/to/data` or the FTDRIFT_DATA_DIR environment variable "
@@ -400,17 +403,25 @@ def seeded_subset(records: list[dict], size: int | None, seed: int) -> list[dict
     return [records[i] for i in keep]
 
 
-def prepare_task(task: str, task_def: dict, data_dir: Path | None, settings: dict, out_dir: Path) -> dict:
-    """Write train/dev/validation/probe JSON lines and splits.json for one task; return the summary."""
-    train_all, train_source = load_split(task_def, data_dir, "train", task)
-    validation_all, validation_source = load_split(task_def, data_dir, "validation", task)
+def study_splits(train_all: list[dict], validation_all: list[dict], settings: dict) -> dict[str, list[dict]]:
+    """{split: records} for SPLITS from a task's source train and validation records and its `data`
+    settings: dev carved from train (carve_dev), train and validation capped (max_train_examples,
+    max_validation_examples), the probe a subset of validation (probe_size), each draw seeded from
+    `split_seed`. What prepare_task writes and the cost estimate counts."""
     seed = settings["split_seed"]
     train, dev = carve_dev(train_all, settings["dev_size"], seed)
     train = seeded_subset(train, settings["max_train_examples"], seed + 1)
     validation = seeded_subset(validation_all, settings["max_validation_examples"], seed + 2)
     probe = seeded_subset(validation, settings["probe_size"], seed + 3)
+    return dict(zip(SPLITS, (train, dev, validation, probe), strict=True))
+
+
+def prepare_task(task: str, task_def: dict, data_dir: Path | None, settings: dict, out_dir: Path) -> dict:
+    """Write <split>.jsonl for SPLITS (study_splits) and splits.json for one task; return the summary."""
+    train_all, train_source = load_split(task_def, data_dir, "train", task)
+    validation_all, validation_source = load_split(task_def, data_dir, "validation", task)
     out_dir = Path(out_dir)
-    splits = {"train": train, "dev": dev, "validation": validation, "probe": probe}
+    splits = study_splits(train_all, validation_all, settings)
     for name, records in splits.items():
         io.write_jsonl(out_dir / f"{name}.jsonl", records)
     summary = {

@@ -21,7 +21,6 @@ from ftdrift.study.resources import micro_batch_plan
 
 log = logging.getLogger("ftdrift.estimate")
 STAND_IN = "embedded:all-MiniLM-L6-v2"
-SPLITS = ("train", "dev", "validation", "probe")
 
 
 @dataclass
@@ -77,16 +76,11 @@ def split_records(config: dict, task: str, workdir: Path = Path(".")) -> tuple[d
         validation_all, _ = ftasks.load_split(task_def, resolve_data_dir(config["data_dir"]), "validation", task)
     except ftasks.DataError as err:
         prepared = Path(workdir) / "results" / "data" / task
-        if all((prepared / f"{name}.jsonl").is_file() for name in SPLITS):
-            return {name: io.read_jsonl(prepared / f"{name}.jsonl") for name in SPLITS}, f"prepared {prepared}"
+        if all((prepared / f"{name}.jsonl").is_file() for name in ftasks.SPLITS):
+            return {name: io.read_jsonl(prepared / f"{name}.jsonl") for name in ftasks.SPLITS}, f"prepared {prepared}"
         raise ftasks.DataError(f"task {task}: {err}") from None
-    seed = settings["split_seed"]
-    train, dev = ftasks.carve_dev(train_all, settings["dev_size"], seed)
-    train = ftasks.seeded_subset(train, settings["max_train_examples"], seed + 1)
-    validation = ftasks.seeded_subset(validation_all, settings["max_validation_examples"], seed + 2)
-    probe = ftasks.seeded_subset(validation, settings["probe_size"], seed + 3)
     label = source.get("path", "") + (f" [{source['name']}]" if source.get("name") else "")
-    return {"train": train, "dev": dev, "validation": validation, "probe": probe}, f"{source['source']} {label}"
+    return ftasks.study_splits(train_all, validation_all, settings), f"{source['source']} {label}"
 
 
 def tokenise(records: dict[str, list[dict]], task_def: dict, data_settings: dict, tokenizer,
@@ -154,13 +148,13 @@ class TrainTokens:
 
 
 def sampler_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> np.ndarray:
-    """The training order of one epoch, as ftdrift.training.trainer.EpochSeededLengthSampler draws it
-    (transformers' length-grouped indices under a generator seeded with seed * 1_000_003 + epoch)."""
-    import torch
-    from transformers.trainer_pt_utils import get_length_grouped_indices
+    """The training order of one epoch: the fine-tuning job's own sampler
+    (ftdrift.training.trainer.EpochSeededLengthSampler) over these lengths."""
+    from ftdrift.training.trainer import EpochSeededLengthSampler
 
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return np.asarray(get_length_grouped_indices(lengths, batch_size, generator=generator), dtype=np.int64)
+    sampler = EpochSeededLengthSampler(batch_size, lengths=list(lengths), seed=seed)
+    sampler.set_epoch(epoch)
+    return np.fromiter(sampler, dtype=np.int64)
 
 
 def padded_batches(lengths: np.ndarray, batch: int) -> np.ndarray:

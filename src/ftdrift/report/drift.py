@@ -62,8 +62,10 @@ def _methods(frame: pd.DataFrame | None) -> list[str]:
     return method_order(set(frame.method)) if frame is not None and not frame.empty else []
 
 
-def write_drift(*, drift, runs, best, task: str, outputs: Mapping, seed_floor=None, drift_by_layer=None) -> None:
+def write_drift(*, drift, run_drift, runs, best, task: str, outputs: Mapping, seed_floor=None,
+                drift_by_layer=None) -> None:
     """Rule report_drift: the task's four figures per metric x pooling, and its final-step table.
+    `run_drift`: run_drift.csv (aggregate's per-run drift scores).
 
     `seed_floor` (seed_floor.csv) adds the seed floor to the by-layer and over-training figures and
     the table; `drift_by_layer` (drift_by_layer.csv) adds the probe-bootstrap interval to the table.
@@ -71,7 +73,7 @@ def write_drift(*, drift, runs, best, task: str, outputs: Mapping, seed_floor=No
     """
     drift = read_table(drift)
     drift = drift[drift.task == task] if not drift.empty else drift
-    runs, best = read_table(runs), read_table(best)
+    runs, best, scores = read_table(runs), read_table(best), read_table(run_drift)
     floor = read_table(seed_floor, required=False)
     by_layer = read_table(drift_by_layer, required=False)
     dirs = {k: fresh_dir(outputs[k]) for k in FIGURES}
@@ -82,7 +84,7 @@ def write_drift(*, drift, runs, best, task: str, outputs: Mapping, seed_floor=No
         plot_drift_heatmaps(drift, runs, best, task, metric, pooling, dirs["heatmaps"] / name)
         plot_drift_by_layer(drift, runs, best, task, metric, pooling, dirs["by_layer"] / name, floor=floor)
         plot_drift_over_training(drift, runs, best, task, metric, pooling, dirs["over_training"] / name, floor=floor)
-        plot_metric_vs_drift(drift, runs, best, task, metric, pooling, dirs["vs_metric"] / name)
+        plot_metric_vs_drift(scores, runs, best, task, metric, pooling, dirs["vs_metric"] / name)
     io.write_csv(outputs["table"], layer_drift_table(drift, runs, best, task, floor=floor, by_layer=by_layer))
 
 
@@ -427,22 +429,14 @@ def plot_drift_over_training(drift: pd.DataFrame, runs: pd.DataFrame | None, bes
     save(fig, path)
 
 
-def run_drift(drift: pd.DataFrame, metric: str, pooling: str) -> pd.DataFrame:
-    """Per run: mean over layers of drift at its final snapshot (the study's drift score)."""
-    sub = drift[(drift.metric == metric) & (drift.pooling == pooling)] if drift is not None and not drift.empty \
-        else pd.DataFrame(columns=RUN_KEYS + ["step", "value"])
-    fin = final_step(sub)
-    if fin.empty:
-        return pd.DataFrame(columns=RUN_KEYS + ["drift"])
-    fin = fin.assign(drift=to_drift(metric, fin.value))
-    return fin.groupby(RUN_KEYS, as_index=False)["drift"].mean()
-
-
-def plot_metric_vs_drift(drift: pd.DataFrame, runs: pd.DataFrame, best: pd.DataFrame | None, task: str, metric: str,
-                         pooling: str, path) -> None:
-    """Every run of a task: validation main metric vs drift; colour = method, hollow = stopped early."""
+def plot_metric_vs_drift(run_drift: pd.DataFrame, runs: pd.DataFrame, best: pd.DataFrame | None, task: str,
+                         metric: str, pooling: str, path) -> None:
+    """Every run of a task: validation main metric vs drift (run_drift.csv's score for `metric` x
+    `pooling`); colour = method, hollow = stopped early."""
     info = metric_info(metric)
-    per_run = run_drift(drift[drift.task == task] if drift is not None and not drift.empty else drift, metric, pooling)
+    per_run = (run_drift[(run_drift.task == task) & (run_drift.metric == metric) & (run_drift.pooling == pooling)][
+        RUN_KEYS + ["drift"]] if run_drift is not None and not run_drift.empty
+        else pd.DataFrame(columns=RUN_KEYS + ["drift"]))
     rsub = runs[runs.task == task] if runs is not None and not runs.empty else pd.DataFrame(columns=RUN_KEYS)
     data = rsub.merge(per_run, on=RUN_KEYS, how="left")
     if data.empty:

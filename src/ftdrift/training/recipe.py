@@ -39,6 +39,7 @@ from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 from ftdrift.core import io, metrics
 from ftdrift.core.precision import resolve_precision
 from ftdrift.core.store import SnapshotStore
+from ftdrift.data import tasks as ftasks
 from ftdrift.data.features import encode_classification, encode_probe, encode_qa_train
 from ftdrift.modeling import methods, models
 from ftdrift.modeling.checkpoint import check_max_length
@@ -47,6 +48,7 @@ from ftdrift.representations.extract import make_batches
 from ftdrift.representations.snapshots import SnapshotCallback
 from ftdrift.study import families
 from ftdrift.study.config import task_kind
+from ftdrift.study.grid import run_slug
 from ftdrift.study.methods import Method
 from ftdrift.training import oom, tracking, workdir
 from ftdrift.training.live_drift import LiveDrift
@@ -56,7 +58,6 @@ from ftdrift.training.timing import StageClock
 from ftdrift.training.trainer import StudyTrainer, last_complete_checkpoint, training_arguments
 
 log = logging.getLogger("ftdrift.training.recipe")
-SPLITS = ("train", "dev", "validation", "probe")
 
 
 @dataclass
@@ -90,8 +91,7 @@ class Job:
 
     @property
     def name(self) -> str:
-        r = self.run
-        return f"{r['task']}-{r['method']}-lr{r['lr']}-bs{r['batch_size']}-seed{r['seed']}"
+        return run_slug(self.run)
 
     @property
     def kind(self) -> str:
@@ -117,7 +117,7 @@ class Job:
 
     @property
     def split_files(self) -> dict[str, Path]:
-        return {name: Path(self.data_dir) / f"{name}.jsonl" for name in SPLITS}
+        return {name: Path(self.data_dir) / f"{name}.jsonl" for name in ftasks.SPLITS}
 
 
 @dataclass
