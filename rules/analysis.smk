@@ -43,6 +43,7 @@ rule aggregate:
             caption="../report/runs.rst",
         ),
         drift="results/tables/drift.csv",
+        run_drift="results/tables/run_drift.csv",
         best="results/tables/best.csv",
         verdicts="results/tables/verdicts.csv",
         drift_by_layer="results/tables/drift_by_layer.csv",
@@ -83,7 +84,7 @@ rule compare_methods:
         best="results/tables/best.csv",
         runs="results/tables/runs.csv",
         forgetting="results/tables/forgetting.csv",
-        pairs=expand(ftpairs.METHOD_PAIR, task=CONFIG["tasks"], method=COMPARED_METHODS),
+        pairs=[ftpairs.METHOD_PAIR.format(task=task, method=method) for task, method in COMPARED_PAIRS],
     output:
         methods="results/tables/methods.csv",
         closeness="results/tables/method_closeness.csv",

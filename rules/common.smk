@@ -7,6 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # use this checkout's library
 
 from ftdrift.analysis import pairs as ftpairs
+from ftdrift.data import tasks as ftdata
 from ftdrift.modeling import checkpoint as ftcheckpoint
 from ftdrift.study import config as ftconfig
 from ftdrift.study import families as ftfamilies
@@ -87,9 +88,9 @@ def run_data(wildcards):
     training, the guard checks it); a target off the grid (or with a learning rate
     not in canonical form) is refused here, naming the grid's values, instead of planning a job."""
     ftgrid.check_run(CONFIG, RUNS, wildcards)
-    return {
-        split: f"results/data/{wildcards.task}/{split}.jsonl" for split in ("train", "dev", "validation", "probe")
-    } | {"base": ancient(f"results/representations/base/{wildcards.task}.zarr")}
+    return {split: f"results/data/{wildcards.task}/{split}.jsonl" for split in ftdata.SPLITS} | {
+        "base": ancient(f"results/representations/base/{wildcards.task}.zarr")
+    }
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,10 +118,10 @@ def all_targets():
 # one CSV per setting of the analysed grid with >= 2 seeds (rule aggregate reads them)
 SEED_FLOOR_PATHS = ftpairs.seed_floor_paths(ANALYSED_RUNS)
 REFERENCE_METHOD = CONFIG["analysis"]["reference_method"]
-# every method but the reference, each compared with it (ftdrift.study.methods.compared)
-COMPARED_METHODS = [method for method in CONFIG["methods"] if method != REFERENCE_METHOD]
-# both similarity CSVs of every task x compared method (rule compare_methods and the report read them)
-METHOD_SIMILARITY_PATHS = ftpairs.method_similarity_paths(CONFIG["tasks"], COMPARED_METHODS)
+# (task, method) of every comparison with the reference: each task x other method run on it
+COMPARED_PAIRS = ftgrid.compared_pairs(CONFIG)
+# both similarity CSVs of every comparison (rule compare_methods and the report read them)
+METHOD_SIMILARITY_PATHS = ftpairs.method_similarity_paths(COMPARED_PAIRS)
 
 
 def seed_floor_seeds(wildcards):

@@ -160,6 +160,7 @@ _DRIFT_FIGURES = dict(
 rule report_drift:
     input:
         drift=f"{TABLES}/drift.csv",
+        run_drift=f"{TABLES}/run_drift.csv",
         runs=f"{TABLES}/runs.csv",
         best=f"{TABLES}/best.csv",
         seed_floor=f"{TABLES}/seed_floor.csv",
@@ -538,8 +539,6 @@ REPORT_TARGETS = (
         f"{REPORT_DIR}/weights/intruder_intervention.svg",
     ]
     + expand(f"{REPORT_DIR}/drift/{{task}}/final_drift_by_layer.csv", task=CONFIG["tasks"])
-    + expand(
-        f"{REPORT_DIR}/similarity/{{task}}/{{method}}/final_by_layer.csv", task=CONFIG["tasks"], method=COMPARED_METHODS
-    )
+    + [f"{REPORT_DIR}/similarity/{task}/{method}/final_by_layer.csv" for task, method in COMPARED_PAIRS]
     + expand(f"{REPORT_DIR}/training/{{task}}/all_runs.svg", task=CONFIG["tasks"])
 )

@@ -6,10 +6,16 @@ import sys
 
 import pytest
 import yaml
-from helpers import REPO
 
-from ftdrift.study.config import ConfigError, load_yaml, probe_pooling, resolve, task_settings
-from ftdrift.study.grid import check_run, grid
+from ftdrift.study.config import (
+    ConfigError,
+    load_yaml,
+    probe_pooling,
+    resolve,
+    task_settings,
+)
+from ftdrift.study.grid import check_run, compared_pairs, grid
+from ftdrift.testing import REPO
 
 BASE = {
     "tasks": ["sst2", "squad_v2"],
@@ -372,6 +378,33 @@ def test_a_task_can_have_its_own_seeds():
         task_overrides={"sst2": {"grid": {"learning_rates": {}}}}))
 
 
+def test_a_task_can_run_a_subset_of_the_methods():
+    """task_overrides.<task>.grid.methods: the task runs those methods only (in the config's order);
+    comparisons with the reference exist where a task runs both; a method needs learning rates only
+    for the task kinds it is run on; an unknown name is refused naming the key."""
+    methods = {"full": {}, "lora": {"peft": {"peft_type": "LORA", "r": 8, "target_modules": "qv"}},
+               "ia3": {"peft": {"peft_type": "IA3"}}}
+    rates = copy.deepcopy(BASE["grid"]["learning_rates"])
+    rates["ia3"] = {"classification": [1e-2]}  # no extractive_qa list: ia3 is not run on squad_v2
+    config = resolve(config_with(methods=methods, grid={**BASE["grid"], "learning_rates": rates},
+                                 task_overrides={"squad_v2": {"grid": {"methods": ["lora", "full"]}}}))
+    runs = grid(config)
+    assert {(r.task, r.method) for r in runs} == {("sst2", "full"), ("sst2", "lora"), ("sst2", "ia3"),
+                                                  ("squad_v2", "full"), ("squad_v2", "lora")}
+    assert [r.method for r in runs if r.task == "squad_v2"][::4] == ["full", "lora"]  # the config's order
+    assert compared_pairs(config) == [("sst2", "lora"), ("sst2", "ia3"), ("squad_v2", "lora")]
+    error = run_error((config, runs), task="squad_v2", method="ia3", lr="1e-2")
+    assert "method 'ia3' is not in the grid" in error and "['full', 'lora'] on squad_v2" in error
+    # without the override ia3 would run on squad_v2 and needs its rates there
+    assert "grid.learning_rates.ia3.extractive_qa': needed for squad_v2" in error_of(
+        config_with(methods=methods, grid={**BASE["grid"], "learning_rates": rates}))
+    assert ("'task_overrides.squad_v2.grid.methods': ['dora'] not among the configured methods (['full', 'lora'])"
+            in error_of(config_with(task_overrides={"squad_v2": {"grid": {"methods": ["dora"]}}})))
+    # a task without the reference method has no comparison
+    config = resolve(config_with(task_overrides={"squad_v2": {"grid": {"methods": ["lora"]}}}))
+    assert compared_pairs(config) == [("sst2", "lora")]
+
+
 def test_unplanned_task_or_method_is_refused(planned):
     assert "task 'rte' with method 'full' is not in the grid" in run_error(planned, task="rte")
 
@@ -429,3 +462,21 @@ def test_bad_absolute_h1_tolerances_are_refused_naming_the_task(tmp_path, value,
 def test_the_absolute_tolerance_is_bounded_by_the_metric_range(tmp_path):
     assert "range of its main metric 'accuracy' (1)" in catalog_error(
         tmp_path, main_metric="accuracy", h1_absolute_tolerance=1.0)
+
+
+def test_registered_names_are_checked_against_their_registries(tmp_path):
+    """The schema's enums of drift metrics, model families and task metrics are the registries'
+    own names (filled at load): a name outside them is refused naming the key and the choices."""
+    from ftdrift.core.drift_metrics import DRIFT_METRICS
+    from ftdrift.core.metrics import CLASSIFICATION_METRICS
+    from ftdrift.study.families import FAMILIES
+
+    error = error_of(config_with(drift={"metrics": ["linear_cka", "svcca"]}))
+    assert "drift.metrics" in error and "svcca" in error and all(name in error for name in DRIFT_METRICS)
+    error = error_of(config_with(model={"name_or_path": "x", "family": "gpt2"}))
+    assert "model.family" in error and all(name in error for name in FAMILIES)
+    catalog = load_yaml(REPO / "config" / "tasks.yaml")
+    catalog["sst2"]["metrics"] = ["accuracy", "spearman"]
+    (tmp_path / "tasks.yaml").write_text(yaml.safe_dump(catalog))
+    error = error_of(config_with(task_catalog=str(tmp_path / "tasks.yaml")))
+    assert "spearman" in error and all(name in error for name in CLASSIFICATION_METRICS)

@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import make_tiny_workdir, run_snakemake
 
 from ftdrift.analysis import pairs
 from ftdrift.core.similarity import probe_resamples
 from ftdrift.core.store import SnapshotStore
 from ftdrift.study.grid import Run
+from ftdrift.testing import make_tiny_workdir, run_snakemake
 
 N, D = 12, 6
 ATTRS = {"poolings": ["mean", "last"], "probe_ids": [f"p{i}" for i in range(N)],
@@ -187,7 +187,7 @@ def test_every_compared_method_gets_its_own_pair_with_the_reference(tmp_path):
 
 
 def test_paths_and_inputs_of_the_comparisons():
-    assert pairs.method_similarity_paths(["sst2", "rte"], ["lora", "ia3"]) == [
+    assert pairs.method_similarity_paths([("sst2", "lora"), ("sst2", "ia3"), ("rte", "lora"), ("rte", "ia3")]) == [
         "results/similarity/sst2/lora.csv", "results/similarity/sst2/lora_layers.csv",
         "results/similarity/sst2/ia3.csv", "results/similarity/sst2/ia3_layers.csv",
         "results/similarity/rte/lora.csv", "results/similarity/rte/lora_layers.csv",

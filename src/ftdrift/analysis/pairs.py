@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ftdrift.study.grid import SETTING_KEYS, USABLE_STATUSES, format_float
+from ftdrift.study.grid import RUN_NAME, SETTING_KEYS, SETTING_NAME, USABLE_STATUSES, format_float
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ftdrift.analysis.pairs")
 
-SEED_FLOOR = "results/seed_floor/{task}/{method}/lr{lr}_bs{batch_size}.csv"
+SEED_FLOOR = "results/seed_floor/{task}/{method}/" + SETTING_NAME + ".csv"
 # one pair of tables per (task, compared method); the reference is a column, not part of the path
 METHOD_PAIR = "results/similarity/{task}/{method}.csv"
 METHOD_PAIR_LAYERS = "results/similarity/{task}/{method}_layers.csv"
@@ -88,11 +88,10 @@ def seed_floor_paths(runs: Iterable) -> list[str]:
     return [SEED_FLOOR.format(**setting) for setting in settings_with_seeds(runs)]
 
 
-def method_similarity_paths(tasks: Iterable[str], compared: Iterable[str]) -> list[str]:
-    """Both similarity CSVs (METHOD_PAIR, METHOD_PAIR_LAYERS) of every task x compared method
-    (ftdrift.study.methods.compared: every configured method but the reference)."""
-    compared = list(compared)
-    return [pattern.format(task=task, method=method) for task in tasks for method in compared
+def method_similarity_paths(pairs: Iterable[tuple[str, str]]) -> list[str]:
+    """Both similarity CSVs (METHOD_PAIR, METHOD_PAIR_LAYERS) of every (task, compared method) of
+    `pairs` (ftdrift.study.grid.compared_pairs)."""
+    return [pattern.format(task=task, method=method) for task, method in pairs
             for pattern in (METHOD_PAIR, METHOD_PAIR_LAYERS)]
 
 
@@ -384,7 +383,8 @@ def method_similarity_tables(task: str, method: str, reference: str, chosen_path
     def store(name: str, seed: int):
         if key(name, seed) not in store_paths:
             _, lr, bs, _ = key(name, seed)
-            raise KeyError(f"task {task}: no snapshot store given for run {name}/lr{lr}_bs{bs}_seed{seed}")
+            raise KeyError(f"task {task}: no snapshot store given for run "
+                           f"{name}/{RUN_NAME.format(lr=lr, batch_size=bs, seed=seed)}")
         return store_paths[key(name, seed)]
 
     pairs, layers = [], []

@@ -17,10 +17,11 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ftdrift import REPO_ROOT
 from ftdrift.study import families, methods
 from ftdrift.study.errors import ConfigError
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the repository: src/ftdrift/study/config.py
+PACKAGE_ROOT = REPO_ROOT  # the repository (config/ is read from it)
 CONFIG_DIR = PACKAGE_ROOT / "config"
 QA_TYPES = ("extractive_qa",)
 QA_SPECIAL_TOKENS = 4  # room for the special tokens of a question/context pair
@@ -142,14 +143,49 @@ def _schema_text(name: str) -> str:
     return (CONFIG_DIR / name).read_text()
 
 
+def _registry_enums() -> dict[str, dict[tuple[str, ...], list[str]]]:
+    """{schema file: {path inside it: names}}: the enums a registry owns, so the schema never
+    restates (and never falls behind) the drift metrics, model families and task metrics."""
+    from ftdrift.core.drift_metrics import DRIFT_METRICS
+    from ftdrift.core.metrics import CLASSIFICATION_METRICS, QA_METRICS
+
+    return {
+        "schema.yaml": {("definitions", "drift_metric"): list(DRIFT_METRICS),
+                        ("properties", "model", "properties", "family"): [families.AUTO, *families.FAMILIES]},
+        "tasks.schema.yaml": {("additionalProperties", "properties", "metrics", "items"):
+                              list(dict.fromkeys([*CLASSIFICATION_METRICS, *QA_METRICS]))},
+    }
+
+
 def load_schema(name: str) -> dict:
-    """A schema from config/, parsed afresh (callers may modify it); the file is read once."""
-    return yaml.safe_load(_schema_text(name))
+    """A schema from config/, parsed afresh (callers may modify it); the file is read once. The
+    enums of registered names are filled from their registries (_registry_enums)."""
+    schema = yaml.safe_load(_schema_text(name))
+    for path, names in _registry_enums().get(name, {}).items():
+        node = schema
+        for key in path:
+            node = node[key]
+        node["enum"] = names
+    return schema
 
 
 def task_kind(task_def: dict) -> str:
     """'classification' or 'extractive_qa': the axis learning rates and lengths depend on."""
     return "extractive_qa" if task_def["type"] in QA_TYPES else "classification"
+
+
+def task_methods(config: dict, task: str) -> list[str]:
+    """The methods run on `task`, in the config's `methods` order: `task_overrides.<task>.grid.methods`
+    where given (e.g. an expensive method on one task only), else every method. ConfigError naming
+    the key for a name that is not a configured method."""
+    own = config.get("task_overrides", {}).get(task, {}).get("grid", {}).get("methods")
+    if own is None:
+        return list(config["methods"])
+    unknown = [name for name in own if name not in config["methods"]]
+    if unknown:
+        raise ConfigError(f"config key 'task_overrides.{task}.grid.methods': {unknown} not among the configured "
+                          f"methods ({list(config['methods'])})")
+    return [name for name in config["methods"] if name in own]
 
 
 def metric_range(task_def: dict) -> float:
@@ -220,6 +256,7 @@ def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
         if task not in catalog:
             raise ConfigError(f"config key 'task_overrides.{task}': no such task in the catalog")
         task_settings(config, task)  # an override of a task not run now is still checked
+        task_methods(config, task)
     for task in config["tasks"]:
         settings = task_settings(config, task)
         dev_size = settings["data"]["dev_size"]
@@ -243,10 +280,11 @@ def resolve(config: dict, base_dir: str | os.PathLike | None = None) -> dict:
 
 def _check_rates(config: dict) -> None:
     """Every method needs a learning-rate list for each task kind it is run on (and only those)."""
-    kinds = {}
-    for task in config["tasks"]:
-        kinds.setdefault(task_kind(config["task_defs"][task]), []).append(task)
     for method, rates in config["grid"]["learning_rates"].items():
+        kinds = {}
+        for task in config["tasks"]:
+            if method in task_methods(config, task):
+                kinds.setdefault(task_kind(config["task_defs"][task]), []).append(task)
         for kind, tasks in kinds.items():
             if kind not in rates:
                 raise ConfigError(f"config key 'grid.learning_rates.{method}.{kind}': needed for {', '.join(tasks)} "
@@ -366,3 +404,16 @@ def resolve_data_dir(data_dir: str | None) -> Path | None:
     """The configured data folder, else $FTDRIFT_DATA_DIR, else None (= Hugging Face hub)."""
     value = data_dir or os.environ.get("FTDRIFT_DATA_DIR") or None
     return Path(value).expanduser().resolve() if value else None
+
+
+def load_config(configfiles: list[str], overrides: list[str]) -> dict:
+    """Config as Snakemake builds it: config files merged in order, then `--config key=value` on top
+    (unresolved; `resolve` validates it)."""
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+
+    config: dict = {}
+    for path in configfiles:
+        update_config(config, load_yaml(path) or {})
+    update_config(config, parse_config(overrides))
+    return config

@@ -10,16 +10,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ftdrift.study.config import INTEGER_LITERAL, NUMBER_LITERAL, ConfigError, task_kind
+from ftdrift.study.config import INTEGER_LITERAL, NUMBER_LITERAL, ConfigError, task_kind, task_methods
 
 RUN_KEYS = ["task", "method", "lr", "batch_size", "seed"]  # a run's identity: the columns of every table
 SETTING_KEYS = ["task", "method", "lr", "batch_size"]  # a hyperparameter setting: a run without its seed
-RUN_NAME = "lr{lr}_bs{batch_size}_seed{seed}"
+SETTING_NAME = "lr{lr}_bs{batch_size}"  # results/seed_floor/<task>/<method>/<SETTING_NAME>.csv
+RUN_NAME = SETTING_NAME + "_seed{seed}"
 RUN_PATTERN = "{task}/{method}/" + RUN_NAME  # results/runs/<RUN_PATTERN>/, results/drift/<RUN_PATTERN>.csv, ...
 # a finished run's status (metrics.json meta.status) is completed, stopped_early or diverged; a
 # planned run without results is missing. Diverged and missing runs stay out of every mean, the
 # choice of settings and the verdicts.
 USABLE_STATUSES = ("completed", "stopped_early")
+
+def run_slug(run: dict) -> str:
+    """A run's name where a path separator cannot go (W&B run names, log lines): RUN_PATTERN with
+    '/' as '-', e.g. 'sst2-full-lr3e-4_bs32_seed42'. `run` holds RUN_KEYS."""
+    return RUN_PATTERN.format(**run).replace("/", "-")
+
 
 def format_float(value: float) -> str:
     """Canonical scientific notation for paths: 1e-05 -> '1e-5', 0.0003 -> '3e-4', 2.5e-5 -> '2.5e-5'."""
@@ -77,12 +84,20 @@ def grid(config: dict) -> list[Run]:
     runs = []
     for task in config["tasks"]:
         kind = task_kind(config["task_defs"][task])
-        for method in config["methods"]:
+        for method in task_methods(config, task):
             for lr in config["grid"]["learning_rates"][method][kind]:
                 for batch_size in config["grid"]["batch_sizes"]:
                     for seed in task_seeds(config, task):
                         runs.append(Run(task, method, format_float(lr), int(batch_size), int(seed)))
     return runs
+
+
+def compared_pairs(config: dict) -> list[tuple[str, str]]:
+    """(task, method) of every comparison with the reference method (`analysis.reference_method`):
+    each task x other method where the task runs both (task_methods), tasks outermost."""
+    reference = config["analysis"]["reference_method"]
+    return [(task, method) for task in config["tasks"] for method in task_methods(config, task)
+            if method != reference and reference in task_methods(config, task)]
 
 
 def _canonical_int(text: str) -> str | None:
@@ -105,7 +120,9 @@ def check_run(config: dict, runs: list[Run], wildcards) -> None:
     points = [run for run in runs if (run.task, run.method) == (w["task"], w["method"])]
     if not points:
         raise ConfigError(f"target {target}: task '{w['task']}' with method '{w['method']}' is not in the grid "
-                          f"(tasks: {config['tasks']}, methods: {list(config['methods'])})")
+                          f"(tasks: {config['tasks']}, methods: " + (
+                              f"{task_methods(config, w['task'])} on {w['task']})" if w["task"] in config["tasks"]
+                              else f"{list(config['methods'])})"))
     kind = task_kind(config["task_defs"][w["task"]])
     for field, prefix, key, canonical in (
             ("lr", "lr", f"grid.learning_rates.{w['method']}.{kind}", _canonical_lr),

@@ -120,11 +120,6 @@ def reference(config: dict) -> str:
     return config["analysis"]["reference_method"]
 
 
-def compared(config: dict) -> list[str]:
-    """The methods compared with the reference: every configured one but the reference."""
-    return [name for name in config["methods"] if name != reference(config)]
-
-
 def ranks(config: dict) -> dict[str, int]:
     """{name: adapter rank r} of the methods that have one (what the weight figures mark)."""
     return {name: m.rank for name, m in from_config(config).items() if m.rank is not None}
