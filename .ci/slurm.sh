@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Single-node SLURM "cluster" on this machine, for CI and for tests/test_slurm.py.
+# Single-node SLURM "cluster" on this machine, for CI and for tests/system/test_slurm.py.
 #
 #   .ci/slurm.sh install   install Debian's slurm-wlm + munge (skipped when present)
 #   .ci/slurm.sh start     install if needed, write /etc/slurm/slurm.conf, start

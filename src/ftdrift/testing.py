@@ -196,7 +196,7 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, env: dict | Non
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     if not any("slurm" in str(a) for a in args) and "SLURM_CONF" not in full_env:
         # snakemake-executor-plugin-slurm 2.8.0 runs `scontrol show config` when Snakemake imports it
-        # (for every workflow, any executor); with SLURM installed (tests/test_slurm.py) but no
+        # (for every workflow, any executor); with SLURM installed (tests/system/test_slurm.py) but no
         # controller up, scontrol waits ~9 s. A config naming an unreachable controller fails at once.
         full_env["SLURM_CONF"] = str(no_slurm_conf())
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, check=False)

@@ -8,7 +8,7 @@ fine-tuning jobs, compared bit for bit with an undisturbed run.
    only, full fine-tuning and LoRA) for two run folders, so that no output differs by a path.
    Fine-tuning is long enough to hit: 48 optimizer steps, a checkpoint and a dev evaluation every
    4 steps, a snapshot every 3 (off the checkpoint cadence on purpose), no early stopping.
-2. The reference runs undisturbed with the local executor, alongside the chaos run (tests/test_slurm.py
+2. The reference runs undisturbed with the local executor, alongside the chaos run (tests/system/test_slurm.py
    shows the SLURM and local executors produce byte-identical results here: same thread count, same
    seeds). Both build the aggregate tables (target results/tables/runs.csv and its siblings).
 3. The chaos run goes through `--workflow-profile profiles/slurm`. A seeded plan (random.Random(seed))
@@ -23,7 +23,7 @@ fine-tuning jobs, compared bit for bit with an undisturbed run.
    (`--rerun-incomplete`) until it succeeds (at most --max-rounds). Once every finetune job of a
    round is dead and no job of ours is left in SLURM, the doomed invocation is ended with SIGINT
    (the slurm plugin's backed-off status checks would take a minute or more to notice).
-4. Every result file of ftdrift.testing.result_files (the files tests/test_slurm.py compares too: all
+4. Every result file of ftdrift.testing.result_files (the files tests/system/test_slurm.py compares too: all
    but logs, work folders, W&B, benchmarks, .log, .html) is compared with the reference's: byte for
    byte; where bytes differ, JSON keys and CSV columns holding wall-clock measurements (`seconds`,
    `*_seconds`, `*runtime*`, `*per_second*`, `cpu_rss*`, `resumed_from`) are dropped, a CSV's column

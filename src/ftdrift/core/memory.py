@@ -5,7 +5,7 @@ example, and later batches start at the size that fitted. Nothing is re-trained,
 do not depend on the split: each example's outputs depend on its own row only (eval mode), and a
 piece of an already padded batch keeps the batch's padding length; only the last bits may differ,
 as kernels pick their blocking by the number of rows (float32 on the CPU: up to 1 ulp, measured in
-tests/test_oom_eval.py), and the same pieces give the same bits. A single example that does not
+tests/training/test_oom_eval.py), and the same pieces give the same bits. A single example that does not
 fit raises `EvalOutOfMemoryError`, which the training retry (ftdrift.training.oom) does not retry.
 """
 

@@ -27,7 +27,7 @@ model's parameters, P = the method's trainable parameters (adapter + task head):
 
 Trainable parameters are counted from the model's shape (`ModelDims`: hidden and intermediate
 sizes, blocks, key/value width) and the spec (r, rank_pattern, target preset or list,
-layers_to_transform, use_dora, lora_bias), here and nowhere else; tests/test_estimate.py checks
+layers_to_transform, use_dora, lora_bias), here and nowhere else; tests/estimate/test_estimate.py checks
 the count against peft's on tiny models. peft types other than LoRA and IA3 are counted as a LoRA
 of their `r` (8 if none) on their targets (q/v if none): an approximation, said in the notes.
 """

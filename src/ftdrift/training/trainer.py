@@ -115,7 +115,7 @@ class StudyTrainer(SplittingEvalTrainer):
         # state, restored from the mirror when the upload of its outputs was cut), transformers 5.24
         # trains on: its epoch loop takes a step before it checks for the end (max_steps inside an
         # epoch: one step past it), and on_train_begin clears the restored stop (early stopping: on
-        # to the next evaluation). Nothing is left to train; tests/test_workdir_mirror_gcs.py guards it.
+        # to the next evaluation). Nothing is left to train; tests/system/test_workdir_mirror_gcs.py guards it.
         if self._resumed_at_stop:
             self.control.should_training_stop = True
             return None
@@ -151,7 +151,7 @@ class StudyTrainer(SplittingEvalTrainer):
         # steps, but the divergence guard needs it at every step before the optimizer applies it.
         # This hook hands over the norm the Trainer already computed; the public alternative (a
         # second pass over every gradient in on_pre_optimizer_step) cost 2 % of each step.
-        # transformers is pinned in pyproject.toml; tests/test_divergence.py guards it.
+        # transformers is pinned in pyproject.toml; tests/training/test_divergence.py guards it.
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         if self.monitor is not None:
             self.monitor.observe_grad_norm(grad_norm)

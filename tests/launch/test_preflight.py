@@ -22,8 +22,8 @@ import yaml
 
 from ftdrift import preflight
 from ftdrift.study import config as ftconfig
+from ftdrift.testing import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TOKEN = "hf_preflightSecretToken9876"
 GOOD, GATED, DATASET = "org/good-model", "org/gated-model", "org/some-data"
 GOOD_SHA = "0123456789abcdef0123456789abcdef01234567"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from ftdrift import profiles
+from ftdrift.testing import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 GCP_ENV = {"GOOGLE_CLOUD_PROJECT": "dummy-project", "GOOGLE_CLOUD_REGION": "us-central1",
            "FTDRIFT_GCS_BUCKET": "dummy-bucket"}
 SLURM_ENV = {"FTDRIFT_SLURM_PARTITION": "cpu-dummy", "FTDRIFT_SLURM_GPU_PARTITION": "gpu-dummy"}

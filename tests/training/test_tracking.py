@@ -12,18 +12,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import wandb
-from test_train import CATALOG, run_kwargs, tiny  # noqa: F401 - the module fixture
 from transformers import TrainerCallback
 from wandb.proto import wandb_internal_pb2
 
 from ftdrift.analysis.drift import drift_table
 from ftdrift.representations.base import base_representations
+from ftdrift.study import config as ftconfig
 from ftdrift.study import families
 from ftdrift.training.live_drift import LiveDrift
 from ftdrift.training.recipe import finetune
 
+CATALOG = ftconfig.load_catalog(ftconfig.CONFIG_DIR / "tasks.yaml")
 TASK = "sst2"
-LOSS_RTOL = 1e-5  # an OOM retry's micro-batch sums float32 in another order (tests/test_train.py)
+LOSS_RTOL = 1e-5  # an OOM retry's micro-batch sums float32 in another order (tests/training/test_recipe.py)
 # what report_to sets in the process environment; each test starts without them and restores them
 WANDB_ENV = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_NAME",
              "WANDB_DIR", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_SILENT", "WANDB_LOG_MODEL")
@@ -94,14 +95,15 @@ def logged(history: list[dict], key: str) -> list[tuple[int, float]]:
 
 # -- fixtures
 @pytest.fixture(scope="module")
-def world(tiny):  # noqa: F811 - test_train's tiny workdir, with the base model's representations of SST-2's probe set
+def world(tiny):
+    """The tiny job (tests/conftest.py) and the base model's representations of SST-2's probe set."""
     workdir, cfg, data = tiny
     settings = data[TASK]
     base = workdir / "base.zarr"
     base_representations(probe_path=workdir / "prepared" / TASK / "probe.jsonl", store_path=base,
                          model_cfg=cfg["model"], task_def=CATALOG[TASK], data_settings=settings["data"],
                          rep_settings=settings["representations"])
-    return workdir, cfg, settings, base
+    return tiny, base
 
 
 @pytest.fixture
@@ -117,8 +119,8 @@ def offline(tmp_path, monkeypatch):
 
 def job(world, out: Path, snapshot_steps: int = 2, **training) -> dict:
     """finetune's arguments for a full fine-tuning of SST-2 with W&B offline (batch 4)."""
-    workdir, cfg, settings, _ = world
-    kwargs = run_kwargs((workdir, cfg, {TASK: settings}), out, task=TASK, **{
+    tiny, _ = world
+    kwargs = tiny.run_kwargs(out, task=TASK, **{
         "max_steps": 6, "save_steps": 2, "eval_steps": 3, "logging_steps": 1, "max_micro_batch": 4, **training})
     kwargs["settings"]["representations"]["snapshot_steps"] = snapshot_steps
     kwargs["wandb_cfg"] = {"mode": "offline", "project": "ftdrift-test", "entity": None}
@@ -127,8 +129,8 @@ def job(world, out: Path, snapshot_steps: int = 2, **training) -> dict:
 
 def live_drift(world, out: Path) -> LiveDrift:
     """LiveDrift on the job's snapshot store, as the recipe adds it after its SnapshotCallback."""
-    _, cfg, _, base = world
-    return LiveDrift(base, out / "work" / "representations.zarr", families.family(cfg["model"]["family"]).poolings)
+    tiny, base = world
+    return LiveDrift(base, out / "work" / "representations.zarr", families.family(tiny.cfg["model"]["family"]).poolings)
 
 
 class OutOfMemoryAt(TrainerCallback):
@@ -210,7 +212,7 @@ def test_an_out_of_memory_retry_sends_each_step_once(world, tmp_path, offline):
 def test_live_drift_equals_the_drift_analysis(world, tmp_path, offline):
     """The per-layer linear CKA against the base model sent at each snapshot, and its mean over
     layers, are drift.csv's values (ftdrift.analysis.drift.drift_table) for the same two stores."""
-    _, _, _, base = world
+    _, base = world
     out = tmp_path / "job"
     result = finetune(**job(world, out, snapshot_steps=3), callbacks=(live_drift(world, out),))
     wandb.finish()

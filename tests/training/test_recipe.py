@@ -4,6 +4,7 @@ A diverging run (a result, not an error) is tested in test_divergence.py."""
 
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -17,66 +18,24 @@ import pytest
 import zarr
 from transformers import AutoTokenizer, TrainerCallback
 
-from ftdrift.data.tasks import prepare_task
 from ftdrift.study import config as ftconfig
 from ftdrift.study.resources import micro_batch_plan
-from ftdrift.testing import make_tiny_workdir
-from ftdrift.training.recipe import RunOutputs, finetune
+from ftdrift.training.recipe import finetune
 from ftdrift.training.workdir import MIRROR_ENV
 
 CATALOG = ftconfig.load_catalog(ftconfig.CONFIG_DIR / "tasks.yaml")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    workdir = make_tiny_workdir(tmp_path_factory.mktemp("tiny"))
-    cfg = ftconfig.resolve({**ftconfig.load_yaml(workdir / "tiny.yaml")})
-    data = {}
-    for task in ("sst2", "squad_v2"):
-        settings = ftconfig.task_settings(cfg, task)
-        prepare_task(task, CATALOG[task], Path(cfg["data_dir"]), settings["data"], workdir / "prepared" / task)
-        data[task] = settings
-    return workdir, cfg, data
-
-
-def run_kwargs(tiny, out: Path, task="sst2", method="full", lr="1e-3", **training):
-    """The job's keyword arguments; `method` one of the tiny config's (else set method_spec after)."""
-    workdir, cfg, data = tiny
-    settings = json.loads(json.dumps(data[task]))
-    settings["training"].update(training)
-    return dict(
-        run={"task": task, "method": method, "lr": lr, "batch_size": 4, "seed": 1},
-        task_def=CATALOG[task], settings=settings, model_cfg=cfg["model"], method_spec=cfg["methods"].get(method, {}),
-        wandb_cfg={"mode": "disabled", "project": "ftdrift", "entity": None},
-        data_dir=workdir / "prepared" / task, work_dir=out / "work",
-        outputs=RunOutputs(metrics=out / "metrics.json", train_log=out / "train_log.csv",
-                           predictions=out / "predictions.json", representations=out / "reps.zarr",
-                           model=out / "model"),
-        threads=1)
-
-
-def reps(path):
-    group = zarr.open_group(str(path), mode="r")
-    return group["step"][...], {p: group[p][...] for p in group.attrs["poolings"]}
-
-
-def comparable(metrics):
-    meta = {k: v for k, v in metrics["meta"].items() if k not in ("train_seconds", "resumed_from", "stage_seconds")}
-    return {**metrics, "meta": meta}
-
-
 def test_two_identical_runs_give_identical_metrics(tiny, tmp_path):
-    a = finetune(**run_kwargs(tiny, tmp_path / "a", method="lora", lr="5e-3"))
-    b = finetune(**run_kwargs(tiny, tmp_path / "b", method="lora", lr="5e-3"))
-    assert comparable(a) == comparable(b)
-    steps_a, reps_a = reps(tmp_path / "a" / "reps.zarr")
-    steps_b, reps_b = reps(tmp_path / "b" / "reps.zarr")
+    a = finetune(**tiny.run_kwargs(tmp_path / "a", method="lora", lr="5e-3"))
+    b = finetune(**tiny.run_kwargs(tmp_path / "b", method="lora", lr="5e-3"))
+    assert tiny.comparable(a) == tiny.comparable(b)
+    steps_a, reps_a = tiny.reps(tmp_path / "a" / "reps.zarr")
+    steps_b, reps_b = tiny.reps(tmp_path / "b" / "reps.zarr")
     assert list(steps_a) == [0, 2, 4, 6]
     for pooling in reps_a:
         assert np.array_equal(reps_a[pooling], reps_b[pooling])
     assert a["meta"]["trainable_params"] < a["meta"]["total_params"] / 2
-
-
 
 
 @pytest.mark.parametrize("fresh_machine", [False, True], ids=["same-disk", "fresh-vm-from-mirror"])
@@ -84,25 +43,20 @@ def test_resume_after_sigkill_is_bitwise_identical(tiny, tmp_path, monkeypatch, 
     """Killed after a checkpoint, run again: on the same disk, or (spot VM) on an empty disk
     with the work folder mirrored to $FTDRIFT_CHECKPOINT_MIRROR."""
     training = {"max_steps": 40, "save_steps": 6, "eval_steps": 3, "early_stopping_patience": None}
-    reference = finetune(**run_kwargs(tiny, tmp_path / "ref", **training))
+    reference = finetune(**tiny.run_kwargs(tmp_path / "ref", **training))
 
     out = tmp_path / "killed"
     mirror = tmp_path / "bucket"
     env = {**os.environ, MIRROR_ENV: mirror.as_uri()} if fresh_machine else dict(os.environ)
+    job = tmp_path / "job.pkl"  # the same job in a child process, to be SIGKILLed
+    job.write_bytes(pickle.dumps(tiny.run_kwargs(out, **training)))
     script = tmp_path / "run.py"
-    script.write_text(
-        "import importlib.util\n"
-        "from pathlib import Path\n"
-        f"spec = importlib.util.spec_from_file_location('test_train', {str(Path(__file__).resolve())!r})\n"
-        "t = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(t)\n"
-        "from ftdrift.study import config as c\n"
-        f"w = Path({str(tiny[0])!r})\n"
-        "cfg = c.resolve(c.load_yaml(w / 'tiny.yaml'))\n"
-        "data = {'sst2': c.task_settings(cfg, 'sst2')}\n"
-        f"t.finetune(**t.run_kwargs((w, cfg, data), Path({str(out)!r}), **{training!r}))\n")
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env)
+    script.write_text("import pickle, sys\n"
+                      "from ftdrift.training.recipe import finetune\n"
+                      "with open(sys.argv[1], 'rb') as f:\n"
+                      "    finetune(**pickle.load(f))\n")
+    proc = subprocess.Popen([sys.executable, str(script), str(job)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
     checkpoints = (mirror / "sst2" / "full" / "lr1e-3_bs4_seed1" if fresh_machine else out / "work") / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -117,12 +71,12 @@ def test_resume_after_sigkill_is_bitwise_identical(tiny, tmp_path, monkeypatch, 
         shutil.rmtree(out / "work")  # the preempted VM's disk is gone
         monkeypatch.setenv(MIRROR_ENV, mirror.as_uri())
 
-    resumed = finetune(**run_kwargs(tiny, out, **training))
+    resumed = finetune(**tiny.run_kwargs(out, **training))
     assert resumed["meta"]["resumed_from"] is not None
     assert int(resumed["meta"]["resumed_from"].rsplit("-", 1)[1]) >= 12
-    assert comparable(resumed) == comparable(reference)
-    steps_ref, reps_ref = reps(tmp_path / "ref" / "reps.zarr")
-    steps_res, reps_res = reps(out / "reps.zarr")
+    assert tiny.comparable(resumed) == tiny.comparable(reference)
+    steps_ref, reps_ref = tiny.reps(tmp_path / "ref" / "reps.zarr")
+    steps_res, reps_res = tiny.reps(out / "reps.zarr")
     assert list(steps_res) == list(steps_ref)
     for pooling in reps_ref:
         assert np.array_equal(reps_ref[pooling], reps_res[pooling])
@@ -134,41 +88,31 @@ def test_resume_after_sigkill_is_bitwise_identical(tiny, tmp_path, monkeypatch, 
         assert list(mirror.rglob("trainer_state.json")), "the mirror is dropped before the outputs are stored"
 
 
-class StopAt(TrainerCallback):
-    """A kill right after the checkpoint of `step` was written."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_state_of_a_changed_job_definition_is_not_resumed(tiny, tmp_path):
     """A config change re-runs a killed job in the same work folder: it must train anew, not pick
     up the old definition's checkpoint."""
     with pytest.raises(KeyboardInterrupt):
-        finetune(**run_kwargs(tiny, tmp_path, max_steps=4, save_steps=2, eval_steps=2), callbacks=(StopAt(2),))
+        finetune(**tiny.run_kwargs(tmp_path, max_steps=4, save_steps=2, eval_steps=2),
+                 callbacks=(tiny.stop_at(2),))
     assert (tmp_path / "work" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
-    changed = finetune(**run_kwargs(tiny, tmp_path, max_steps=4, save_steps=2, eval_steps=2, warmup_ratio=0.5))
-    fresh = finetune(**run_kwargs(tiny, tmp_path / "fresh", max_steps=4, save_steps=2, eval_steps=2,
+    changed = finetune(**tiny.run_kwargs(tmp_path, max_steps=4, save_steps=2, eval_steps=2, warmup_ratio=0.5))
+    fresh = finetune(**tiny.run_kwargs(tmp_path / "fresh", max_steps=4, save_steps=2, eval_steps=2,
                                   warmup_ratio=0.5))
     assert changed["meta"]["resumed_from"] is None
-    assert comparable(changed) == comparable(fresh)
+    assert tiny.comparable(changed) == tiny.comparable(fresh)
 
 
 def test_impossible_settings_fail_before_training(tiny, tmp_path):
     workdir, cfg, data = tiny
-    kwargs = run_kwargs(tiny, tmp_path, method="lora")
+    kwargs = tiny.run_kwargs(tmp_path, method="lora")
     kwargs["method_spec"] = {"peft": {**cfg["methods"]["lora"]["peft"], "target_modules": ["query_proj_that_does_not_exist"]}}
     with pytest.raises(ValueError, match="method 'lora'.*query_proj_that_does_not_exist"):
         finetune(**kwargs)
-    kwargs = run_kwargs(tiny, tmp_path)
+    kwargs = tiny.run_kwargs(tmp_path)
     kwargs["settings"]["data"]["max_length"]["classification"] = 4096
     with pytest.raises(ValueError, match="'data.max_length': 4096 tokens exceed the 512 positions"):
         finetune(**kwargs)
-    kwargs = run_kwargs(tiny, tmp_path)
+    kwargs = tiny.run_kwargs(tmp_path)
     kwargs["task_def"] = {**CATALOG["sst2"], "labels": ["0"]}
     with pytest.raises(ValueError, match="label count mismatch"):
         finetune(**kwargs)
@@ -196,7 +140,7 @@ def train_log(out: Path) -> pd.DataFrame:
 def no_dropout_kwargs(tiny, out, task, method, **training):
     training = {"max_steps": 3, "logging_steps": 1, "eval_steps": 3, "save_steps": 3,
                 "early_stopping_patience": None, **training}
-    kwargs = run_kwargs(tiny, out, task=task, method=method, lr="1e-3" if method == "full" else "5e-3", **training)
+    kwargs = tiny.run_kwargs(out, task=task, method=method, lr="1e-3" if method == "full" else "5e-3", **training)
     # dropout draws other masks for other micro-batch shapes; without it, micro-batching must not
     # matter at all (the tiny Llama has no dropout of its own)
     if method in AXIS:
@@ -309,22 +253,16 @@ def test_out_of_memory_is_retried_in_the_job_with_the_same_experiment(tiny, tmp_
 def test_other_errors_are_not_retried(tiny, tmp_path):
     failing = OutOfMemoryAt(step=2, limit=0, error=ValueError("a data error"))
     with pytest.raises(ValueError, match="a data error"):
-        finetune(**run_kwargs(tiny, tmp_path, max_steps=3), callbacks=(failing,))
+        finetune(**tiny.run_kwargs(tmp_path, max_steps=3), callbacks=(failing,))
     assert failing.attempts == 1
     assert not (tmp_path / "metrics.json").exists()
-
-
-def hand_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Linear CKA (Kornblith et al. 2019) written out: ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)."""
-    x = x.astype(np.float64) - x.astype(np.float64).mean(0)
-    y = y.astype(np.float64) - y.astype(np.float64).mean(0)
-    return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
 
 
 @pytest.mark.parametrize("family, task, precision", [
     ("bert", "sst2", "fp32"), ("bert", "squad_v2", "fp32"), ("llama", "sst2", "fp32"), ("llama", "squad_v2", "fp32"),
     ("llama", "sst2", "bf16")])
-def test_step0_snapshot_is_the_base_model_s_representation(tiny, tmp_path, family, task, precision):
+def test_step0_snapshot_is_the_base_model_s_representation(tiny, tmp_path, hand_linear_cka, family, task,
+                                                              precision):
     """At step 0 a LoRA model (B = 0) is the base model: CKA 1 to 1e-6 in every layer and pooling,
     for BERT-style inputs with token types (the embedded MiniLM) and for Llama; also in bf16
     (autocast on the CPU here, the study's precision on GPUs), where the Trainer's autocast
@@ -332,7 +270,7 @@ def test_step0_snapshot_is_the_base_model_s_representation(tiny, tmp_path, famil
     from ftdrift.representations.base import base_representations
 
     workdir, cfg, data = tiny
-    kwargs = run_kwargs(tiny, tmp_path, task=task, method="lora", lr="5e-3", max_steps=1, save_steps=1,
+    kwargs = tiny.run_kwargs(tmp_path, task=task, method="lora", lr="5e-3", max_steps=1, save_steps=1,
                         eval_steps=1, precision=precision)
     if family == "bert":
         kwargs["model_cfg"] = {"name_or_path": "embedded:all-MiniLM-L6-v2", "family": "bert"}
@@ -342,7 +280,7 @@ def test_step0_snapshot_is_the_base_model_s_representation(tiny, tmp_path, famil
                          rep_settings=kwargs["settings"]["representations"], precision=precision)
     base = zarr.open_group(str(tmp_path / "base.zarr"), mode="r")
     assert base.attrs["precision"] == precision
-    steps, run = reps(tmp_path / "reps.zarr")
+    steps, run = tiny.reps(tmp_path / "reps.zarr")
     assert steps[0] == 0
     for pooling, snapshots in run.items():
         layers = base[pooling][...]
@@ -367,7 +305,7 @@ def test_eval_subset_is_a_fixed_subset_at_every_evaluation_and_the_times_add_up(
     examples, longest first; the whole dev split is still predicted at the end (metrics.json); the
     stage times cover the job's wall time."""
     seen = EvalSeen()
-    kwargs = run_kwargs(tiny, tmp_path, eval_subset=5, eval_steps=2, max_steps=6)
+    kwargs = tiny.run_kwargs(tmp_path, eval_subset=5, eval_steps=2, max_steps=6)
     kwargs["callbacks"] = (seen,)
     started = time.time()
     result = finetune(**kwargs)
@@ -426,17 +364,17 @@ def test_a_resume_between_snapshot_steps_adds_no_snapshot(tiny, tmp_path):
             if state.global_step == 4:
                 raise KeyboardInterrupt  # a kill right after checkpoint-4 (off the cadence of 3)
 
-    full = run_kwargs(tiny, tmp_path / "full", max_steps=8, eval_steps=2, save_steps=2, logging_steps=1)
+    full = tiny.run_kwargs(tmp_path / "full", max_steps=8, eval_steps=2, save_steps=2, logging_steps=1)
     full["settings"]["representations"]["snapshot_steps"] = 3
     finetune(**full)
-    cut = run_kwargs(tiny, tmp_path / "cut", max_steps=8, eval_steps=2, save_steps=2, logging_steps=1)
+    cut = tiny.run_kwargs(tmp_path / "cut", max_steps=8, eval_steps=2, save_steps=2, logging_steps=1)
     cut["settings"]["representations"]["snapshot_steps"] = 3
     with pytest.raises(KeyboardInterrupt):
         finetune(**{**cut, "callbacks": (StopAt(),)})
     assert (tmp_path / "cut" / "work" / "checkpoints" / "checkpoint-4").is_dir()
     finetune(**cut)
-    steps_full, reps_full = reps(tmp_path / "full" / "reps.zarr")
-    steps_cut, reps_cut = reps(tmp_path / "cut" / "reps.zarr")
+    steps_full, reps_full = tiny.reps(tmp_path / "full" / "reps.zarr")
+    steps_cut, reps_cut = tiny.reps(tmp_path / "cut" / "reps.zarr")
     assert list(steps_full) == list(steps_cut) == [0, 3, 6, 8]
     for pooling in reps_full:
         assert np.array_equal(reps_full[pooling], reps_cut[pooling])
@@ -479,7 +417,7 @@ def test_every_method_starts_at_the_base_model_and_its_saved_model_reproduces_it
     from ftdrift.study.methods import Method
 
     workdir, cfg, data = tiny
-    kwargs = run_kwargs(tiny, tmp_path, method=name, lr="5e-3", max_steps=2, eval_steps=2, save_steps=2)
+    kwargs = tiny.run_kwargs(tmp_path, method=name, lr="5e-3", max_steps=2, eval_steps=2, save_steps=2)
     kwargs["method_spec"] = {"peft": registry_check(name)}
     result = finetune(**kwargs, base_store=sst2_base_store)
     info = result["meta"]["method_info"]

@@ -17,7 +17,6 @@ import re
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -25,8 +24,8 @@ import yaml
 
 from ftdrift.executors import ADAPTERS
 from ftdrift.profiles import cluster_profiles, profile_executors
+from ftdrift.testing import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 # every profile whose `executor:` is not local (what `python -m ftdrift.profiles install` links)
 PROFILES = {name: REPO / "profiles" / name for name in cluster_profiles()}
 STUDY_CONFIG = REPO / "config" / "study.yaml"

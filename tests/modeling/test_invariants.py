@@ -4,7 +4,7 @@ and both task kinds:
 
 * for every adapter method (LoRA, rsLoRA, DoRA, PiSSA, IA3) the adapter saved as training saves it and
   reloaded as the analyses load it is the trained one, and merging it changes nothing (to 1e-4);
-  (initialisation = base model and activation checkpointing per method: tests/test_methods.py)
+  (initialisation = base model and activation checkpointing per method: tests/modeling/test_methods.py)
 * padding and batch composition change neither the logits nor the loss;
 * the loss is the per-example cross-entropy averaged over the batch, as written out here.
 """
@@ -24,7 +24,7 @@ from ftdrift.training import recipe as train
 
 CATALOG = load_catalog(REPO / "config" / "tasks.yaml")
 TASKS = {"classification": CATALOG["mrpc"], "extractive_qa": CATALOG["squad_v2"]}
-# the methods of issue 21's invariants (initialisation = base model: tests/test_methods.py)
+# the methods of issue 21's invariants (initialisation = base model: tests/modeling/test_methods.py)
 PEFT = {
     "lora": {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": "qv"},
     "rslora": {"peft_type": "LORA", "r": 4, "lora_alpha": 4, "use_rslora": True, "target_modules": "all-linear"},

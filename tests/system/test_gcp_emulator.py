@@ -1,5 +1,5 @@
 """`snakemake --profile profiles/gcp-gpu --executor local` against a real GCS API (fake-gcs-server in
-memory on a loopback port, tests/gcs_emulator.py): the bucket as default storage, as on Google Batch,
+memory on a loopback port, tests/system/gcs_emulator.py): the bucket as default storage, as on Google Batch,
 with jobs run on this machine. Not covered: Batch submission itself and real IAM (docs/cluster.md).
 
 One tiny study (SST-2 only, full and LoRA, one seed, 6 steps, the 2-block tiny Llama) runs once with

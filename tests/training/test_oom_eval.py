@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from test_train import CATALOG, run_kwargs, tiny  # noqa: F401 - the module fixture
 from transformers import DataCollatorWithPadding, TrainerState, TrainingArguments
 
 from ftdrift.core import memory, metrics
@@ -38,10 +37,12 @@ from ftdrift.representations.extract import extract, make_batches
 from ftdrift.representations.snapshots import SnapshotCallback
 from ftdrift.training import oom
 from ftdrift.training.predict import predict_split, predictor
+from ftdrift.study import config as ftconfig
 from ftdrift.study.methods import Method
 from ftdrift.training.recipe import build_model, finetune
 from ftdrift.training.trainer import StudyTrainer
 
+CATALOG = ftconfig.load_catalog(ftconfig.CONFIG_DIR / "tasks.yaml")
 ATOL = 1e-6  # see the module doc
 LORA = Method("lora", {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "qv"})
 
@@ -78,7 +79,7 @@ class hooked:
 
 
 @pytest.fixture(scope="module")
-def world(tiny):  # noqa: F811 - test_train's tiny workdir, with its tokenizer
+def world(tiny):  # the tiny workdir (tests/conftest.py), with its tokenizer
     workdir, cfg, data = tiny
     return workdir, cfg, data, models.load_tokenizer(cfg["model"])
 
@@ -232,21 +233,21 @@ def test_a_single_example_that_does_not_fit_fails_clearly_and_is_not_retrained(w
     assert calls == [4]
 
 
-def lora_job(world, out: Path) -> dict:
+def lora_job(tiny, out: Path) -> dict:
     """finetune's arguments: LoRA on SST-2 without dropout, 4 steps, snapshots and checkpoints every 2."""
-    kwargs = run_kwargs(world[:3], out, method="lora", lr="5e-3", max_steps=4, eval_steps=2, save_steps=2)
+    kwargs = tiny.run_kwargs(out, method="lora", lr="5e-3", max_steps=4, eval_steps=2, save_steps=2)
     kwargs["settings"]["representations"]["snapshot_steps"] = 2
     kwargs["method_spec"] = {"peft": {**kwargs["method_spec"]["peft"], "lora_dropout": 0.0}}
     return kwargs
 
 
-def test_a_training_job_splits_outside_the_training_step_and_retrains_nothing(world, tmp_path, caplog):
+def test_a_training_job_splits_outside_the_training_step_and_retrains_nothing(tiny, tmp_path, caplog):
     """Every forward-only pass of a LoRA job (adapter check, step-0 and periodic snapshots, dev
     evaluation, final predictions) runs at representations.batch_size 8; training micro-batches
     are 2. With no more than 3 examples fitting, the job finishes in one attempt with the
     unsplit job's results (before the fix: the training retry halved the micro-batch, which
     changed nothing, until it gave up with the out-of-memory error)."""
-    reference = finetune(**lora_job(world, tmp_path / "ref"))
+    reference = finetune(**lora_job(tiny, tmp_path / "ref"))
     hook = OutOfMemoryAbove(3)
 
     def on_embeddings(module, args, output):
@@ -256,7 +257,7 @@ def test_a_training_job_splits_outside_the_training_step_and_retrains_nothing(wo
     handle = torch.nn.modules.module.register_module_forward_hook(on_embeddings)
     try:
         with caplog.at_level(logging.WARNING, logger="ftdrift.training.oom"):
-            result = finetune(**lora_job(world, tmp_path / "oom"))
+            result = finetune(**lora_job(tiny, tmp_path / "oom"))
     finally:
         handle.remove()
     assert result["meta"]["attempts"] == 1 and result["meta"]["micro_batch"] == 2

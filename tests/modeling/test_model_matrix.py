@@ -6,7 +6,7 @@ at the base model (step-0 CKA 1 against the base store, the job's own guard and 
 the checkpoint validator (reload, and for LoRA the merge) and yields weight-analysis rows for the
 matrices it changed; GPT-2's Conv1D updates are checked against B·A and the saved weights, read here.
 A task without a class for the type is refused at load, naming it (so are encoder-decoder and
-multimodal checkpoints: tests/test_supported_models.py)."""
+multimodal checkpoints: tests/modeling/test_supported_models.py)."""
 
 import json
 import shutil
@@ -17,7 +17,6 @@ import pytest
 import torch
 import zarr
 from safetensors.torch import load_file
-from test_train import hand_linear_cka
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from ftdrift.analysis import lm_loss
@@ -226,7 +225,7 @@ def cases() -> list:
 
 @pytest.mark.parametrize("model_type, task", cases())
 def test_full_and_lora_start_at_the_base_model_validate_and_have_weight_rows(fixtures, checkpoints, tmp_path,
-                                                                            model_type, task):
+                                                                            hand_linear_cka, model_type, task):
     workdir, settings = fixtures
     folder = checkpoints(model_type)
     config = resolved_model(folder, workdir, [task])

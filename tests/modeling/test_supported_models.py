@@ -1,5 +1,5 @@
 """Checkpoints the study cannot run are refused before any job, naming the model, its type and why
-(check_model runs at parse time: tests/test_positions.py shows Snakemake stopping on it)."""
+(check_model runs at parse time: tests/modeling/test_positions.py shows Snakemake stopping on it)."""
 
 import pytest
 from transformers import AutoConfig

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from conftest import SECRETS
 
 from ftdrift.testing import REPO, make_tiny_workdir, run_snakemake
 
@@ -66,13 +65,13 @@ def test_step0_drift_is_identity_and_later_steps_move(finished):
     assert (full_last.value < 0.999).any()  # full fine-tuning moved the blocks
 
 
-def test_secrets_never_written(finished):
-    run_snakemake(finished, "--report", str(finished / "results/report.html"), env=SECRETS)
+def test_secrets_never_written(finished, secrets):
+    run_snakemake(finished, "--report", str(finished / "results/report.html"), env=secrets)
     files = [p for p in finished.rglob("*") if p.is_file()]
     assert any("wandb" in p.parts for p in files)  # W&B did log (offline)
     for path in files:
         data = path.read_bytes()
-        for name, secret in SECRETS.items():
+        for name, secret in secrets.items():
             assert secret.encode() not in data, f"{name} leaked into {path}"
 
 

@@ -16,7 +16,6 @@ import pytest
 import torch
 import zarr
 from safetensors.torch import load_file
-from test_train import comparable, run_kwargs, tiny  # noqa: F401 - tiny: the fixture, used by name
 from transformers import TrainerCallback, TrainerControl
 
 from ftdrift.analysis.checkpoints import validate_run
@@ -71,9 +70,9 @@ def saved_weights(out: Path) -> dict:
     return load_file(str(out / "model" / "model.safetensors"))
 
 
-def test_non_finite_gradient_stops_with_the_update_skipped(tiny, tmp_path):  # noqa: F811
+def test_non_finite_gradient_stops_with_the_update_skipped(tiny, tmp_path):
     watch = WeightsAtEachStep()
-    result = finetune(**run_kwargs(tiny, tmp_path, lr="1e3"), callbacks=(watch,))
+    result = finetune(**tiny.run_kwargs(tmp_path, lr="1e3"), callbacks=(watch,))
     meta = assert_outputs_complete(tmp_path)["meta"]
     assert meta == result["meta"]
     assert meta["status"] == "diverged" and meta["diverged_at_step"] == 3 and meta["steps"] == 3
@@ -96,14 +95,14 @@ def test_non_finite_gradient_stops_with_the_update_skipped(tiny, tmp_path):  # n
     assert snapshot_steps(tmp_path) and max(snapshot_steps(tmp_path)) < 3
 
 
-def test_exploding_loss_stops_and_a_resumed_job_diverges_the_same_way(tiny, tmp_path, monkeypatch):  # noqa: F811
+def test_exploding_loss_stops_and_a_resumed_job_diverges_the_same_way(tiny, tmp_path, monkeypatch):
     """lr 1: logged (window-mean) losses 0.767 at step 2, 16.0 at step 4 > 10 x 0.767; step 4 is a
     checkpoint step, and no checkpoint is written there. The rerun (say, the upload of the outputs
     was cut: the work folder's state went with the finished job, the mirror's is kept) resumes
     from checkpoint-2, after which the first logged loss is only in the restored log history."""
     mirror = tmp_path / "bucket"
     monkeypatch.setenv(MIRROR_ENV, mirror.as_uri())
-    kwargs = run_kwargs(tiny, tmp_path, lr="1e0", save_steps=2)
+    kwargs = tiny.run_kwargs(tmp_path, lr="1e0", save_steps=2)
     first = finetune(**kwargs)
     meta = assert_outputs_complete(tmp_path)["meta"]
     assert meta["status"] == "diverged" and meta["diverged_at_step"] == 4 and meta["steps"] == 4
@@ -115,17 +114,17 @@ def test_exploding_loss_stops_and_a_resumed_job_diverges_the_same_way(tiny, tmp_
     assert snapshot_steps(tmp_path) == [0, 2]
     assert all(torch.isfinite(v).all() for v in saved_weights(tmp_path).values())
 
-    again = finetune(**run_kwargs(tiny, tmp_path, lr="1e0", save_steps=2))
+    again = finetune(**tiny.run_kwargs(tmp_path, lr="1e0", save_steps=2))
     assert again["meta"]["resumed_from"].endswith("checkpoint-2")
-    assert comparable(again) == comparable(first)  # the same divergence, reason and best weights
+    assert tiny.comparable(again) == tiny.comparable(first)  # the same divergence, reason and best weights
 
 
-def test_diverged_qa_run_with_non_finite_weights_downstream_is_valid(tiny, tmp_path):  # noqa: F811
+def test_diverged_qa_run_with_non_finite_weights_downstream_is_valid(tiny, tmp_path):
     """lr 1e30: after step 2 the weights are ~1e30 and the saved model's logits NaN (finite, huge
     weights). predictions.json stays valid JSON (qa.postprocess never lets a NaN span score win and
     maps every margin to a finite no-answer probability), and the checkpoint validator reproduces
     the run without crashing."""
-    kwargs = run_kwargs(tiny, tmp_path, task="squad_v2", lr="1e30")
+    kwargs = tiny.run_kwargs(tmp_path, task="squad_v2", lr="1e30")
     finetune(**kwargs)
     meta = assert_outputs_complete(tmp_path)["meta"]
     assert meta["status"] == "diverged" and meta["diverged_at_step"] == 3
@@ -139,8 +138,8 @@ def test_diverged_qa_run_with_non_finite_weights_downstream_is_valid(tiny, tmp_p
     assert check["passed"], check["checks"]
 
 
-def test_normal_learning_rate_completes(tiny, tmp_path):  # noqa: F811
-    meta = finetune(**run_kwargs(tiny, tmp_path, lr="1e-3"))["meta"]
+def test_normal_learning_rate_completes(tiny, tmp_path):
+    meta = finetune(**tiny.run_kwargs(tmp_path, lr="1e-3"))["meta"]
     assert meta["status"] == "completed" and meta["stopped_early"] is False
     assert not {"diverged_at_step", "divergence_reason", "last_good_checkpoint"} & set(meta)
 

@@ -9,14 +9,15 @@ import pytest
 import torch
 import zarr
 from safetensors.torch import load_file, save_file
-from test_train import CATALOG, run_kwargs, tiny  # noqa: F401 - the module fixture
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from ftdrift.core.similarity import linear_cka
 from ftdrift.core.store import SnapshotStore, write_base
 from ftdrift.modeling import models
 from ftdrift.representations.base_check import BaseModelMismatch, check_step0
+from ftdrift.study import config as ftconfig
 
+CATALOG = ftconfig.load_catalog(ftconfig.CONFIG_DIR / "tasks.yaml")
 # tiny decoders of the study model's kind, saved as *ForCausalLM; the extractive-QA class of each
 # (where transformers has one) keeps its backbone under another prefix than the checkpoint
 DECODERS = {
@@ -133,7 +134,7 @@ def test_the_guard_allows_bf16_rounding_across_machines_but_not_in_fp32(tmp_path
                 check_step0(base_path, SnapshotStore(store.path, mode="r"), "m")
 
 
-def test_a_job_whose_model_is_not_the_base_model_fails_before_training(tiny, tmp_path):  # noqa: F811
+def test_a_job_whose_model_is_not_the_base_model_fails_before_training(tiny, tmp_path):
     """The finetune job with a base store of another model (as a backbone that did not load would
     give): BaseModelMismatch before the first update, no outputs."""
     from ftdrift.representations.base import base_representations
@@ -145,7 +146,7 @@ def test_a_job_whose_model_is_not_the_base_model_fails_before_training(tiny, tmp
     torch.manual_seed(123)
     AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)).save_pretrained(other)
     models.load_tokenizer(cfg["model"]).save_pretrained(other)
-    kwargs = run_kwargs(tiny, tmp_path / "run", task="squad_v2", max_steps=2)
+    kwargs = tiny.run_kwargs(tmp_path / "run", task="squad_v2", max_steps=2)
     base_representations(probe_path=workdir / "prepared" / "squad_v2" / "probe.jsonl", store_path=tmp_path / "b.zarr",
                          model_cfg={**cfg["model"], "name_or_path": str(other)}, task_def=CATALOG["squad_v2"],
                          data_settings=kwargs["settings"]["data"], rep_settings=kwargs["settings"]["representations"])
@@ -156,7 +157,7 @@ def test_a_job_whose_model_is_not_the_base_model_fails_before_training(tiny, tmp
     base_representations(probe_path=workdir / "prepared" / "squad_v2" / "probe.jsonl", store_path=tmp_path / "r.zarr",
                          model_cfg=cfg["model"], task_def=CATALOG["squad_v2"],
                          data_settings=kwargs["settings"]["data"], rep_settings=kwargs["settings"]["representations"])
-    result = finetune_with_base(run_kwargs(tiny, tmp_path / "ok", task="squad_v2", max_steps=2), tmp_path / "r.zarr")
+    result = finetune_with_base(tiny.run_kwargs(tmp_path / "ok", task="squad_v2", max_steps=2), tmp_path / "r.zarr")
     assert result["meta"]["steps"] == 2
 
 

@@ -4,18 +4,17 @@
 import logging
 
 import torch
-from test_train import run_kwargs, tiny  # noqa: F401 - the module fixture
 
 from ftdrift.training.recipe import finetune
 from ftdrift.training.workdir import MIRROR_ENV
 
 
-def test_a_resume_under_another_thread_count_is_recorded_and_said(tiny, tmp_path, caplog, monkeypatch):  # noqa: F811
+def test_a_resume_under_another_thread_count_is_recorded_and_said(tiny, tmp_path, caplog, monkeypatch):
     before = torch.get_num_threads()
     # the finished job's state survives in its mirror (the work folder's copy goes with the job)
     monkeypatch.setenv(MIRROR_ENV, (tmp_path / "bucket").as_uri())
     try:
-        kwargs = run_kwargs(tiny, tmp_path, max_steps=4, save_steps=2, eval_steps=2)
+        kwargs = tiny.run_kwargs(tmp_path, max_steps=4, save_steps=2, eval_steps=2)
         first = finetune(**{**kwargs, "threads": 1})
         assert first["meta"]["cpu_threads"] == 1 and first["meta"]["cpu_threads_used"] == [1]
         with caplog.at_level(logging.WARNING, logger="ftdrift.training.recipe"):
@@ -24,7 +23,7 @@ def test_a_resume_under_another_thread_count_is_recorded_and_said(tiny, tmp_path
         assert again["meta"]["cpu_threads"] == 2 and again["meta"]["cpu_threads_used"] == [1, 2]
         assert "resumes under 2 CPU threads after [1]" in caplog.text
         # a fresh work folder starts its own record
-        fresh = finetune(**{**run_kwargs(tiny, tmp_path / "fresh", max_steps=2, save_steps=2, eval_steps=2),
+        fresh = finetune(**{**tiny.run_kwargs(tmp_path / "fresh", max_steps=2, save_steps=2, eval_steps=2),
                             "threads": 2})
         assert fresh["meta"]["cpu_threads_used"] == [2]
     finally:

@@ -8,11 +8,11 @@ import inspect
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from ftdrift.testing import REPO
+
 SCRIPTS = sorted((REPO / "workflow" / "scripts").glob("report_*.py"))
 
 

@@ -52,7 +52,7 @@ def llama(tmp_path_factory):
 
 
 def word_level_tokenizer(folder) -> None:
-    """A character-level tokenizer over a-z (as tests/test_model_loading.py), saved to `folder`."""
+    """A character-level tokenizer over a-z (as tests/modeling/test_model_loading.py), saved to `folder`."""
     from tokenizers import Tokenizer, pre_tokenizers
     from tokenizers import models as tmodels
     from transformers import PreTrainedTokenizerFast

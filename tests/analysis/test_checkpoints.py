@@ -5,7 +5,6 @@ update are caught."""
 import json
 
 import pytest
-from test_train import run_kwargs, tiny  # noqa: F401 - tiny: the fixture, used by name
 
 from ftdrift.analysis.checkpoints import MERGE_TOLERANCE, validate_run
 from ftdrift.analysis.tuned import method_of
@@ -14,14 +13,14 @@ from ftdrift.training.recipe import finetune
 
 
 @pytest.fixture(scope="module")
-def saved_runs(tiny, tmp_path_factory):  # noqa: F811
+def saved_runs(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     runs = {}
     for task, method, lr, precision in (("sst2", "full", "1e-3", "fp32"), ("squad_v2", "lora", "5e-2", "fp32"),
                                         ("sst2", "lora", "5e-2", "fp32"), ("squad_v2", "lora", "5e-2", "bf16")):
         out = root / f"{task}-{method}-{precision}"
-        kwargs = run_kwargs(tiny, out, task=task, method=method, lr=lr, max_steps=4, save_steps=2, eval_steps=2,
-                            precision=precision)
+        kwargs = tiny.run_kwargs(out, task=task, method=method, lr=lr, max_steps=4, save_steps=2, eval_steps=2,
+                           precision=precision)
         finetune(**kwargs)
         runs[(task, method, precision)] = (out, kwargs)
     return runs

@@ -1,5 +1,5 @@
 """The checkpoint mirror (ftdrift.training.workdir) against a real GCS API: fake-gcs-server on
-loopback behind a proxy that injects errors (tests/gcs_emulator.py); no mocks.
+loopback behind a proxy that injects errors (tests/system/gcs_emulator.py); no mocks.
 
 - the mirror outlives the job until a later job has read the run's outputs from the bucket, so a
   job preempted while Snakemake uploads its outputs resumes instead of training again;
@@ -24,7 +24,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_train import StopAt, comparable, reps, run_kwargs, tiny  # noqa: F401 - tiny: the fixture, used by name
 
 from ftdrift.study.grid import RUN_PATTERN
 from ftdrift.testing import REPO
@@ -39,7 +38,7 @@ except (FileNotFoundError, ImportError) as err:  # pragma: no cover - platform w
     pytest.skip(f"fake-gcs-server not available: {err}", allow_module_level=True)
 
 BUCKET = "mirror-ci"
-RUN = {"task": "sst2", "method": "full", "lr": "1e-3", "batch_size": 4, "seed": 1}  # test_train.run_kwargs' run
+RUN = {"task": "sst2", "method": "full", "lr": "1e-3", "batch_size": 4, "seed": 1}  # the tiny job's run (conftest)
 FINGERPRINT = "f" * 64
 
 
@@ -220,15 +219,15 @@ def test_restore_fetches_what_resuming_needs_and_nothing_else(gcs, mirror_base, 
 
 
 def test_a_fresh_vm_resumes_from_the_newest_mirrored_checkpoint_equal_to_an_uninterrupted_run(
-        tiny, gcs, mirror_base, tmp_path, monkeypatch):  # noqa: F811
+        tiny, gcs, mirror_base, tmp_path, monkeypatch):
     training = {"max_steps": 10, "save_steps": 2, "eval_steps": 2, "early_stopping_patience": None}
     monkeypatch.delenv(MIRROR_ENV)
-    reference = finetune(**run_kwargs(tiny, tmp_path / "ref", **training))
+    reference = finetune(**tiny.run_kwargs(tmp_path / "ref", **training))
     monkeypatch.setenv(MIRROR_ENV, f"gs://{BUCKET}/{mirror_base}")
 
-    kwargs = run_kwargs(tiny, tmp_path / "run", **training)
+    kwargs = tiny.run_kwargs(tmp_path / "run", **training)
     with pytest.raises(KeyboardInterrupt):
-        finetune(**{**kwargs, "callbacks": (StopAt(6),)})
+        finetune(**{**kwargs, "callbacks": (tiny.stop_at(6),)})
     mirrored = complete_checkpoints(objects(gcs, mirror_base))
     assert len(mirrored) >= 2 and mirrored[-1] == "checkpoint-6", mirrored  # save_total_limit 2 (+ the best one)
     shutil.rmtree(tmp_path / "run")  # the preempted VM's disk is gone
@@ -238,9 +237,9 @@ def test_a_fresh_vm_resumes_from_the_newest_mirrored_checkpoint_equal_to_an_unin
                if method == "GET" and "alt=media" in path]
     assert {p.split("/checkpoints/")[1].split("/")[0] for p in fetched if "/checkpoints/" in p} == {"checkpoint-6"}
     assert resumed["meta"]["resumed_from"].endswith("checkpoint-6")
-    assert comparable(resumed) == comparable(reference)
-    steps_ref, reps_ref = reps(tmp_path / "ref" / "reps.zarr")
-    steps_res, reps_res = reps(tmp_path / "run" / "reps.zarr")
+    assert tiny.comparable(resumed) == tiny.comparable(reference)
+    steps_ref, reps_ref = tiny.reps(tmp_path / "ref" / "reps.zarr")
+    steps_res, reps_res = tiny.reps(tmp_path / "run" / "reps.zarr")
     assert list(steps_res) == list(steps_ref)
     for pooling in reps_ref:
         assert np.array_equal(reps_ref[pooling], reps_res[pooling])
@@ -269,12 +268,12 @@ def validate_checkpoint(kwargs: dict, out: Path) -> dict:
     ("1e-2", {"max_steps": 40, "save_steps": 2, "eval_steps": 2, "early_stopping_patience": 1}),
 ], ids=["max-steps-inside-an-epoch", "early-stopping-at-a-checkpoint"])
 def test_the_mirror_stays_until_a_later_job_has_read_the_outputs(
-        tiny, gcs, mirror_base, tmp_path, lr, training):  # noqa: F811
+        tiny, gcs, mirror_base, tmp_path, lr, training):
     """Snakemake uploads a job's outputs after its script returns. A preemption during that upload
     (gigabytes at 1.3B) re-runs the job on a fresh VM: it must resume from the mirror, its final
     checkpoint, not train from step 0, nor on past where the run stopped. The checkpoint
     validation, a later job that read the outputs from the bucket, releases the mirror."""
-    kwargs = run_kwargs(tiny, tmp_path / "run", lr=lr, **training)
+    kwargs = tiny.run_kwargs(tmp_path / "run", lr=lr, **training)
     first = finetune(**kwargs)
     final = f"checkpoint-{first['meta']['steps']}"
     assert first["meta"]["stopped_early"] == bool(training["early_stopping_patience"])
@@ -283,7 +282,7 @@ def test_the_mirror_stays_until_a_later_job_has_read_the_outputs(
     shutil.rmtree(tmp_path / "run")  # preempted while uploading: no work folder, no outputs
     again = finetune(**kwargs)
     assert again["meta"]["resumed_from"].endswith(final)
-    assert comparable(again) == comparable(first)  # nothing trained again, nor further
+    assert tiny.comparable(again) == tiny.comparable(first)  # nothing trained again, nor further
     assert objects(gcs, mirror_base, kwargs["run"]), "the mirror is kept until the outputs are stored"
 
     assert validate_checkpoint(kwargs, tmp_path / "run")["passed"]
@@ -292,14 +291,14 @@ def test_the_mirror_stays_until_a_later_job_has_read_the_outputs(
 
 # ----------------------------------------------------------------------------- item 7: no second copy on disk
 def test_a_finished_job_leaves_no_copy_of_its_state_and_a_kill_while_removing_it_nothing_resumable(
-        tiny, tmp_path, monkeypatch):  # noqa: F811
+        tiny, tmp_path, monkeypatch):
     monkeypatch.delenv(MIRROR_ENV, raising=False)
-    kwargs = run_kwargs(tiny, tmp_path / "run", max_steps=4, save_steps=2, eval_steps=2)
+    kwargs = tiny.run_kwargs(tmp_path / "run", max_steps=4, save_steps=2, eval_steps=2)
     first = finetune(**kwargs)
     work = tmp_path / "run" / "work"
     assert not [name for name in (workdir.DEFINITION_FILE, "checkpoints", "best", "representations.zarr",
                                   "initial_adapter") if (work / name).exists()]
-    assert steps_of(tmp_path / "run" / "reps.zarr") == [0, 2, 4]  # the outputs' copy
+    assert steps_of(tiny, tmp_path / "run" / "reps.zarr") == [0, 2, 4]  # the outputs' copy
 
     rmtree = shutil.rmtree
 
@@ -317,8 +316,8 @@ def test_a_finished_job_leaves_no_copy_of_its_state_and_a_kill_while_removing_it
     assert not (work / workdir.DEFINITION_FILE).exists()
     again = finetune(**kwargs)
     assert again["meta"]["resumed_from"] is None  # not resumed from the half-removed state
-    assert comparable(again) == comparable(first)
+    assert tiny.comparable(again) == tiny.comparable(first)
 
 
-def steps_of(path: Path) -> list[int]:
-    return [int(s) for s in reps(path)[0]]
+def steps_of(tiny, path: Path) -> list[int]:
+    return [int(s) for s in tiny.reps(path)[0]]

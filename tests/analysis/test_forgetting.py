@@ -355,7 +355,7 @@ def test_intruder_intervention_at_lambda_one_is_the_trained_run(world, tmp_path)
     """ftdrift.analysis.intruders on a trained-looking LoRA adapter (with intruders): every λ gets a
     validation and a probe-transfer row; at λ = 1 the validation metric is the merged model's (predicted
     here through the same path) and the probe transfer equals run_forgetting's. (The operation at other λ:
-    tests/test_weight_analysis.py.)"""
+    tests/analysis/test_weights.py.)"""
     from ftdrift.analysis import intruders, tuned
     from ftdrift.analysis.deployment_cases import Chosen
 
