@@ -47,11 +47,7 @@ def load_prices(path: str | os.PathLike) -> dict:
     return table
 
 
-# What the estimate needs of a profile; defined with the executor adapters, which fill it in.
-Profile = HardwareProfile
-
-
-def read_profile(name: str, config: dict, cores: int | None = None) -> Profile:
+def read_profile(name: str, config: dict, cores: int | None = None) -> HardwareProfile:
     """Machines and concurrency of profiles/<name>/profile.yaml (or a path to a profile folder), as
     the adapter of its executor reads them (ftdrift.executors; no `executor:` key: local).
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from ftdrift.estimate import costs, hardware, tokens
 from ftdrift.estimate.costs import ModelShape, RuleCost, Throughput
-from ftdrift.study import families, resources
+from ftdrift.executors.base import HardwareProfile
+from ftdrift.study import families, resources, storage
 from ftdrift.study import grid as ftgrid
 from ftdrift.study import methods as ftmethods
-from ftdrift.study import storage
 from ftdrift.study.config import task_kind, task_settings
 
 log = logging.getLogger("ftdrift.estimate")
@@ -22,7 +22,7 @@ DEFAULT_COMPARE_SUBSET = 1000  # dev examples per evaluation shown as the cure w
 @dataclass
 class Estimate:
     config_name: str
-    profile: hardware.Profile
+    profile: HardwareProfile
     prices: dict
     shape: ModelShape
     tokenizer: str
@@ -89,7 +89,7 @@ def model_shape(config: dict) -> ModelShape:
                           "config resources.model_shape", dims=resources.dims_of(config))
 
 
-def _gpu_of_rule(rule: str, config: dict, profile: hardware.Profile, prices: dict) -> tuple[str | None, int, str]:
+def _gpu_of_rule(rule: str, config: dict, profile: HardwareProfile, prices: dict) -> tuple[str | None, int, str]:
     """(GPU name or None for CPU, GPUs per job, machine label) of a rule's jobs under the profile."""
     res = config["resources"]
     if profile.machines or profile.default_machine:  # gcp-gpu: the machine decides
@@ -106,7 +106,7 @@ def _gpu_of_rule(rule: str, config: dict, profile: hardware.Profile, prices: dic
     return None, 0, "CPU"
 
 
-def estimate(config: dict, profile: hardware.Profile, prices: dict, *, config_name: str,
+def estimate(config: dict, profile: HardwareProfile, prices: dict, *, config_name: str,
              job_counts: dict[str, int], tokenizer_override: str | None = None, throughput_json: str | None = None,
              cache_dir: Path | None = None, workdir: Path = Path("."),
              compare_eval_subset: int = DEFAULT_COMPARE_SUBSET,

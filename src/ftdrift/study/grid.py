@@ -10,7 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ftdrift.study.config import INTEGER_LITERAL, NUMBER_LITERAL, ConfigError, task_kind, task_methods
+from ftdrift.study.config import (
+    INTEGER_LITERAL,
+    NUMBER_LITERAL,
+    ConfigError,
+    task_kind,
+    task_methods,
+)
 
 RUN_KEYS = ["task", "method", "lr", "batch_size", "seed"]  # a run's identity: the columns of every table
 SETTING_KEYS = ["task", "method", "lr", "batch_size"]  # a hyperparameter setting: a run without its seed
@@ -21,6 +27,7 @@ RUN_PATTERN = "{task}/{method}/" + RUN_NAME  # results/runs/<RUN_PATTERN>/, resu
 # planned run without results is missing. Diverged and missing runs stay out of every mean, the
 # choice of settings and the verdicts.
 USABLE_STATUSES = ("completed", "stopped_early")
+
 
 def run_slug(run: dict) -> str:
     """A run's name where a path separator cannot go (W&B run names, log lines): RUN_PATTERN with
@@ -96,8 +103,12 @@ def compared_pairs(config: dict) -> list[tuple[str, str]]:
     """(task, method) of every comparison with the reference method (`analysis.reference_method`):
     each task x other method where the task runs both (task_methods), tasks outermost."""
     reference = config["analysis"]["reference_method"]
-    return [(task, method) for task in config["tasks"] for method in task_methods(config, task)
-            if method != reference and reference in task_methods(config, task)]
+    pairs = []
+    for task in config["tasks"]:
+        methods = task_methods(config, task)
+        if reference in methods:
+            pairs += [(task, method) for method in methods if method != reference]
+    return pairs
 
 
 def _canonical_int(text: str) -> str | None:
@@ -119,10 +130,10 @@ def check_run(config: dict, runs: list[Run], wildcards) -> None:
     target = RUN_PATTERN.format(**w)
     points = [run for run in runs if (run.task, run.method) == (w["task"], w["method"])]
     if not points:
+        methods = (f"{task_methods(config, w['task'])} on {w['task']}" if w["task"] in config["tasks"]
+                   else f"{list(config['methods'])}")
         raise ConfigError(f"target {target}: task '{w['task']}' with method '{w['method']}' is not in the grid "
-                          f"(tasks: {config['tasks']}, methods: " + (
-                              f"{task_methods(config, w['task'])} on {w['task']})" if w["task"] in config["tasks"]
-                              else f"{list(config['methods'])})"))
+                          f"(tasks: {config['tasks']}, methods: {methods})")
     kind = task_kind(config["task_defs"][w["task"]])
     for field, prefix, key, canonical in (
             ("lr", "lr", f"grid.learning_rates.{w['method']}.{kind}", _canonical_lr),
